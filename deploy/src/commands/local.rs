@@ -1,0 +1,48 @@
+//! `fanout local`: the local stack, up until Ctrl-C.
+
+use crate::stack::{HandlerMode, LocalStack, StackOptions};
+use anyhow::Result;
+use std::path::PathBuf;
+
+pub struct LocalOptions {
+    pub mode: HandlerMode,
+    pub handler_binary: PathBuf,
+    pub state_dir: PathBuf,
+    pub max_subtask_ms: Option<u64>,
+    pub concurrency_limit: usize,
+}
+
+pub async fn run(options: LocalOptions) -> Result<()> {
+    let mut stack_options = StackOptions::new(options.mode, options.handler_binary);
+    stack_options.state_dir = Some(options.state_dir.clone());
+    stack_options.lambda.concurrency_limit = options.concurrency_limit;
+    if let Some(ms) = options.max_subtask_ms {
+        stack_options
+            .handler_env
+            .push(("FANOUT_MAX_SUBTASK_MS".into(), ms.to_string()));
+    }
+    let stack = LocalStack::start(stack_options).await?;
+    println!("fanout local stack is up");
+    println!("  ingress:     {}", stack.ingress_url);
+    println!("  admin:       {}", stack.server.admin_url);
+    if let (Some(standin), Some(arn)) = (&stack.standin, &stack.function_arn) {
+        println!(
+            "  lambda:      {} (AWS_ENDPOINT_URL_LAMBDA)",
+            standin.endpoint_url()
+        );
+        println!("  registered:  {arn}");
+        println!("  metering:    {}", stack.metering_path.display());
+    }
+    println!("  deployment:  {}", stack.deployment.id);
+    println!("  handler log: {}", stack.handler_log_path.display());
+    println!("  server log:  {}", stack.server.log_path.display());
+    println!(
+        "\nTry: curl {}/worker/run --json '{{\"description\": \"get out of bed,shower,make coffee,have breakfast\"}}'",
+        stack.ingress_url
+    );
+    println!("Ctrl-C stops everything.");
+    let _ = tokio::signal::ctrl_c().await;
+    println!("stopping…");
+    stack.stop().await;
+    Ok(())
+}

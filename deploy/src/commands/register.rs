@@ -1,0 +1,107 @@
+//! `fanout register`: tell Restate about a published Lambda version (or an HTTP endpoint).
+
+use crate::admin::{AdminClient, Deployment, DeploymentTarget, RegisterOptions};
+use anyhow::{Result, bail};
+
+/// Checks that `arn` names a published Lambda version or alias.
+///
+/// Restate pins every invocation to the deployment that started it, so in-flight work
+/// finishes on the code that began it. That only holds if the ARN is immutable: `$LATEST` or an
+/// unqualified ARN would change under running invocations.
+pub fn check_version_arn(arn: &str) -> Result<()> {
+    let parts: Vec<&str> = arn.split(':').collect();
+    let shape = "arn:PARTITION:lambda:REGION:ACCOUNT:function:NAME:VERSION";
+    if parts.len() < 7 || parts[0] != "arn" || parts[2] != "lambda" || parts[5] != "function" {
+        bail!("{arn:?} is not a Lambda function ARN; expected {shape}");
+    }
+    if parts.len() == 7 {
+        bail!(
+            "{arn:?} has no version: register a published version ({shape}, e.g. …:function:fanout:3). \
+             Restate pins each invocation to the deployment that started it, so in-flight work must \
+             stay on code that cannot change; `fanout deploy` publishes a version and prints its ARN"
+        );
+    }
+    if parts.len() > 8 {
+        bail!("{arn:?} has too many parts; expected {shape}");
+    }
+    if parts[7] == "$LATEST" {
+        bail!(
+            "{arn:?} names $LATEST, which changes with every code update: register a published \
+             version instead (`fanout deploy` publishes one and prints its ARN). Restate pins each \
+             invocation to the deployment that started it, so in-flight work must stay on code \
+             that cannot change"
+        );
+    }
+    if parts[1].is_empty() || parts[3].is_empty() || parts[4].is_empty() || parts[6].is_empty() {
+        bail!("{arn:?} has an empty partition, region, account or name; expected {shape}");
+    }
+    Ok(())
+}
+
+pub async fn register(
+    admin: &AdminClient,
+    target: DeploymentTarget,
+    options: RegisterOptions,
+) -> Result<Deployment> {
+    if let DeploymentTarget::Lambda { arn, .. } = &target {
+        check_version_arn(arn)?;
+    }
+    admin.register(&target, &options).await
+}
+
+/// What `fanout register` prints.
+pub fn describe(deployment: &Deployment, dry_run: bool) -> String {
+    let mut out = if dry_run {
+        format!(
+            "dry run: Restate would register deployment {}\n",
+            deployment.id
+        )
+    } else {
+        format!("registered deployment {}\n", deployment.id)
+    };
+    for service in &deployment.services {
+        let handlers: Vec<&str> = service.handlers.iter().map(|h| h.name.as_str()).collect();
+        out.push_str(&format!("  {}: {}\n", service.name, handlers.join(", ")));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::check_version_arn;
+
+    #[test]
+    fn accepts_versions_and_aliases() {
+        check_version_arn("arn:aws:lambda:us-east-1:123456789012:function:fanout:3").unwrap();
+        check_version_arn("arn:aws:lambda:eu-west-1:123456789012:function:fanout:live").unwrap();
+    }
+
+    #[test]
+    fn refuses_latest_and_unqualified_with_the_reason() {
+        let latest = check_version_arn("arn:aws:lambda:us-east-1:1:function:fanout:$LATEST")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            latest.contains("$LATEST") && latest.contains("published"),
+            "{latest}"
+        );
+        let bare = check_version_arn("arn:aws:lambda:us-east-1:1:function:fanout")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            bare.contains("has no version") && bare.contains("in-flight"),
+            "{bare}"
+        );
+    }
+
+    #[test]
+    fn refuses_what_is_not_a_lambda_arn() {
+        for arn in [
+            "fanout",
+            "arn:aws:s3:::bucket",
+            "arn:aws:lambda:us-east-1:1:layer:x:1",
+        ] {
+            assert!(check_version_arn(arn).is_err(), "{arn}");
+        }
+    }
+}

@@ -1,0 +1,242 @@
+//! `fanout`: parses arguments and dispatches to one module per verb in `fanout::commands`.
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use fanout::admin::{AdminClient, DeploymentTarget, RegisterOptions};
+use fanout::commands::{demo, invoke, local, register};
+use fanout::ingress::IngressClient;
+use fanout::stack::HandlerMode;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(
+    name = "fanout",
+    version,
+    about = "Durable fan-out / fan-in on Restate, with the subtasks on AWS Lambda"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the reference example end to end on a local stack, print logs and figures, stop.
+    Demo(DemoArgs),
+    /// Start restate-server and the handler (as a local Lambda by default), register it, and
+    /// stay up until Ctrl-C.
+    Local(LocalArgs),
+    /// Register a published Lambda version (or an HTTP endpoint) with Restate.
+    Register(RegisterArgs),
+    /// Start a fan-out through Restate's ingress and print its result.
+    #[command(
+        after_help = "Exit codes: 0 success, 3 the run failed, 4 the input was rejected (4xx), 5 Restate unreachable, 1 other errors."
+    )]
+    Invoke(InvokeArgs),
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Mode {
+    /// The handler as a Lambda bootstrap behind the local Lambda stand-in.
+    Lambda,
+    /// The handler as an HTTP endpoint.
+    Http,
+}
+
+impl From<Mode> for HandlerMode {
+    fn from(mode: Mode) -> Self {
+        match mode {
+            Mode::Lambda => HandlerMode::Lambda,
+            Mode::Http => HandlerMode::Http,
+        }
+    }
+}
+
+#[derive(Args)]
+struct HandlerArgs {
+    /// How the handler runs.
+    #[arg(long, value_enum, default_value = "lambda")]
+    mode: Mode,
+    /// The handler binary (default: target/debug/fanout-handler of this workspace).
+    #[arg(long, env = "FANOUT_HANDLER_BIN")]
+    handler: Option<PathBuf>,
+    /// Longest simulated subtask in ms (the handler's FANOUT_MAX_SUBTASK_MS; default 5000).
+    #[arg(long)]
+    max_subtask_ms: Option<u64>,
+}
+
+impl HandlerArgs {
+    fn binary(&self) -> anyhow::Result<PathBuf> {
+        match &self.handler {
+            Some(path) => Ok(path.clone()),
+            None => fanout::tools::handler_binary(false),
+        }
+    }
+}
+
+#[derive(Args)]
+struct DemoArgs {
+    #[command(flatten)]
+    handler: HandlerArgs,
+    /// The task to fan out.
+    #[arg(default_value = demo::REFERENCE_TASK)]
+    description: String,
+}
+
+#[derive(Args)]
+struct LocalArgs {
+    #[command(flatten)]
+    handler: HandlerArgs,
+    /// Where logs and metering are kept.
+    #[arg(long, default_value = ".fanout/local")]
+    state_dir: PathBuf,
+    /// Concurrent executions allowed to the local Lambda function (429 beyond).
+    #[arg(long, default_value_t = 1000)]
+    concurrency_limit: usize,
+}
+
+#[derive(Args)]
+struct RestateArgs {
+    /// Restate's admin API.
+    #[arg(
+        long,
+        env = "RESTATE_ADMIN_URL",
+        default_value = "http://localhost:9070"
+    )]
+    admin_url: String,
+    /// Restate's ingress.
+    #[arg(
+        long,
+        env = "RESTATE_INGRESS_URL",
+        default_value = "http://localhost:8080"
+    )]
+    ingress_url: String,
+    /// Bearer token (Restate Cloud).
+    #[arg(long, env = "RESTATE_AUTH_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+}
+
+#[derive(Args)]
+struct RegisterArgs {
+    /// The published Lambda version ARN (arn:aws:lambda:REGION:ACCOUNT:function:NAME:VERSION).
+    #[arg(long, required_unless_present = "uri", conflicts_with = "uri")]
+    arn: Option<String>,
+    /// An HTTP endpoint instead of Lambda (e.g. http://localhost:9080).
+    #[arg(long)]
+    uri: Option<String>,
+    /// IAM role Restate assumes to invoke the function.
+    #[arg(long)]
+    assume_role_arn: Option<String>,
+    /// Replace a deployment with the same endpoint.
+    #[arg(long, conflicts_with = "breaking")]
+    force: bool,
+    /// Accept breaking changes to existing services.
+    #[arg(long)]
+    breaking: bool,
+    /// Show what would be registered without registering.
+    #[arg(long)]
+    dry_run: bool,
+    #[command(flatten)]
+    restate: RestateArgs,
+}
+
+#[derive(Args)]
+struct InvokeArgs {
+    /// The task as a description: comma-separated subtasks.
+    description: Option<String>,
+    /// The task as a JSON file (e.g. {"description": "a,b"}).
+    #[arg(long, conflicts_with = "description")]
+    input: Option<PathBuf>,
+    /// Repeating an invoke with the same key returns the same run instead of starting another.
+    #[arg(long)]
+    idempotency_key: Option<String>,
+    #[command(flatten)]
+    restate: RestateArgs,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(e) => return fail(&anyhow::anyhow!("cannot start the async runtime: {e}")),
+    };
+    match runtime.block_on(dispatch(cli.command)) {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => fail(&e),
+    }
+}
+
+async fn dispatch(command: Command) -> anyhow::Result<u8> {
+    match command {
+        Command::Demo(args) => {
+            demo::run(demo::DemoOptions {
+                mode: args.handler.mode.into(),
+                handler_binary: args.handler.binary()?,
+                max_subtask_ms: args.handler.max_subtask_ms,
+                description: args.description,
+            })
+            .await?;
+            Ok(0)
+        }
+        Command::Local(args) => {
+            local::run(local::LocalOptions {
+                mode: args.handler.mode.into(),
+                handler_binary: args.handler.binary()?,
+                state_dir: args.state_dir,
+                max_subtask_ms: args.handler.max_subtask_ms,
+                concurrency_limit: args.concurrency_limit,
+            })
+            .await?;
+            Ok(0)
+        }
+        Command::Register(args) => {
+            let admin = AdminClient::new(&args.restate.admin_url, args.restate.token);
+            let target = match (args.arn, args.uri) {
+                (Some(arn), _) => DeploymentTarget::Lambda {
+                    arn,
+                    assume_role_arn: args.assume_role_arn,
+                },
+                (None, Some(uri)) => DeploymentTarget::Http { uri },
+                (None, None) => unreachable!("clap requires --arn or --uri"),
+            };
+            let options = RegisterOptions {
+                force: args.force,
+                breaking: args.breaking,
+                dry_run: args.dry_run,
+            };
+            let deployment = register::register(&admin, target, options).await?;
+            print!("{}", register::describe(&deployment, args.dry_run));
+            Ok(0)
+        }
+        Command::Invoke(args) => {
+            let task = match invoke::task_from(args.description.as_deref(), args.input.as_deref()) {
+                Ok(task) => task,
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    return Ok(invoke::exit::BAD_INPUT);
+                }
+            };
+            let ingress = IngressClient::new(&args.restate.ingress_url, args.restate.token);
+            let response =
+                match invoke::invoke(&ingress, &task, args.idempotency_key.as_deref()).await {
+                    Ok(response) => response,
+                    Err(e) => {
+                        eprintln!("error: {e:#}");
+                        return Ok(invoke::exit::UNREACHABLE);
+                    }
+                };
+            let code = invoke::exit_code(&response);
+            if code == invoke::exit::OK {
+                println!("{}", response.body);
+            } else {
+                eprintln!("error: HTTP {}: {}", response.status, response.message());
+            }
+            Ok(code)
+        }
+    }
+}
+
+fn fail(error: &anyhow::Error) -> ExitCode {
+    eprintln!("error: {error:#}");
+    ExitCode::FAILURE
+}

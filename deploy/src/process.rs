@@ -1,0 +1,101 @@
+//! Child processes that never outlive their owner.
+//!
+//! Every process the toolkit starts (restate-server, handler endpoints, Lambda instances) is
+//! killed by pid when its handle is dropped, including when a test panics half-way.
+
+use anyhow::{Context, Result};
+use std::fs::File;
+use std::path::Path;
+use std::process::Stdio;
+use std::time::Duration;
+use tokio::process::{Child, Command};
+
+/// A running child, killed on drop.
+pub struct Managed {
+    name: String,
+    child: Child,
+}
+
+impl Managed {
+    /// Starts `command` with stdout and stderr appended to `log`.
+    pub fn spawn(name: &str, mut command: Command, log: &Path) -> Result<Self> {
+        let file = File::options()
+            .create(true)
+            .append(true)
+            .open(log)
+            .with_context(|| format!("cannot open the log file {}", log.display()))?;
+        let err_file = file.try_clone()?;
+        command
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(file))
+            .stderr(Stdio::from(err_file))
+            .kill_on_drop(true);
+        let child = command
+            .spawn()
+            .with_context(|| format!("cannot start {name}"))?;
+        Ok(Self {
+            name: name.to_owned(),
+            child,
+        })
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.id()
+    }
+
+    /// Whether the process has exited, with its status.
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().ok().flatten()
+    }
+
+    /// Asks the process to stop (SIGTERM), then kills it if it is still there after `grace`.
+    pub async fn stop(mut self, grace: Duration) -> Option<std::process::ExitStatus> {
+        if let Some(pid) = self.child.id() {
+            terminate(pid);
+            if let Ok(Ok(status)) = tokio::time::timeout(grace, self.child.wait()).await {
+                return Some(status);
+            }
+        }
+        let _ = self.child.kill().await;
+        self.child.wait().await.ok()
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+}
+
+/// Sends SIGTERM by pid.
+pub fn terminate(pid: u32) {
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
+}
+
+/// A free TCP port on loopback. The port is released before it is returned, so callers retry
+/// when a process loses the race for it.
+pub fn free_port() -> Result<u16> {
+    let listener =
+        std::net::TcpListener::bind("127.0.0.1:0").context("no free port on loopback")?;
+    Ok(listener.local_addr()?.port())
+}
+
+/// Polls `check` until it is true or `timeout` passes.
+pub async fn wait_until<F, Fut>(timeout: Duration, mut check: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if check().await {
+            return true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

@@ -1,0 +1,262 @@
+//! The local stack: a real restate-server plus the handler, registered and ready.
+//!
+//! Two ways to run the handler, the same binary in both:
+//! - [`HandlerMode::Http`]: `fanout-handler --port N`, registered by URI;
+//! - [`HandlerMode::Lambda`]: the handler as a Lambda `bootstrap` behind the local Lambda
+//!   stand-in, which restate-server reaches through `AWS_ENDPOINT_URL_LAMBDA`; registered by
+//!   the version's ARN exactly as on AWS.
+//!
+//! Used by `fanout local`, `fanout demo`, the benchmarks and the end-to-end tests.
+
+use crate::admin::{AdminClient, Deployment, DeploymentTarget, RegisterOptions};
+use crate::process::{Managed, free_port, wait_until};
+use crate::restate_server::{RestateServer, ServerOptions, log_tail};
+use crate::standin::{FunctionSpec, StandIn, StandInConfig, VersionSpec};
+use anyhow::{Context, Result, bail};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use tokio::process::Command;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HandlerMode {
+    Http,
+    Lambda,
+}
+
+/// The local Lambda function's settings.
+#[derive(Debug, Clone)]
+pub struct LambdaSettings {
+    pub function_name: String,
+    pub memory_mb: u32,
+    pub timeout: Duration,
+    pub concurrency_limit: usize,
+}
+
+impl Default for LambdaSettings {
+    fn default() -> Self {
+        Self {
+            function_name: "fanout".into(),
+            memory_mb: 128,
+            timeout: Duration::from_secs(60),
+            // Lambda's default regional limit.
+            concurrency_limit: 1000,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct StackOptions {
+    pub mode: HandlerMode,
+    pub handler_binary: PathBuf,
+    /// Env for the handler (e.g. `FANOUT_MAX_SUBTASK_MS`).
+    pub handler_env: Vec<(String, String)>,
+    /// Extra env for restate-server.
+    pub server_env: Vec<(String, String)>,
+    pub lambda: LambdaSettings,
+    /// Where logs and metering go; a temp dir removed on stop when `None`.
+    pub state_dir: Option<PathBuf>,
+}
+
+impl StackOptions {
+    pub fn new(mode: HandlerMode, handler_binary: PathBuf) -> Self {
+        Self {
+            mode,
+            handler_binary,
+            handler_env: Vec::new(),
+            server_env: Vec::new(),
+            lambda: LambdaSettings::default(),
+            state_dir: None,
+        }
+    }
+}
+
+pub struct LocalStack {
+    pub server: RestateServer,
+    pub admin: AdminClient,
+    pub ingress_url: String,
+    pub deployment: Deployment,
+    /// Present in Lambda mode.
+    pub standin: Option<StandIn>,
+    /// The ARN registered in Lambda mode.
+    pub function_arn: Option<String>,
+    pub handler_log_path: PathBuf,
+    pub metering_path: PathBuf,
+    http_handler: Option<Managed>,
+    _temp: Option<tempfile::TempDir>,
+}
+
+impl LocalStack {
+    pub async fn start(options: StackOptions) -> Result<Self> {
+        let restate_server = crate::tools::restate_server()?;
+        if !options.handler_binary.is_file() {
+            bail!(
+                "the handler binary {} does not exist; build it with `cargo build -p \
+                 fanout-handler`",
+                options.handler_binary.display()
+            );
+        }
+        let (temp, dir) = match &options.state_dir {
+            Some(dir) => {
+                std::fs::create_dir_all(dir)
+                    .with_context(|| format!("cannot create {}", dir.display()))?;
+                (None, dir.clone())
+            }
+            None => {
+                let temp = tempfile::Builder::new().prefix("fanout-stack-").tempdir()?;
+                let dir = temp.path().to_path_buf();
+                (Some(temp), dir)
+            }
+        };
+        let handler_log_path = dir.join("handler.log");
+        let metering_path = dir.join("invocations.jsonl");
+        let mut server_options = ServerOptions {
+            env: options.server_env.clone(),
+            log_path: Some(dir.join("restate-server.log")),
+        };
+
+        let mut standin = None;
+        let mut http_handler = None;
+        let target = match options.mode {
+            HandlerMode::Lambda => {
+                let spec = FunctionSpec {
+                    name: options.lambda.function_name.clone(),
+                    memory_mb: options.lambda.memory_mb,
+                    timeout: options.lambda.timeout,
+                    concurrency_limit: options.lambda.concurrency_limit,
+                    env: options.handler_env.clone(),
+                    versions: vec![VersionSpec {
+                        version: "1".into(),
+                        binary: options.handler_binary.clone(),
+                    }],
+                };
+                let config = StandInConfig {
+                    metering_path: Some(metering_path.clone()),
+                    log_path: Some(handler_log_path.clone()),
+                    functions: vec![spec],
+                    ..StandInConfig::default()
+                };
+                let started = StandIn::start(config)
+                    .await
+                    .context("cannot start the local Lambda stand-in")?;
+                server_options
+                    .env
+                    .extend(lambda_client_env(&started.endpoint_url()));
+                let arn = started.version_arn(&options.lambda.function_name, "1");
+                standin = Some(started);
+                DeploymentTarget::Lambda {
+                    arn,
+                    assume_role_arn: None,
+                }
+            }
+            HandlerMode::Http => {
+                let (process, uri) = start_http_handler(
+                    &options.handler_binary,
+                    &options.handler_env,
+                    &handler_log_path,
+                )
+                .await?;
+                http_handler = Some(process);
+                DeploymentTarget::Http { uri }
+            }
+        };
+
+        let server = RestateServer::start(&restate_server, &server_options).await?;
+        let admin = AdminClient::new(&server.admin_url, None);
+        let deployment = admin
+            .register(&target, &RegisterOptions::default())
+            .await
+            .with_context(|| {
+                format!(
+                    "registering the handler failed; handler log:\n{}",
+                    log_tail(&handler_log_path, 20)
+                )
+            })?;
+        let function_arn = match &target {
+            DeploymentTarget::Lambda { arn, .. } => Some(arn.clone()),
+            DeploymentTarget::Http { .. } => None,
+        };
+        Ok(Self {
+            ingress_url: server.ingress_url.clone(),
+            server,
+            admin,
+            deployment,
+            standin,
+            function_arn,
+            handler_log_path,
+            metering_path,
+            http_handler,
+            _temp: temp,
+        })
+    }
+
+    /// Everything the handler (HTTP process or Lambda instances) has logged so far.
+    pub fn handler_log(&self) -> String {
+        std::fs::read_to_string(&self.handler_log_path).unwrap_or_default()
+    }
+
+    pub fn http_handler_pid(&self) -> Option<u32> {
+        self.http_handler.as_ref().and_then(Managed::pid)
+    }
+
+    pub async fn stop(mut self) {
+        if let Some(handler) = self.http_handler.take() {
+            handler.stop(Duration::from_secs(5)).await;
+        }
+        if let Some(standin) = self.standin.take() {
+            standin.shutdown().await;
+        }
+        let Self { server, .. } = self;
+        server.stop().await;
+    }
+}
+
+/// What restate-server needs to call Lambda at a local endpoint with the standard AWS chain.
+pub fn lambda_client_env(endpoint_url: &str) -> Vec<(String, String)> {
+    [
+        ("AWS_ENDPOINT_URL_LAMBDA", endpoint_url),
+        ("AWS_ACCESS_KEY_ID", "local"),
+        ("AWS_SECRET_ACCESS_KEY", "local"),
+        ("AWS_REGION", "us-east-1"),
+        ("AWS_EC2_METADATA_DISABLED", "true"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+    .collect()
+}
+
+async fn start_http_handler(
+    binary: &Path,
+    env: &[(String, String)],
+    log: &Path,
+) -> Result<(Managed, String)> {
+    for _ in 0..3 {
+        let port = free_port()?;
+        let mut command = Command::new(binary);
+        command
+            .args(["--port", &port.to_string()])
+            .env_remove("AWS_LAMBDA_RUNTIME_API")
+            .envs(env.iter().map(|(k, v)| (k, v)));
+        let mut process = Managed::spawn("fanout-handler", command, log)?;
+        let up = wait_until(Duration::from_secs(20), || async move {
+            tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .is_ok()
+        })
+        .await;
+        if up {
+            return Ok((process, format!("http://127.0.0.1:{port}")));
+        }
+        let exited = process.exited();
+        process.stop(Duration::from_secs(1)).await;
+        if exited.is_none() {
+            bail!(
+                "the handler did not listen on port {port}; log:\n{}",
+                log_tail(log, 20)
+            );
+        }
+    }
+    bail!(
+        "the handler could not bind a port three times; log:\n{}",
+        log_tail(log, 20)
+    )
+}

@@ -1,0 +1,272 @@
+//! The stand-in's front door: Lambda's Invoke API as aws-sdk-lambda (and so restate-server)
+//! calls it, plus the `/fanout/*` hooks for tools and tests.
+
+use super::invocation::{self, Invocation, Invoked};
+use super::metering::{InvocationRecord, epoch_ms, event_path};
+use super::names::{NameError, parse_function_name};
+use super::{PAYLOAD_LIMIT, Shared};
+use axum::body::{Body, to_bytes};
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use std::sync::Arc;
+use std::time::SystemTime;
+
+/// Bodies past this are not even buffered; anything over [`PAYLOAD_LIMIT`] is refused anyway.
+const READ_CAP: usize = 4 * PAYLOAD_LIMIT;
+
+pub(crate) fn router(shared: Arc<Shared>) -> Router {
+    Router::new()
+        .route("/2015-03-31/functions/{function}/invocations", post(invoke))
+        .route("/fanout/health", get(health))
+        .route("/fanout/metrics", get(metrics))
+        .route("/fanout/instances/kill", post(kill))
+        .fallback(unknown_operation)
+        .with_state(shared)
+}
+
+#[derive(Deserialize)]
+struct InvokeQuery {
+    #[serde(rename = "Qualifier")]
+    qualifier: Option<String>,
+}
+
+async fn invoke(
+    State(shared): State<Arc<Shared>>,
+    Path(function_name): Path<String>,
+    Query(query): Query<InvokeQuery>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let started_at = SystemTime::now();
+    let request_id = uuid::Uuid::new_v4().to_string();
+    let target = match parse_function_name(
+        &function_name,
+        query.qualifier.as_deref(),
+        &shared.region,
+        &shared.account,
+    ) {
+        Ok(target) => target,
+        Err(NameError::Invalid(message)) => {
+            let body = json!({"Type": "User", "message": message});
+            return lambda_error(
+                StatusCode::BAD_REQUEST,
+                "ValidationException",
+                body,
+                &request_id,
+            );
+        }
+        Err(NameError::QualifierMismatch) => {
+            let body = json!({
+                "Type": "User",
+                "message": "The derived qualifier from the function name does not match the specified qualifier."
+            });
+            return lambda_error(
+                StatusCode::BAD_REQUEST,
+                "InvalidParameterValueException",
+                body,
+                &request_id,
+            );
+        }
+        Err(NameError::Elsewhere(arn)) => return not_found(&arn, &request_id),
+    };
+    let arn = shared.arn(&target.name, target.qualifier.as_deref());
+    let Some(function) = shared.functions.get(&target.name).cloned() else {
+        return not_found(&arn, &request_id);
+    };
+    let Some(version) = function.resolve(target.qualifier.as_deref()) else {
+        return not_found(&arn, &request_id);
+    };
+
+    let payload = match to_bytes(body, READ_CAP).await {
+        Ok(payload) if payload.len() <= PAYLOAD_LIMIT => payload,
+        too_large => {
+            let body = json!({
+                "Type": "User",
+                "message": format!("Request must be smaller than {PAYLOAD_LIMIT} bytes for the InvokeFunction operation")
+            });
+            let (request_bytes, path) = match &too_large {
+                Ok(payload) => (payload.len(), event_path(payload)),
+                Err(_) => (READ_CAP, None),
+            };
+            shared.meter.record(InvocationRecord {
+                request_id: request_id.clone(),
+                function: function.name.clone(),
+                version: version.version.clone(),
+                path,
+                cold: false,
+                init_ms: None,
+                duration_ms: 0.0,
+                billed_ms: 0,
+                request_bytes,
+                response_bytes: body.to_string().len(),
+                peak_rss_kb: None,
+                outcome: "too_large".into(),
+                started_at_ms: epoch_ms(started_at),
+                instance: 0,
+            });
+            return lambda_error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "RequestEntityTooLargeException",
+                body,
+                &request_id,
+            );
+        }
+    };
+
+    let executed_version = version.version.clone();
+    let invocation = Invocation {
+        function,
+        version,
+        invoked_arn: arn,
+        request_id: request_id.clone(),
+        payload,
+        started_at,
+    };
+    let invocation_type = headers
+        .get("X-Amz-Invocation-Type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("RequestResponse");
+    match invocation_type {
+        "RequestResponse" => {}
+        "DryRun" => return with_request_id(StatusCode::NO_CONTENT.into_response(), &request_id),
+        "Event" => {
+            tokio::spawn(invocation::run(shared, invocation));
+            return with_request_id(StatusCode::ACCEPTED.into_response(), &request_id);
+        }
+        other => {
+            let body = json!({
+                "Type": "User",
+                "message": format!("Invalid invocation type {other:?}: use RequestResponse, Event or DryRun")
+            });
+            return lambda_error(
+                StatusCode::BAD_REQUEST,
+                "InvalidParameterValueException",
+                body,
+                &request_id,
+            );
+        }
+    }
+
+    // A task of its own: if the caller hangs up, the function still runs to the end and is
+    // metered, as on Lambda, and its instance is not left half-used.
+    let outcome = tokio::spawn(invocation::run(shared, invocation)).await;
+    let (body, function_error) = match outcome {
+        Ok(Invoked::Ok(body)) => (body, false),
+        Ok(Invoked::FunctionError(body)) => (body, true),
+        Ok(Invoked::Throttled) => {
+            let body = json!({
+                "Reason": "ReservedFunctionConcurrentInvocationLimitExceeded",
+                "Type": "User",
+                "message": "Rate Exceeded."
+            });
+            return lambda_error(
+                StatusCode::TOO_MANY_REQUESTS,
+                "TooManyRequestsException",
+                body,
+                &request_id,
+            );
+        }
+        Err(e) => {
+            tracing::error!("an invocation task failed: {e}");
+            let body =
+                json!({"message": format!("the stand-in failed running the invocation: {e}")});
+            return lambda_error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "ServiceException",
+                body,
+                &request_id,
+            );
+        }
+    };
+    let mut response = (
+        StatusCode::OK,
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
+        body,
+    )
+        .into_response();
+    let headers = response.headers_mut();
+    if let Ok(v) = HeaderValue::from_str(&executed_version) {
+        headers.insert("X-Amz-Executed-Version", v);
+    }
+    if function_error {
+        headers.insert(
+            "X-Amz-Function-Error",
+            HeaderValue::from_static("Unhandled"),
+        );
+    }
+    with_request_id(response, &request_id)
+}
+
+async fn health() -> Json<Value> {
+    Json(json!({"status": "ok"}))
+}
+
+async fn metrics(State(shared): State<Arc<Shared>>) -> Json<Vec<InvocationRecord>> {
+    Json(shared.meter.snapshot())
+}
+
+#[derive(Deserialize)]
+struct KillQuery {
+    function: String,
+}
+
+async fn kill(State(shared): State<Arc<Shared>>, Query(query): Query<KillQuery>) -> Response {
+    match shared.functions.get(&query.function) {
+        Some(function) => Json(json!({"killed": function.kill_running()})).into_response(),
+        None => (
+            StatusCode::NOT_FOUND,
+            Json(json!({"error": format!("no function named {:?}", query.function)})),
+        )
+            .into_response(),
+    }
+}
+
+async fn unknown_operation() -> Response {
+    let body = json!({"Type": "User", "message": "this Lambda stand-in serves only Invoke"});
+    lambda_error(
+        StatusCode::NOT_FOUND,
+        "UnknownOperationException",
+        body,
+        &uuid::Uuid::new_v4().to_string(),
+    )
+}
+
+fn not_found(arn: &str, request_id: &str) -> Response {
+    let body = json!({"Type": "User", "message": format!("Function not found: {arn}")});
+    lambda_error(
+        StatusCode::NOT_FOUND,
+        "ResourceNotFoundException",
+        body,
+        request_id,
+    )
+}
+
+/// Lambda's error shape: the type in `x-amzn-ErrorType` (what the AWS SDKs dispatch on) and a
+/// JSON body.
+fn lambda_error(
+    status: StatusCode,
+    error_type: &'static str,
+    body: Value,
+    request_id: &str,
+) -> Response {
+    let mut response = (status, Json(body)).into_response();
+    response
+        .headers_mut()
+        .insert("x-amzn-ErrorType", HeaderValue::from_static(error_type));
+    with_request_id(response, request_id)
+}
+
+fn with_request_id(mut response: Response, request_id: &str) -> Response {
+    if let Ok(v) = HeaderValue::from_str(request_id) {
+        response.headers_mut().insert("x-amzn-RequestId", v);
+    }
+    response
+}

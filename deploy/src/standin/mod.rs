@@ -1,0 +1,294 @@
+//! A local AWS Lambda: the real `bootstrap` runs unchanged, and restate-server reaches it
+//! through `AWS_ENDPOINT_URL_LAMBDA=`[`StandIn::endpoint_url`].
+//!
+//! - `invoke_api`: Lambda's Invoke API (`POST /2015-03-31/functions/{name}/invocations`)
+//!   with Lambda's status codes, error types and headers, plus `GET /fanout/health`,
+//!   `GET /fanout/metrics` (the [`InvocationRecord`]s as a JSON array) and
+//!   `POST /fanout/instances/kill?function=NAME` (SIGKILL every busy instance; a test hook).
+//! - `runtime_api`: the Runtime API, one listener per instance.
+//! - `instances`: instances as child processes, warm reuse, the per-function concurrency
+//!   limit, and kill-on-drop so no process outlives the stand-in.
+//! - `invocation`: one invocation's life, with Lambda's bounds (start-up, timeout, payload
+//!   sizes) and its failure modes (`Runtime.ExitError`, `Sandbox.Timedout`, ...).
+//! - `metering`: what each invocation would cost and weigh, in memory and as JSON lines.
+//!
+//! Each instance runs in its own process group, and the whole group is SIGKILLed when the
+//! instance is discarded, so helpers a bootstrap starts go with it (unless they leave the group).
+//!
+//! Not modelled: aliases, async-invocation queues and retries (an `Event` invoke just runs in
+//! the background), and memory limits (the size is only reported to the function).
+
+mod instances;
+mod invocation;
+mod invoke_api;
+mod metering;
+mod names;
+mod runtime_api;
+#[cfg(test)]
+mod tests;
+
+pub use metering::InvocationRecord;
+
+use anyhow::Context as _;
+use instances::{Environment, Function, Instance, LogSink};
+use std::collections::HashMap;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+/// Lambda's limit on a synchronous request's payload and on a response, in bytes.
+pub const PAYLOAD_LIMIT: usize = 6_291_456;
+
+/// How long a new instance may take to ask for its first event before the invocation fails
+/// with `Runtime.InitError` (Lambda allows 10 s of init for on-demand functions).
+pub const INIT_BOUND: Duration = Duration::from_secs(10);
+
+/// Idle instances older than this are stopped, as Lambda recycles unused environments.
+const IDLE_TTL: Duration = Duration::from_secs(10 * 60);
+
+#[derive(Debug, Clone)]
+pub struct StandInConfig {
+    /// Where the Invoke API listens; port 0 picks a free one.
+    pub bind: SocketAddr,
+    pub region: String,
+    pub account: String,
+    /// JSON-lines file that gets one [`InvocationRecord`] per invocation (appended to).
+    pub metering_path: Option<PathBuf>,
+    /// Instances' stdout and stderr, appended line by line; `None` passes them to our stderr.
+    pub log_path: Option<PathBuf>,
+    pub functions: Vec<FunctionSpec>,
+}
+
+impl Default for StandInConfig {
+    fn default() -> Self {
+        Self {
+            bind: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
+            region: "us-east-1".into(),
+            account: "000000000000".into(),
+            metering_path: None,
+            log_path: None,
+            functions: Vec::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct FunctionSpec {
+    pub name: String,
+    pub memory_mb: u32,
+    /// Per invocation, from the event being handed out; `Sandbox.Timedout` past it.
+    pub timeout: Duration,
+    /// Simultaneously busy instances across all versions; more gets 429.
+    pub concurrency_limit: usize,
+    /// Extra environment for the function's processes.
+    pub env: Vec<(String, String)>,
+    pub versions: Vec<VersionSpec>,
+}
+
+impl FunctionSpec {
+    /// 128 MB, 60 s, Lambda's default regional limit of 1000, no versions yet.
+    pub fn new(name: impl Into<String>) -> Self {
+        Self {
+            name: name.into(),
+            memory_mb: 128,
+            timeout: Duration::from_secs(60),
+            concurrency_limit: 1000,
+            env: Vec::new(),
+            versions: Vec::new(),
+        }
+    }
+}
+
+/// A published version: an immutable binary, run as the `bootstrap` of `provided.al2023`.
+#[derive(Debug, Clone)]
+pub struct VersionSpec {
+    pub version: String,
+    pub binary: PathBuf,
+}
+
+impl VersionSpec {
+    pub fn new(version: impl Into<String>, binary: impl Into<PathBuf>) -> Self {
+        Self {
+            version: version.into(),
+            binary: binary.into(),
+        }
+    }
+}
+
+/// A running stand-in. Dropping it (or [`StandIn::shutdown`]) kills every instance.
+pub struct StandIn {
+    shared: Arc<Shared>,
+    addr: SocketAddr,
+    stop: watch::Sender<bool>,
+    server: Option<JoinHandle<()>>,
+    reaper: JoinHandle<()>,
+}
+
+/// State the HTTP handlers and invocations share.
+pub(crate) struct Shared {
+    pub region: String,
+    pub account: String,
+    pub functions: HashMap<String, Arc<Function>>,
+    pub meter: metering::Meter,
+    pub environment: Environment,
+    pub next_instance: AtomicU64,
+    pub init_bound: Duration,
+}
+
+impl Shared {
+    pub(crate) fn arn(&self, function: &str, qualifier: Option<&str>) -> String {
+        names::function_arn(&self.region, &self.account, function, qualifier)
+    }
+
+    fn close_all(&self) -> Vec<Arc<Instance>> {
+        self.functions.values().flat_map(|f| f.close()).collect()
+    }
+}
+
+impl StandIn {
+    pub async fn start(config: StandInConfig) -> anyhow::Result<StandIn> {
+        Self::start_with(config, INIT_BOUND).await
+    }
+
+    pub(crate) async fn start_with(
+        config: StandInConfig,
+        init_bound: Duration,
+    ) -> anyhow::Result<StandIn> {
+        let mut functions = HashMap::new();
+        for spec in &config.functions {
+            anyhow::ensure!(
+                names::parse_function_name(&spec.name, None, &config.region, &config.account)
+                    .is_ok_and(|t| t.name == spec.name && t.qualifier.is_none()),
+                "{:?} is not a valid Lambda function name",
+                spec.name
+            );
+            let function = Function::new(spec)?;
+            anyhow::ensure!(
+                functions
+                    .insert(spec.name.clone(), Arc::new(function))
+                    .is_none(),
+                "function {} is configured twice",
+                spec.name
+            );
+        }
+        let logs = match &config.log_path {
+            Some(path) => LogSink::File(Arc::new(Mutex::new(
+                metering::open_append(path)
+                    .with_context(|| format!("cannot open the log file {}", path.display()))?,
+            ))),
+            None => LogSink::Stderr,
+        };
+        let meter = metering::Meter::open(config.metering_path.as_deref())?;
+        let listener = TcpListener::bind(config.bind)
+            .await
+            .with_context(|| format!("cannot listen on {}", config.bind))?;
+        let addr = listener.local_addr()?;
+
+        let shared = Arc::new(Shared {
+            region: config.region.clone(),
+            account: config.account.clone(),
+            functions,
+            meter,
+            environment: Environment {
+                region: config.region.clone(),
+                logs,
+            },
+            next_instance: AtomicU64::new(1),
+            init_bound,
+        });
+        let (stop, mut stopped) = watch::channel(false);
+        let router = invoke_api::router(Arc::clone(&shared));
+        let server = tokio::spawn(async move {
+            let serve = axum::serve(listener, router).with_graceful_shutdown(async move {
+                let _ = stopped.wait_for(|stop| *stop).await;
+            });
+            if let Err(e) = serve.await {
+                tracing::error!("the Lambda stand-in's listener failed: {e}");
+            }
+        });
+        let reaper = tokio::spawn(reap_idle(Arc::downgrade(&shared)));
+        tracing::info!("local Lambda stand-in listening on http://{addr}");
+        Ok(StandIn {
+            shared,
+            addr,
+            stop,
+            server: Some(server),
+            reaper,
+        })
+    }
+
+    /// `http://127.0.0.1:PORT`, for `AWS_ENDPOINT_URL_LAMBDA`.
+    pub fn endpoint_url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// `arn:aws:lambda:REGION:ACCOUNT:function:NAME:VERSION`, what Restate registers.
+    pub fn version_arn(&self, function: &str, version: &str) -> String {
+        self.shared.arn(function, Some(version))
+    }
+
+    /// Publishes another version while running; invocations already pinned to older versions
+    /// keep running on them.
+    pub fn add_version(&self, function: &str, version: VersionSpec) -> anyhow::Result<()> {
+        self.shared
+            .functions
+            .get(function)
+            .with_context(|| format!("no function named {function:?}"))?
+            .add_version(version)
+    }
+
+    /// Every invocation metered so far, in completion order.
+    pub fn records(&self) -> Vec<InvocationRecord> {
+        self.shared.meter.snapshot()
+    }
+
+    /// Kills every instance, waits for the processes to be reaped, and stops listening.
+    pub async fn shutdown(mut self) {
+        let _ = self.stop.send(true);
+        for instance in self.shared.close_all() {
+            let _ =
+                tokio::time::timeout(Duration::from_secs(5), instance.runtime.wait_ended()).await;
+        }
+        if let Some(server) = self.server.take() {
+            // In-flight invokes end promptly now that their instances are dead.
+            let abort = server.abort_handle();
+            if tokio::time::timeout(Duration::from_secs(5), server)
+                .await
+                .is_err()
+            {
+                abort.abort();
+            }
+        }
+    }
+}
+
+impl Drop for StandIn {
+    fn drop(&mut self) {
+        let _ = self.stop.send(true);
+        self.reaper.abort();
+        if let Some(server) = &self.server {
+            server.abort();
+        }
+        // Each instance's supervisor gets a kill request; the children are `kill_on_drop` as
+        // well, so they also die if the runtime is torn down before the supervisors run.
+        drop(self.shared.close_all());
+    }
+}
+
+async fn reap_idle(shared: Weak<Shared>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(30));
+    loop {
+        tick.tick().await;
+        let Some(shared) = shared.upgrade() else {
+            return;
+        };
+        for function in shared.functions.values() {
+            function.reap_idle(IDLE_TTL);
+        }
+    }
+}

@@ -1,0 +1,70 @@
+//! The seam between the Restate plumbing and the work itself.
+//!
+//! A [`Job`] says how a task splits into subtasks, how one subtask is executed and how the
+//! results are aggregated. [`crate::worker`] owns everything durable around it: the journaled
+//! split, one Restate call per subtask, the fan-in and the logs. Swapping the chores example for
+//! your own job means implementing this trait and handing it to [`crate::worker::Worker::new`].
+
+use restate_sdk::prelude::{Context, HandlerError};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use std::future::Future;
+
+/// The widest fan-out the worker accepts. Every subtask is one Restate call and one journal
+/// entry in the coordinator, so the width bounds the coordinator's journal (and, on Lambda, the
+/// payload Restate ships on every resume).
+pub const MAX_SUBTASKS: usize = 10_000;
+
+/// A job the worker fans out.
+///
+/// The associated types are the job's own wire payloads (JSON on the wire); they never need to
+/// know about Restate.
+pub trait Job: Send + Sync + 'static {
+    /// The input of `worker/run`.
+    type Task: DeserializeOwned + Send + 'static;
+    /// The input of `worker/runSubtask`; journaled by the split step and sent to each call.
+    type Subtask: Serialize + DeserializeOwned + Send + Sync + 'static;
+    /// What one subtask returns.
+    type Outcome: Serialize + DeserializeOwned + Send + Sync + 'static;
+    /// What `worker/run` returns.
+    type Output: Serialize + DeserializeOwned + Send + 'static;
+
+    /// Splits a task into subtasks, in the order their outcomes will be aggregated.
+    ///
+    /// Runs inside the journaled step `split task`, so it runs once per invocation whatever the
+    /// replays. An error is terminal: the input can never succeed, so it is not retried.
+    fn split(&self, task: Self::Task) -> Result<Vec<Self::Subtask>, InvalidInput>;
+
+    /// Executes one subtask. `ctx` is the subtask's own Restate context: use it for durable
+    /// steps (`ctx.run`, `ctx.sleep`, deterministic `ctx.rand()`).
+    ///
+    /// A [`restate_sdk::prelude::TerminalError`] fails the subtask for good; any other error
+    /// makes Restate retry it.
+    fn execute(
+        &self,
+        ctx: &mut Context<'_>,
+        subtask: Self::Subtask,
+    ) -> impl Future<Output = Result<Self::Outcome, HandlerError>> + Send;
+
+    /// Folds the outcomes, given in the order [`Job::split`] returned the subtasks.
+    fn aggregate(&self, outcomes: Vec<Self::Outcome>) -> Self::Output;
+
+    /// How a subtask is named in log lines (`Started executing subtask: …`).
+    fn subtask_label(&self, subtask: &Self::Subtask) -> String;
+
+    /// How the aggregated result is shown in the log line `Aggregated result: …`.
+    fn output_label(&self, output: &Self::Output) -> String {
+        serde_json::to_string(output).unwrap_or_else(|e| format!("<unprintable output: {e}>"))
+    }
+}
+
+/// Input that can never succeed. Becomes a terminal error with HTTP status 400 at the ingress.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct InvalidInput(pub String);
+
+impl InvalidInput {
+    pub fn new(message: impl Into<String>) -> Self {
+        Self(message.into())
+    }
+}

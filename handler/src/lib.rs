@@ -1,0 +1,32 @@
+//! # fanout-handler
+//!
+//! Restate's durable fan-out / fan-in pattern as a deployable handler: `worker/run` splits a
+//! task and calls `worker/runSubtask` once per piece, all in flight at once; Restate journals
+//! every call and result, retries failures and resumes the coordinator when results arrive.
+//!
+//! How the modules map to responsibilities:
+//!
+//! | module | responsibility |
+//! |---|---|
+//! | [`job`] | the seam: the [`job::Job`] trait a user implements (split, execute, aggregate) |
+//! | [`chores`] | the reference job: comma-separated chores, each a short durable sleep |
+//! | [`worker`] | the Restate service `worker` with `run` and `runSubtask`, generic over the job |
+//! | [`payload`] | JSON on the wire with errors that say what was wrong |
+//! | [`logging`] | the reference log lines, replay-aware, human or JSON |
+//! | [`http_endpoint`] | HTTP mode: the endpoint on port 9080 with graceful shutdown |
+//! | [`lambda`] | Lambda mode: Restate's invoke events on `lambda_runtime`, with compression and limits |
+//!
+//! The binary `fanout-handler` picks the mode: Lambda when `AWS_LAMBDA_RUNTIME_API` is set
+//! (that is how Lambda starts a `bootstrap`), HTTP otherwise.
+
+pub mod chores;
+pub mod http_endpoint;
+pub mod job;
+pub mod lambda;
+pub mod logging;
+pub mod payload;
+pub mod worker;
+
+pub use chores::Chores;
+pub use job::{InvalidInput, Job};
+pub use worker::Worker;

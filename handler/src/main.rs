@@ -1,0 +1,149 @@
+//! `fanout-handler`: the worker as a Lambda function (when `AWS_LAMBDA_RUNTIME_API` is set) or
+//! as an HTTP endpoint (`--port`, `PORT`, default 9080).
+
+use fanout_handler::logging::{self, LogFormat};
+use fanout_handler::{Chores, Worker, http_endpoint, lambda};
+use std::net::{Ipv4Addr, SocketAddr};
+use std::process::ExitCode;
+
+const USAGE: &str = "\
+fanout-handler: the fan-out worker (service `worker`, handlers `run` and `runSubtask`)
+
+USAGE:
+    fanout-handler [--port PORT]
+
+Runs as an AWS Lambda function when AWS_LAMBDA_RUNTIME_API is set, otherwise serves the
+Restate endpoint over HTTP on 0.0.0.0:PORT.
+
+OPTIONS:
+    --port PORT    port of the HTTP endpoint (env PORT; default 9080)
+    -h, --help     print this help
+
+ENVIRONMENT:
+    FANOUT_MAX_SUBTASK_MS  longest simulated subtask in ms (default 5000)
+    RUST_LOG               log filter (default info)
+";
+
+fn main() -> ExitCode {
+    let on_lambda = std::env::var_os(lambda::RUNTIME_API_ENV).is_some();
+    logging::init(if on_lambda {
+        LogFormat::Json
+    } else {
+        LogFormat::Human
+    });
+
+    let job = match Chores::from_env() {
+        Ok(job) => job,
+        Err(message) => return fail(&message),
+    };
+    let endpoint = Worker::new(job).endpoint();
+
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => return fail(&format!("cannot start the async runtime: {e}")),
+    };
+
+    if on_lambda {
+        return match runtime.block_on(lambda::run(endpoint)) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => fail(&format!("the Lambda runtime stopped: {e}")),
+        };
+    }
+
+    let port = match port_from(std::env::args().skip(1), std::env::var("PORT").ok()) {
+        Ok(Some(port)) => port,
+        Ok(None) => {
+            print!("{USAGE}");
+            return ExitCode::SUCCESS;
+        }
+        Err(message) => return fail(&format!("{message}\n\n{USAGE}")),
+    };
+    let addr = SocketAddr::from((Ipv4Addr::UNSPECIFIED, port));
+    match runtime.block_on(http_endpoint::serve(endpoint, addr)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => fail(&format!(
+            "cannot serve on {addr}: {e} (is another process using port {port}? pick another with --port)"
+        )),
+    }
+}
+
+/// `Ok(None)` means help was asked for.
+fn port_from(
+    mut args: impl Iterator<Item = String>,
+    env: Option<String>,
+) -> Result<Option<u16>, String> {
+    let mut raw = env.map(|p| ("PORT", p));
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "-h" | "--help" => return Ok(None),
+            "--port" => match args.next() {
+                Some(p) => raw = Some(("--port", p)),
+                None => return Err("--port needs a value".into()),
+            },
+            other => match other.strip_prefix("--port=") {
+                Some(p) => raw = Some(("--port", p.to_owned())),
+                None => return Err(format!("unknown argument {other:?}")),
+            },
+        }
+    }
+    match raw {
+        None => Ok(Some(http_endpoint::DEFAULT_PORT)),
+        Some((source, p)) => p
+            .trim()
+            .parse::<u16>()
+            .map(Some)
+            .map_err(|_| format!("{source} {p:?} is not a port number (0-65535)")),
+    }
+}
+
+fn fail(message: &str) -> ExitCode {
+    tracing::error!("{message}");
+    eprintln!("fanout-handler: {message}");
+    ExitCode::FAILURE
+}
+
+#[cfg(test)]
+mod tests {
+    use super::port_from;
+
+    fn args(a: &[&str]) -> std::vec::IntoIter<String> {
+        a.iter()
+            .map(|s| s.to_string())
+            .collect::<Vec<_>>()
+            .into_iter()
+    }
+
+    #[test]
+    fn port_defaults_to_9080_and_flag_beats_env() {
+        assert_eq!(port_from(args(&[]), None), Ok(Some(9080)));
+        assert_eq!(port_from(args(&[]), Some("7000".into())), Ok(Some(7000)));
+        assert_eq!(
+            port_from(args(&["--port", "7001"]), Some("7000".into())),
+            Ok(Some(7001))
+        );
+        assert_eq!(port_from(args(&["--port=7002"]), None), Ok(Some(7002)));
+    }
+
+    #[test]
+    fn bad_ports_and_arguments_are_explained() {
+        assert!(
+            port_from(args(&["--port", "x"]), None)
+                .unwrap_err()
+                .contains("not a port")
+        );
+        assert!(
+            port_from(args(&["--port"]), None)
+                .unwrap_err()
+                .contains("needs a value")
+        );
+        assert!(
+            port_from(args(&["--bogus"]), None)
+                .unwrap_err()
+                .contains("unknown argument")
+        );
+        assert_eq!(port_from(args(&["--help"]), None), Ok(None));
+    }
+}

@@ -1,0 +1,119 @@
+//! The test harness: a real restate-server plus the handler, per test, torn down by pid.
+//!
+//! Each [`Harness`] owns a [`fanout::stack::LocalStack`]: restate-server on free loopback ports
+//! with a temp base dir, the handler (HTTP endpoint or Lambda instances behind the local Lambda
+//! stand-in) registered through the admin API. Dropping it kills every process it started,
+//! also when the test fails or panics, so tests run in parallel without clashes.
+
+use fanout::ingress::{IngressClient, IngressResponse};
+use fanout::stack::{HandlerMode, LocalStack, StackOptions};
+use serde_json::{Value, json};
+use std::path::PathBuf;
+
+pub use fanout::stack::HandlerMode as Mode;
+
+/// Subtasks sleep below this many ms in tests, so a 100-wide fan-out takes about a second.
+pub const TEST_MAX_SUBTASK_MS: u64 = 500;
+
+pub struct Harness {
+    pub stack: LocalStack,
+    pub ingress: IngressClient,
+}
+
+/// The handler binary built by `cargo build --workspace --bins` (what `make test` runs first).
+pub fn handler_binary() -> PathBuf {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join("target"));
+    let binary = target.join("debug").join("fanout-handler");
+    assert!(
+        binary.is_file(),
+        "{} is missing: run `cargo build --workspace --bins` (make test does) before the tests",
+        binary.display()
+    );
+    binary
+}
+
+impl Harness {
+    /// A stack in `mode` with the test's short subtasks.
+    pub async fn start(mode: HandlerMode) -> Self {
+        Self::start_with(Self::options(mode)).await
+    }
+
+    pub fn options(mode: HandlerMode) -> StackOptions {
+        let mut options = StackOptions::new(mode, handler_binary());
+        options.handler_env.push((
+            "FANOUT_MAX_SUBTASK_MS".into(),
+            TEST_MAX_SUBTASK_MS.to_string(),
+        ));
+        options
+    }
+
+    pub async fn start_with(options: StackOptions) -> Self {
+        let stack = match LocalStack::start(options).await {
+            Ok(stack) => stack,
+            Err(e) => panic!("the local stack did not start: {e:#}"),
+        };
+        let ingress = IngressClient::new(&stack.ingress_url, None);
+        Self { stack, ingress }
+    }
+
+    /// Calls `worker/run` with `{"description": description}`.
+    pub async fn run(&self, description: &str) -> IngressResponse {
+        self.run_json(&json!({ "description": description })).await
+    }
+
+    pub async fn run_json(&self, task: &Value) -> IngressResponse {
+        self.ingress
+            .run(task, None)
+            .await
+            .expect("the ingress answers")
+    }
+
+    /// Rows of an introspection query.
+    pub async fn query(&self, sql: &str) -> Vec<Value> {
+        self.stack
+            .admin
+            .query(sql)
+            .await
+            .unwrap_or_else(|e| panic!("query failed: {e:#}\n{sql}"))
+    }
+
+    pub fn handler_log(&self) -> String {
+        self.stack.handler_log()
+    }
+
+    pub fn server_log(&self) -> String {
+        self.stack.server.log()
+    }
+
+    /// Lines of the handler log that contain `needle`.
+    pub fn log_lines_with(&self, needle: &str) -> Vec<String> {
+        self.handler_log()
+            .lines()
+            .filter(|line| line.contains(needle))
+            .map(str::to_owned)
+            .collect()
+    }
+
+    pub async fn stop(self) {
+        self.stack.stop().await;
+    }
+}
+
+/// `"s1,s2,…,sN"`.
+pub fn numbered_subtasks(n: usize) -> String {
+    (1..=n)
+        .map(|i| format!("s{i}"))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// `"s1: DONE,…,sN: DONE"`.
+pub fn numbered_results(n: usize) -> String {
+    (1..=n)
+        .map(|i| format!("s{i}: DONE"))
+        .collect::<Vec<_>>()
+        .join(",")
+}

@@ -1,0 +1,228 @@
+//! The worker end to end through Restate's real ingress, in both modes: the handler as an
+//! HTTP endpoint, and as a Lambda bootstrap behind the local Lambda stand-in.
+
+use fanout::admin::sql_string;
+use fanout_tests::{Harness, Mode, numbered_results, numbered_subtasks};
+use serde_json::{Value, json};
+
+const REFERENCE: &str = "get out of bed,shower,make coffee,have breakfast";
+
+async fn reference_example(mode: Mode) {
+    let h = Harness::start(mode).await;
+    let response = h.run(REFERENCE).await;
+    assert_eq!(response.status, 200, "{:?}", response.body);
+    assert_eq!(
+        response.body,
+        json!({"description": "get out of bed: DONE,shower: DONE,make coffee: DONE,have breakfast: DONE"})
+    );
+    h.stop().await;
+}
+
+async fn one_subtask(mode: Mode) {
+    let h = Harness::start(mode).await;
+    let response = h.run("shower").await;
+    assert_eq!(response.status, 200, "{:?}", response.body);
+    assert_eq!(response.body, json!({"description": "shower: DONE"}));
+    h.stop().await;
+}
+
+/// The coordinator's journal as (index, entry type) pairs.
+async fn coordinator_journal(h: &Harness) -> Vec<(u64, String)> {
+    let ids = h
+        .query("SELECT id FROM sys_invocation WHERE target = 'worker/run'")
+        .await;
+    assert_eq!(ids.len(), 1, "one coordinator: {ids:?}");
+    let id = ids[0]["id"].as_str().unwrap().to_owned();
+    h.query(&format!(
+        "SELECT index, entry_type FROM sys_journal WHERE id = {} ORDER BY index",
+        sql_string(&id)
+    ))
+    .await
+    .iter()
+    .map(|row| {
+        (
+            row["index"].as_u64().unwrap(),
+            row["entry_type"].as_str().unwrap().to_owned(),
+        )
+    })
+    .collect()
+}
+
+async fn hundred_subtasks_all_in_flight(mode: Mode) {
+    let h = Harness::start(mode).await;
+    let response = h.run(&numbered_subtasks(100)).await;
+    assert_eq!(response.status, 200, "{:?}", response.body);
+    assert_eq!(response.body, json!({"description": numbered_results(100)}));
+
+    // Evidence of concurrency from the journal, not a timer: every one of the 100 calls was
+    // journaled before the first call result came back.
+    let journal = coordinator_journal(&h).await;
+    let calls: Vec<u64> = journal
+        .iter()
+        .filter(|(_, ty)| ty == "Command: Call")
+        .map(|(i, _)| *i)
+        .collect();
+    let first_result = journal
+        .iter()
+        .find(|(_, ty)| ty == "Notification: Call")
+        .map(|(i, _)| *i)
+        .expect("call results are journaled");
+    assert_eq!(calls.len(), 100, "{journal:?}");
+    assert!(
+        calls.iter().all(|&i| i < first_result),
+        "a call was issued after a result arrived: calls {calls:?}, first result at {first_result}"
+    );
+    assert_eq!(
+        journal
+            .iter()
+            .filter(|(_, ty)| ty == "Command: Run")
+            .count(),
+        1,
+        "one journaled split step"
+    );
+
+    let subtasks = h
+        .query("SELECT count(*) AS n FROM sys_invocation WHERE target = 'worker/runSubtask'")
+        .await;
+    assert_eq!(subtasks[0]["n"], json!(100));
+    h.stop().await;
+}
+
+async fn bad_input_is_rejected_with_a_reason(mode: Mode) {
+    let h = Harness::start(mode).await;
+    let big = "x".repeat(1024 * 1024 + 1);
+    let too_many = vec!["a"; 10_001].join(",");
+    let cases: Vec<(Value, u16, &str)> = vec![
+        (json!("not json {"), 400, "not valid JSON"),
+        (json!({}), 400, "missing field `description`"),
+        (json!({"description": 5}), 400, "expected a string"),
+        (json!({"description": ""}), 400, "description is empty"),
+        (json!({"description": "   "}), 400, "description is empty"),
+        (
+            json!({"description": "a,,b"}),
+            400,
+            "subtask 2 of 3 is empty",
+        ),
+        (
+            json!({"description": "a,b,"}),
+            400,
+            "subtask 3 of 3 is empty",
+        ),
+        (
+            json!({"description": big}),
+            400,
+            "the limit is 1048576 bytes",
+        ),
+        (
+            json!({"description": too_many}),
+            400,
+            "10001 subtasks; the limit is 10000",
+        ),
+    ];
+    for (task, status, message) in cases {
+        let response = match &task {
+            // Sent raw: the body is not JSON at all.
+            Value::String(raw) => h
+                .ingress
+                .post("/worker/run", "application/json", raw.clone(), None)
+                .await
+                .unwrap(),
+            _ => h.run_json(&task).await,
+        };
+        let shown: String = task.to_string().chars().take(60).collect();
+        assert_eq!(response.status, status, "{shown}: {:?}", response.body);
+        assert!(
+            response.message().contains(message),
+            "{shown}: expected {message:?} in {:?}",
+            response.message()
+        );
+    }
+    // Whitespace around items is trimmed, not an error.
+    let trimmed = h.run(" a , b\t").await;
+    assert_eq!(trimmed.body, json!({"description": "a: DONE,b: DONE"}));
+
+    // Nothing was retried: each rejected run failed on its first attempt and no subtask ran.
+    let retried = h
+        .query("SELECT id, retry_count FROM sys_invocation WHERE retry_count > 0")
+        .await;
+    assert!(retried.is_empty(), "retried invocations: {retried:?}");
+    let subtasks = h
+        .query("SELECT count(*) AS n FROM sys_invocation WHERE target = 'worker/runSubtask'")
+        .await;
+    assert_eq!(
+        subtasks[0]["n"],
+        json!(2),
+        "only the valid task's two subtasks ran"
+    );
+    h.stop().await;
+}
+
+async fn log_lines_once_per_subtask_despite_replays(mode: Mode) {
+    let mut options = Harness::options(mode);
+    // A short inactivity timeout makes restate-server suspend idle invocations in HTTP mode
+    // too, so both modes resume handlers by replaying their journals.
+    options.server_env.push((
+        "RESTATE_WORKER__INVOKER__INACTIVITY_TIMEOUT".into(),
+        "100ms".into(),
+    ));
+    // Suspensions are logged at debug; they are the evidence that replays happened.
+    options
+        .handler_env
+        .push(("RUST_LOG".into(), "info,restate_sdk=debug".into()));
+    let h = Harness::start_with(options).await;
+    let n = 20;
+    let response = h.run(&numbered_subtasks(n)).await;
+    assert_eq!(response.status, 200, "{:?}", response.body);
+
+    for i in 1..=n {
+        for prefix in ["Started executing subtask", "Execution subtask finished"] {
+            let needle = format!("{prefix}: s{i}");
+            let lines: Vec<String> = h
+                .log_lines_with(&needle)
+                .into_iter()
+                .filter(|l| l.trim_end().ends_with(&needle) || l.contains(&format!("{needle}\"")))
+                .collect();
+            assert_eq!(lines.len(), 1, "{needle}: {lines:#?}");
+            assert!(
+                lines[0].contains("worker/runSubtask") && lines[0].contains("inv_"),
+                "the line names the handler and the invocation: {}",
+                lines[0]
+            );
+        }
+    }
+    let aggregated = h.log_lines_with("Aggregated result: s1: DONE,");
+    assert_eq!(aggregated.len(), 1, "{aggregated:#?}");
+    assert!(aggregated[0].contains("worker/run") && aggregated[0].contains("inv_"));
+
+    // The replays really happened: the coordinator suspended (and was resumed) at least once.
+    let suspensions = h.log_lines_with("suspended: Restate resumes it");
+    assert!(
+        suspensions.iter().any(|l| l.contains("worker/run")),
+        "the coordinator never suspended, so nothing was replayed:\n{}",
+        h.handler_log()
+    );
+    h.stop().await;
+}
+
+macro_rules! in_both_modes {
+    ($($test:ident),* $(,)?) => {
+        mod http {
+            use super::*;
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $test() { super::$test(Mode::Http).await })*
+        }
+        mod lambda {
+            use super::*;
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $test() { super::$test(Mode::Lambda).await })*
+        }
+    };
+}
+
+in_both_modes!(
+    reference_example,
+    one_subtask,
+    hundred_subtasks_all_in_flight,
+    bad_input_is_rejected_with_a_reason,
+    log_lines_once_per_subtask_despite_replays,
+);

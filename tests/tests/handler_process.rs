@@ -1,0 +1,95 @@
+//! The `fanout-handler` binary as an operator meets it: ports, bad configuration, shutdown.
+
+use fanout_tests::handler_binary;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn wait_for_port(port: u16) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    false
+}
+
+#[test]
+fn serves_on_the_given_port_and_stops_cleanly_on_sigterm() {
+    let port = fanout::process::free_port().unwrap();
+    let mut child = Command::new(handler_binary())
+        .args(["--port", &port.to_string()])
+        .env_remove("AWS_LAMBDA_RUNTIME_API")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    assert!(wait_for_port(port), "the handler never listened on {port}");
+    fanout::process::terminate(child.id());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("the handler ignored SIGTERM");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "exit after SIGTERM: {status}");
+}
+
+#[test]
+fn the_port_env_var_is_honoured() {
+    let port = fanout::process::free_port().unwrap();
+    let mut child = Command::new(handler_binary())
+        .env("PORT", port.to_string())
+        .env_remove("AWS_LAMBDA_RUNTIME_API")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let up = wait_for_port(port);
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(up, "PORT={port} was not used");
+}
+
+fn run_failing(args: &[&str], env: &[(&str, &str)]) -> String {
+    let output = Command::new(handler_binary())
+        .args(args)
+        .envs(env.iter().copied())
+        .env_remove("AWS_LAMBDA_RUNTIME_API")
+        .output()
+        .unwrap();
+    assert!(!output.status.success(), "{args:?} {env:?} should fail");
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+#[test]
+fn bad_configuration_is_explained_not_panicked() {
+    let port = run_failing(&["--port", "http"], &[]);
+    assert!(port.contains("not a port number"), "{port}");
+    assert!(!port.contains("panicked"), "{port}");
+
+    let max = run_failing(&[], &[("FANOUT_MAX_SUBTASK_MS", "soon")]);
+    assert!(
+        max.contains("FANOUT_MAX_SUBTASK_MS") && max.contains("whole number"),
+        "{max}"
+    );
+
+    let lambda = Command::new(handler_binary())
+        .env("AWS_LAMBDA_RUNTIME_API", "127.0.0.1:1")
+        .env_remove("AWS_LAMBDA_FUNCTION_NAME")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&lambda.stderr);
+    assert!(!lambda.status.success());
+    assert!(
+        stderr.contains("missing Lambda environment variables"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
