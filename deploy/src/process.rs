@@ -1,7 +1,8 @@
 //! Child processes that never outlive their owner.
 //!
-//! Every process the toolkit starts (restate-server, handler endpoints, Lambda instances) is
-//! killed by pid when its handle is dropped, including when a test panics half-way.
+//! Every process the toolkit starts (restate-server, handler endpoints, Lambda instances) runs
+//! in a process group of its own and the whole group is killed when its handle is dropped,
+//! including when a test panics half-way, so no grandchild outlives it either.
 
 use anyhow::{Context, Result};
 use std::fs::File;
@@ -10,10 +11,26 @@ use std::process::Stdio;
 use std::time::Duration;
 use tokio::process::{Child, Command};
 
-/// A running child, killed on drop.
+/// A running child, killed (with its process group) on drop.
 pub struct Managed {
     name: String,
     child: Child,
+}
+
+impl Drop for Managed {
+    fn drop(&mut self) {
+        if let Some(pid) = self.child.id() {
+            kill_group(pid);
+        }
+    }
+}
+
+/// SIGKILL to the process group led by `pid`.
+pub fn kill_group(pid: u32) {
+    // SAFETY: kill(2) with a negative pid signals a process group; no memory is touched.
+    unsafe {
+        libc::kill(-(pid as libc::pid_t), libc::SIGKILL);
+    }
 }
 
 impl Managed {
@@ -29,6 +46,7 @@ impl Managed {
             .stdin(Stdio::null())
             .stdout(Stdio::from(file))
             .stderr(Stdio::from(err_file))
+            .process_group(0)
             .kill_on_drop(true);
         let child = command
             .spawn()
@@ -50,14 +68,18 @@ impl Managed {
 
     /// Asks the process to stop (SIGTERM), then kills it if it is still there after `grace`.
     pub async fn stop(mut self, grace: Duration) -> Option<std::process::ExitStatus> {
-        if let Some(pid) = self.child.id() {
-            terminate(pid);
-            if let Ok(Ok(status)) = tokio::time::timeout(grace, self.child.wait()).await {
-                return Some(status);
+        let pid = self.child.id()?;
+        terminate(pid);
+        let status = match tokio::time::timeout(grace, self.child.wait()).await {
+            Ok(Ok(status)) => Some(status),
+            _ => {
+                kill_group(pid);
+                self.child.wait().await.ok()
             }
-        }
-        let _ = self.child.kill().await;
-        self.child.wait().await.ok()
+        };
+        // Whatever the leader left behind in its group goes with it.
+        kill_group(pid);
+        status
     }
 
     pub fn name(&self) -> &str {
@@ -67,11 +89,10 @@ impl Managed {
 
 /// Sends SIGTERM by pid.
 pub fn terminate(pid: u32) {
-    let _ = std::process::Command::new("kill")
-        .args(["-TERM", &pid.to_string()])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status();
+    // SAFETY: kill(2) only sends a signal.
+    unsafe {
+        libc::kill(pid as libc::pid_t, libc::SIGTERM);
+    }
 }
 
 /// A free TCP port on loopback. The port is released before it is returned, so callers retry

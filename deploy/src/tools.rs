@@ -45,8 +45,14 @@ pub fn restate_server() -> Result<PathBuf> {
             path.display()
         );
     }
+    // The npm package's `.bin/restate-server` is a node wrapper that spawns the platform
+    // binary as its child; run the binary itself so that stopping it by pid stops the server.
     let installed = project_root()
-        .map(|root| root.join(".tools/restate/node_modules/.bin/restate-server"))
+        .map(|root| {
+            root.join(".tools/restate/node_modules/@restatedev")
+                .join(format!("restate-server-{}", npm_platform()))
+                .join("bin/restate-server")
+        })
         .filter(|path| path.is_file());
     installed.with_context(|| {
         format!(
@@ -55,6 +61,20 @@ pub fn restate_server() -> Result<PathBuf> {
              {RESTATE_SERVER_ENV}"
         )
     })
+}
+
+/// The suffix of restate-server's platform package on npm (`linux-x64`, `linux-arm64`, …).
+fn npm_platform() -> String {
+    let os = match std::env::consts::OS {
+        "macos" => "darwin",
+        other => other,
+    };
+    let arch = match std::env::consts::ARCH {
+        "x86_64" => "x64",
+        "aarch64" => "arm64",
+        other => other,
+    };
+    format!("{os}-{arch}")
 }
 
 /// The handler binary built from this workspace (debug unless `release`).
