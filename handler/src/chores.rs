@@ -14,6 +14,17 @@ pub const MAX_DESCRIPTION_BYTES: usize = 1024 * 1024;
 /// Env var that sets the longest simulated subtask, in milliseconds.
 pub const MAX_SUBTASK_MS_ENV: &str = "FANOUT_MAX_SUBTASK_MS";
 
+/// Env var that sets how long each subtask works inside a journaled step, in milliseconds.
+pub const SUBTASK_WORK_MS_ENV: &str = "FANOUT_SUBTASK_WORK_MS";
+
+/// Env var that makes chores named `flaky…` fail with a retryable error for this many
+/// milliseconds after their first attempt: a documented way to watch Restate retry (tests,
+/// demos). Unset: no chore ever fails.
+pub const FLAKY_MS_ENV: &str = "FANOUT_FLAKY_MS";
+
+/// Chores whose description starts with this fail transiently while [`FLAKY_MS_ENV`] says so.
+pub const FLAKY_PREFIX: &str = "flaky";
+
 /// The reference example's bound on a subtask's sleep: "a random number of seconds below 5".
 pub const DEFAULT_MAX_SUBTASK: Duration = Duration::from_secs(5);
 
@@ -26,36 +37,57 @@ pub struct Description {
 /// The chores job.
 #[derive(Debug, Clone)]
 pub struct Chores {
-    /// Each subtask sleeps a random duration in `[0, max_subtask)`.
+    /// Each subtask sleeps durably for a random duration in `[0, max_subtask)`; on Lambda the
+    /// function returns while it sleeps.
     pub max_subtask: Duration,
+    /// Each subtask then works this long inside a journaled step, holding its instance busy as
+    /// real work would (0 by default, as in the reference).
+    pub work: Duration,
+    /// Chores named `flaky…` fail with a retryable error until this long after their first
+    /// attempt (`None`: never).
+    pub flaky_for: Option<Duration>,
 }
 
 impl Default for Chores {
     fn default() -> Self {
         Self {
             max_subtask: DEFAULT_MAX_SUBTASK,
+            work: Duration::ZERO,
+            flaky_for: None,
         }
     }
 }
 
 impl Chores {
-    /// Reads [`MAX_SUBTASK_MS_ENV`]; unset means the reference's 5 s.
+    /// Reads [`MAX_SUBTASK_MS_ENV`] (unset: the reference's 5 s) and [`SUBTASK_WORK_MS_ENV`]
+    /// (unset: no work).
     pub fn from_env() -> Result<Self, String> {
-        match std::env::var(MAX_SUBTASK_MS_ENV) {
-            Err(_) => Ok(Self::default()),
-            Ok(raw) => raw
-                .trim()
-                .parse::<u64>()
-                .map(|ms| Self {
-                    max_subtask: Duration::from_millis(ms),
-                })
-                .map_err(|_| {
-                    format!(
-                        "{MAX_SUBTASK_MS_ENV}={raw:?} is not a whole number of milliseconds; \
-                         set it to e.g. 200, or unset it for the default of 5000"
-                    )
-                }),
-        }
+        let defaults = Self::default();
+        Ok(Self {
+            max_subtask: millis_from_env(MAX_SUBTASK_MS_ENV, defaults.max_subtask)?,
+            work: millis_from_env(SUBTASK_WORK_MS_ENV, defaults.work)?,
+            flaky_for: match std::env::var_os(FLAKY_MS_ENV) {
+                None => None,
+                Some(_) => Some(millis_from_env(FLAKY_MS_ENV, Duration::ZERO)?),
+            },
+        })
+    }
+}
+
+fn millis_from_env(name: &str, default: Duration) -> Result<Duration, String> {
+    match std::env::var(name) {
+        Err(_) => Ok(default),
+        Ok(raw) => raw
+            .trim()
+            .parse::<u64>()
+            .map(Duration::from_millis)
+            .map_err(|_| {
+                format!(
+                    "{name}={raw:?} is not a whole number of milliseconds; set it to e.g. 200, \
+                     or unset it for the default of {}",
+                    default.as_millis()
+                )
+            }),
     }
 }
 
@@ -100,6 +132,38 @@ pub fn join_results<'a>(results: impl IntoIterator<Item = &'a str>) -> String {
     results.into_iter().collect::<Vec<_>>().join(",")
 }
 
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct TransientFailure(String);
+
+/// Fails with a retryable error while less than `window` has passed since the first attempt,
+/// whose time is journaled so every retry measures from the same start.
+async fn fail_within(
+    ctx: &mut Context<'_>,
+    window: Duration,
+    chore: &str,
+) -> Result<(), HandlerError> {
+    let now_ms = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0)
+    };
+    let first_attempt_ms = ctx
+        .run(|| async move { Ok(now_ms()) })
+        .name("first attempt")
+        .await?;
+    let elapsed = now_ms().saturating_sub(first_attempt_ms);
+    if elapsed < window.as_millis() as u64 {
+        return Err(TransientFailure(format!(
+            "{chore} failed transiently ({FLAKY_MS_ENV}: {elapsed} ms of {} ms elapsed)",
+            window.as_millis()
+        ))
+        .into());
+    }
+    Ok(())
+}
+
 impl Job for Chores {
     type Task = Description;
     type Subtask = Description;
@@ -118,6 +182,11 @@ impl Job for Chores {
         ctx: &mut Context<'_>,
         chore: Description,
     ) -> Result<Description, HandlerError> {
+        if let Some(window) = self.flaky_for {
+            if chore.description.starts_with(FLAKY_PREFIX) {
+                fail_within(ctx, window, &chore.description).await?;
+            }
+        }
         // Drawn from the context's seeded generator, so a replay sleeps the same.
         let max_ms = self.max_subtask.as_millis() as u64;
         let sleep_ms = if max_ms == 0 {
@@ -126,6 +195,15 @@ impl Job for Chores {
             ctx.rand().random_range(0..max_ms)
         };
         ctx.sleep(Duration::from_millis(sleep_ms)).await?;
+        if !self.work.is_zero() {
+            let work = self.work;
+            ctx.run(|| async move {
+                tokio::time::sleep(work).await;
+                Ok(())
+            })
+            .name("work")
+            .await?;
+        }
         Ok(Description {
             description: format!("{}: DONE", chore.description),
         })

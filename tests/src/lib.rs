@@ -50,6 +50,13 @@ impl Harness {
         options
     }
 
+    /// Options with the handler's env var `name` set (replacing an earlier value).
+    pub fn with_env(mut options: StackOptions, name: &str, value: &str) -> StackOptions {
+        options.handler_env.retain(|(k, _)| k != name);
+        options.handler_env.push((name.into(), value.into()));
+        options
+    }
+
     pub async fn start_with(options: StackOptions) -> Self {
         let stack = match LocalStack::start(options).await {
             Ok(stack) => stack,
@@ -78,6 +85,34 @@ impl Harness {
             .query(sql)
             .await
             .unwrap_or_else(|e| panic!("query failed: {e:#}\n{sql}"))
+    }
+
+    /// What the local Lambda stand-in metered so far (Lambda mode only).
+    pub fn records(&self) -> Vec<fanout::standin::InvocationRecord> {
+        self.standin().records()
+    }
+
+    pub fn standin(&self) -> &fanout::standin::StandIn {
+        self.stack
+            .standin
+            .as_ref()
+            .expect("the stand-in runs in Lambda mode only")
+    }
+
+    /// Invokes the local Lambda function directly (not through Restate) with `event`.
+    pub async fn invoke_function_directly(&self, event: &Value) -> (u16, Value) {
+        let url = format!(
+            "{}/2015-03-31/functions/fanout/invocations",
+            self.standin().endpoint_url()
+        );
+        let response = reqwest::Client::new()
+            .post(url)
+            .json(event)
+            .send()
+            .await
+            .expect("the stand-in answers");
+        let status = response.status().as_u16();
+        (status, response.json().await.expect("a JSON answer"))
     }
 
     pub fn handler_log(&self) -> String {

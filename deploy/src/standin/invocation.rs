@@ -3,7 +3,9 @@
 
 use super::Shared;
 use super::instances::{Acquired, Function, Instance};
-use super::metering::{InvocationRecord, billed_ms, epoch_ms, event_path, millis, peak_rss_kb};
+use super::metering::{
+    InvocationRecord, billed_ms, content_encoding, epoch_ms, event_facts, millis, peak_rss_kb,
+};
 use super::runtime_api::{Ended, Event, Outcome};
 use super::{PAYLOAD_LIMIT, VersionSpec};
 use axum::body::Bytes;
@@ -58,17 +60,21 @@ pub(crate) async fn run(shared: Arc<Shared>, invocation: Invocation) -> Invoked 
         payload,
         started_at,
     } = invocation;
+    let (path, request_encoding, request_body_bytes) = event_facts(&payload);
     let mut record = InvocationRecord {
         request_id: request_id.clone(),
         function: function.name.clone(),
         version: version.version.clone(),
-        path: event_path(&payload),
+        path,
         cold: false,
         init_ms: None,
         duration_ms: 0.0,
         billed_ms: 0,
         request_bytes: payload.len(),
         response_bytes: 0,
+        request_encoding,
+        request_body_bytes,
+        response_encoding: None,
         peak_rss_kb: None,
         outcome: String::new(),
         started_at_ms: epoch_ms(started_at),
@@ -131,6 +137,7 @@ pub(crate) async fn run(shared: Arc<Shared>, invocation: Invocation) -> Invoked 
         Completion::Reported(Outcome::Response(body)) => {
             lease.keep_warm();
             record.response_bytes = body.len();
+            record.response_encoding = content_encoding(&body);
             record.outcome = "ok".into();
             shared.meter.record(record);
             Invoked::Ok(body)

@@ -26,6 +26,16 @@ pub struct InvocationRecord {
     pub billed_ms: u64,
     pub request_bytes: usize,
     pub response_bytes: usize,
+    /// `content-encoding` of the Restate request body (`zstd` when Restate compressed it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_encoding: Option<String>,
+    /// The Restate request body as the handler sees it: base64- and zstd-decoded. With
+    /// `request_bytes` it shows what compression saved.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_body_bytes: Option<usize>,
+    /// `content-encoding` of the function's response body.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub response_encoding: Option<String>,
     /// `VmHWM` of the instance process right after the invocation.
     pub peak_rss_kb: Option<u64>,
     pub outcome: String,
@@ -123,11 +133,67 @@ fn parse_vm_hwm(status: &str) -> Option<u64> {
 
 /// The `path` of a Restate event, without materialising the (possibly multi-megabyte) body.
 pub(crate) fn event_path(event: &[u8]) -> Option<String> {
-    #[derive(Deserialize)]
-    struct Event {
-        path: Option<String>,
+    serde_json::from_slice::<Envelope>(event).ok()?.path
+}
+
+/// The fields of a Restate event or response document that metering reads; the body is
+/// skipped, not copied.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Envelope {
+    path: Option<String>,
+    #[serde(default)]
+    headers: std::collections::HashMap<String, serde_json::Value>,
+    #[serde(default)]
+    body: Option<String>,
+    #[serde(default)]
+    is_base64_encoded: bool,
+}
+
+impl Envelope {
+    fn content_encoding(&self) -> Option<String> {
+        self.headers
+            .iter()
+            .find(|(name, _)| name.eq_ignore_ascii_case("content-encoding"))
+            .and_then(|(_, value)| value.as_str().map(str::to_owned))
     }
-    serde_json::from_slice::<Event>(event).ok()?.path
+
+    fn decoded_body_len(&self) -> Option<usize> {
+        use base64::Engine as _;
+        let body = self.body.as_deref()?;
+        let raw = if self.is_base64_encoded {
+            base64::engine::general_purpose::STANDARD
+                .decode(body)
+                .ok()?
+        } else {
+            body.as_bytes().to_vec()
+        };
+        match self.content_encoding().as_deref() {
+            Some("zstd") => zstd::stream::decode_all(raw.as_slice())
+                .ok()
+                .map(|b| b.len()),
+            _ => Some(raw.len()),
+        }
+    }
+}
+
+/// The `content-encoding` header of a Restate event or of the function's response document.
+pub(crate) fn content_encoding(document: &[u8]) -> Option<String> {
+    serde_json::from_slice::<Envelope>(document)
+        .ok()?
+        .content_encoding()
+}
+
+/// A Restate event's path, body encoding and decoded body size, read in one parse.
+pub(crate) fn event_facts(event: &[u8]) -> (Option<String>, Option<String>, Option<usize>) {
+    match serde_json::from_slice::<Envelope>(event) {
+        Ok(envelope) => (
+            envelope.path.clone(),
+            envelope.content_encoding(),
+            envelope.decoded_body_len(),
+        ),
+        Err(_) => (None, None, None),
+    }
 }
 
 #[cfg(test)]
@@ -159,6 +225,32 @@ mod tests {
     }
 
     #[test]
+    fn content_encoding_is_read_from_either_document() {
+        let event =
+            br#"{"path":"/invoke/worker/run","headers":{"Content-Encoding":"zstd"},"body":"AAAA"}"#;
+        assert_eq!(content_encoding(event).as_deref(), Some("zstd"));
+        let response = br#"{"statusCode":200,"headers":{"content-type":"x"},"body":""}"#;
+        assert_eq!(content_encoding(response), None);
+    }
+
+    #[test]
+    fn event_facts_decode_base64_and_zstd_bodies() {
+        use base64::Engine as _;
+        let raw = vec![7u8; 10_000];
+        let packed = zstd::bulk::compress(&raw, 3).unwrap();
+        let event = serde_json::json!({
+            "path": "/invoke/worker/run",
+            "headers": {"content-encoding": "zstd"},
+            "body": base64::engine::general_purpose::STANDARD.encode(&packed),
+            "isBase64Encoded": true,
+        });
+        let (path, encoding, body) = event_facts(event.to_string().as_bytes());
+        assert_eq!(path.as_deref(), Some("/invoke/worker/run"));
+        assert_eq!(encoding.as_deref(), Some("zstd"));
+        assert_eq!(body, Some(10_000));
+    }
+
+    #[test]
     fn records_are_kept_and_appended_as_json_lines() {
         let dir = std::env::temp_dir().join(format!("standin-meter-{}", uuid::Uuid::new_v4()));
         let path = dir.join("m.jsonl");
@@ -174,6 +266,9 @@ mod tests {
             billed_ms: 5,
             request_bytes: 1,
             response_bytes: 2,
+            request_encoding: None,
+            request_body_bytes: None,
+            response_encoding: None,
             peak_rss_kb: None,
             outcome: "ok".into(),
             started_at_ms: 7,
