@@ -37,6 +37,15 @@ impl IngressClient {
         }
     }
 
+    /// Waits at most `timeout` for an answer (a wide fan-out can take minutes).
+    pub fn with_timeout(mut self, timeout: std::time::Duration) -> Self {
+        self.http = reqwest::Client::builder()
+            .timeout(timeout)
+            .build()
+            .unwrap_or_else(|_| reqwest::Client::new());
+        self
+    }
+
     pub fn base_url(&self) -> &str {
         &self.base
     }

@@ -2,8 +2,7 @@
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use fanout::admin::{AdminClient, DeploymentTarget, RegisterOptions};
-use fanout::commands::{demo, invoke, local, register};
-use fanout::ingress::IngressClient;
+use fanout::commands::{attach, bench, demo, invoke, local, register, status};
 use fanout::stack::HandlerMode;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -28,11 +27,17 @@ enum Command {
     Local(LocalArgs),
     /// Register a published Lambda version (or an HTTP endpoint) with Restate.
     Register(RegisterArgs),
-    /// Start a fan-out through Restate's ingress and print its result.
-    #[command(
-        after_help = "Exit codes: 0 success, 3 the run failed, 4 the input was rejected (4xx), 5 Restate unreachable, 1 other errors."
-    )]
+    /// Measure fan-outs of several widths on the local stack (Lambda mode) and print a table.
+    Bench(BenchArgs),
+    /// Start a fan-out through Restate's ingress, show its progress, print its result.
+    #[command(after_help = invoke::exit::HELP)]
     Invoke(InvokeArgs),
+    /// Wait for a fan-out started earlier (by id) with live progress, and print its result.
+    #[command(after_help = invoke::exit::HELP)]
+    Attach(AttachArgs),
+    /// Show every subtask of a fan-out: status, attempts, duration, last error.
+    #[command(after_help = invoke::exit::HELP)]
+    Status(StatusArgs),
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -84,6 +89,25 @@ struct DemoArgs {
 }
 
 #[derive(Args)]
+struct BenchArgs {
+    /// The handler binary (default: target/release/fanout-handler, else target/debug).
+    #[arg(long, env = "FANOUT_HANDLER_BIN")]
+    handler: Option<PathBuf>,
+    /// Fan-out widths to run, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "10,100,1000")]
+    sizes: Vec<usize>,
+    /// Subtasks sleep a random time below this, spreading their completions.
+    #[arg(long, default_value_t = 1000)]
+    max_subtask_ms: u64,
+    /// Concurrent executions allowed to the local Lambda function.
+    #[arg(long, default_value_t = 1000)]
+    concurrency_limit: usize,
+    /// Also write the report as JSON to this file.
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+#[derive(Args)]
 struct LocalArgs {
     #[command(flatten)]
     handler: HandlerArgs,
@@ -114,6 +138,12 @@ struct RestateArgs {
     /// Bearer token (Restate Cloud).
     #[arg(long, env = "RESTATE_AUTH_TOKEN", hide_env_values = true)]
     token: Option<String>,
+}
+
+impl RestateArgs {
+    fn endpoints(&self) -> attach::Endpoints {
+        attach::Endpoints::new(&self.ingress_url, &self.admin_url, self.token.clone())
+    }
 }
 
 #[derive(Args)]
@@ -150,8 +180,79 @@ struct InvokeArgs {
     /// Repeating an invoke with the same key returns the same run instead of starting another.
     #[arg(long)]
     idempotency_key: Option<String>,
+    /// Start the run, print its invocation id and return; `fanout attach ID` waits for it.
+    #[arg(long)]
+    send: bool,
+    #[command(flatten)]
+    watch: WatchArgs,
     #[command(flatten)]
     restate: RestateArgs,
+}
+
+#[derive(Args)]
+struct AttachArgs {
+    /// The coordinator's invocation id (inv_…), as `fanout invoke --send` prints it.
+    id: String,
+    #[command(flatten)]
+    watch: WatchArgs,
+    #[command(flatten)]
+    restate: RestateArgs,
+}
+
+#[derive(Args)]
+struct StatusArgs {
+    /// The coordinator's invocation id (inv_…).
+    id: String,
+    /// text: a table and a summary line; json: one object for scripts.
+    #[arg(long, value_enum, default_value = "text")]
+    output: Output,
+    #[command(flatten)]
+    restate: RestateArgs,
+}
+
+#[derive(Args)]
+struct WatchArgs {
+    /// text: the result on stdout, progress on stderr; json: one object on stdout for scripts.
+    #[arg(long, value_enum, default_value = "text")]
+    output: Output,
+    /// How progress is shown on stderr (auto: a bar on a terminal, plain lines otherwise).
+    #[arg(long, value_enum, default_value = "auto")]
+    progress: ProgressArg,
+}
+
+impl WatchArgs {
+    fn display(&self) -> fanout::observe::DisplayMode {
+        use fanout::observe::DisplayMode;
+        match self.progress {
+            ProgressArg::Auto => DisplayMode::for_stderr(),
+            ProgressArg::Bar => DisplayMode::Bar,
+            ProgressArg::Plain => DisplayMode::Plain,
+            ProgressArg::None => DisplayMode::Quiet,
+        }
+    }
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Output {
+    Text,
+    Json,
+}
+
+impl From<Output> for invoke::OutputFormat {
+    fn from(output: Output) -> Self {
+        match output {
+            Output::Text => invoke::OutputFormat::Text,
+            Output::Json => invoke::OutputFormat::Json,
+        }
+    }
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum ProgressArg {
+    Auto,
+    Bar,
+    Plain,
+    None,
 }
 
 fn main() -> ExitCode {
@@ -189,6 +290,26 @@ async fn dispatch(command: Command) -> anyhow::Result<u8> {
             .await?;
             Ok(0)
         }
+        Command::Bench(args) => {
+            let handler_binary = match args.handler {
+                Some(path) => path,
+                None => fanout::tools::handler_binary(true)
+                    .or_else(|_| fanout::tools::handler_binary(false))?,
+            };
+            let report = bench::run(bench::BenchOptions {
+                handler_binary,
+                sizes: args.sizes,
+                max_subtask_ms: args.max_subtask_ms,
+                concurrency_limit: args.concurrency_limit,
+            })
+            .await?;
+            print!("{}", bench::table(&report));
+            if let Some(path) = args.json {
+                std::fs::write(&path, serde_json::to_string_pretty(&report)?)?;
+                println!("wrote {}", path.display());
+            }
+            Ok(0)
+        }
         Command::Register(args) => {
             let admin = AdminClient::new(&args.restate.admin_url, args.restate.token);
             let target = match (args.arn, args.uri) {
@@ -209,29 +330,39 @@ async fn dispatch(command: Command) -> anyhow::Result<u8> {
             Ok(0)
         }
         Command::Invoke(args) => {
+            let output = args.watch.output.into();
             let task = match invoke::task_from(args.description.as_deref(), args.input.as_deref()) {
                 Ok(task) => task,
                 Err(e) => {
-                    eprintln!("error: {e:#}");
-                    return Ok(invoke::exit::BAD_INPUT);
+                    let message = format!("{e:#}");
+                    return Ok(attach::fail(
+                        output,
+                        invoke::exit::BAD_INPUT,
+                        "rejected",
+                        None,
+                        &message,
+                    ));
                 }
             };
-            let ingress = IngressClient::new(&args.restate.ingress_url, args.restate.token);
-            let response =
-                match invoke::invoke(&ingress, &task, args.idempotency_key.as_deref()).await {
-                    Ok(response) => response,
-                    Err(e) => {
-                        eprintln!("error: {e:#}");
-                        return Ok(invoke::exit::UNREACHABLE);
-                    }
-                };
-            let code = invoke::exit_code(&response);
-            if code == invoke::exit::OK {
-                println!("{}", response.body);
-            } else {
-                eprintln!("error: HTTP {}: {}", response.status, response.message());
-            }
-            Ok(code)
+            let options = invoke::InvokeOptions {
+                task,
+                idempotency_key: args.idempotency_key,
+                send_only: args.send,
+                output,
+                display: args.watch.display(),
+            };
+            Ok(invoke::run(&args.restate.endpoints(), options).await)
+        }
+        Command::Attach(args) => {
+            let endpoints = args.restate.endpoints();
+            let (output, display) = (args.watch.output.into(), args.watch.display());
+            Ok(attach::run(&endpoints, &args.id, output, display).await)
+        }
+        Command::Status(args) => {
+            let endpoints = args.restate.endpoints();
+            let observer = endpoints.observer();
+            let admin_url = &args.restate.admin_url;
+            Ok(status::run(&observer, admin_url, &args.id, args.output.into()).await)
         }
     }
 }

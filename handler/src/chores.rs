@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use std::time::Duration;
 
 /// The largest accepted `description`, in bytes.
-pub const MAX_DESCRIPTION_BYTES: usize = 1024 * 1024;
+pub const MAX_DESCRIPTION_BYTES: usize = 2 * 1024 * 1024;
 
 /// Env var that sets the longest simulated subtask, in milliseconds.
 pub const MAX_SUBTASK_MS_ENV: &str = "FANOUT_MAX_SUBTASK_MS";
@@ -98,7 +98,7 @@ fn millis_from_env(name: &str, default: Duration) -> Result<Duration, String> {
 pub fn split_description(description: &str) -> Result<Vec<String>, InvalidInput> {
     if description.len() > MAX_DESCRIPTION_BYTES {
         return Err(InvalidInput::new(format!(
-            "description is {} bytes; the limit is {MAX_DESCRIPTION_BYTES} bytes (1 MiB): \
+            "description is {} bytes; the limit is {MAX_DESCRIPTION_BYTES} bytes (2 MiB): \
              split the work into several tasks",
             description.len()
         )));
@@ -215,6 +215,10 @@ impl Job for Chores {
         }
     }
 
+    fn outcome_size_hint(&self, subtask_bytes: usize) -> usize {
+        subtask_bytes + ": DONE".len()
+    }
+
     fn subtask_label(&self, chore: &Description) -> String {
         chore.description.clone()
     }
@@ -269,7 +273,7 @@ mod tests {
         let at_limit = "x".repeat(MAX_DESCRIPTION_BYTES);
         assert_eq!(chores(&at_limit).unwrap().len(), 1);
         let err = chores(&format!("{at_limit}y")).unwrap_err();
-        assert!(err.contains("1048577 bytes"), "{err}");
+        assert!(err.contains("2097153 bytes"), "{err}");
     }
 
     #[test]

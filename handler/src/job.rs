@@ -49,6 +49,13 @@ pub trait Job: Send + Sync + 'static {
     /// Folds the outcomes, given in the order [`Job::split`] returned the subtasks.
     fn aggregate(&self, outcomes: Vec<Self::Outcome>) -> Self::Output;
 
+    /// About how many bytes the outcome of a subtask of `subtask_bytes` serialized bytes
+    /// takes; the journal planner uses it to size the coordinator's journal before fanning
+    /// out on Lambda. Err on the large side.
+    fn outcome_size_hint(&self, subtask_bytes: usize) -> usize {
+        subtask_bytes
+    }
+
     /// How a subtask is named in log lines (`Started executing subtask: …`).
     fn subtask_label(&self, subtask: &Self::Subtask) -> String;
 

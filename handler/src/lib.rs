@@ -11,6 +11,7 @@
 //! | [`job`] | the seam: the [`job::Job`] trait a user implements (split, execute, aggregate) |
 //! | [`chores`] | the reference job: comma-separated chores, each a short durable sleep |
 //! | [`worker`] | the Restate service `worker` with `run` and `runSubtask`, generic over the job |
+//! | [`plan`] | the journal planner: refuses a fan-out whose journal cannot fit Lambda's payload limit |
 //! | [`payload`] | JSON on the wire with errors that say what was wrong |
 //! | [`logging`] | the reference log lines, replay-aware, human or JSON |
 //! | [`http_endpoint`] | HTTP mode: the endpoint on port 9080 with graceful shutdown |
@@ -25,6 +26,7 @@ pub mod job;
 pub mod lambda;
 pub mod logging;
 pub mod payload;
+pub mod plan;
 pub mod worker;
 
 pub use chores::Chores;

@@ -2,6 +2,7 @@
 //! as an HTTP endpoint (`--port`, `PORT`, default 9080).
 
 use fanout_handler::logging::{self, LogFormat};
+use fanout_handler::plan::PayloadBudget;
 use fanout_handler::{Chores, Worker, http_endpoint, lambda};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::process::ExitCode;
@@ -39,7 +40,14 @@ fn main() -> ExitCode {
         Ok(job) => job,
         Err(message) => return fail(&message),
     };
-    let endpoint = Worker::new(job).endpoint();
+    let worker = Worker::new(job);
+    // On Lambda every resume ships the whole journal, so fan-outs that cannot fit are refused.
+    let worker = if on_lambda {
+        worker.with_payload_budget(PayloadBudget::LAMBDA)
+    } else {
+        worker
+    };
+    let endpoint = worker.endpoint();
 
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

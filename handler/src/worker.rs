@@ -6,17 +6,28 @@
 use crate::job::{InvalidInput, Job, MAX_SUBTASKS};
 use crate::logging::InvocationLog;
 use crate::payload::Payload;
+use crate::plan::{self, PayloadBudget};
 use restate_sdk::prelude::*;
 use std::sync::Arc;
 
 /// The fan-out worker for a job `J`.
 pub struct Worker<J> {
     job: Arc<J>,
+    budget: Option<PayloadBudget>,
 }
 
 impl<J: Job> Worker<J> {
     pub fn new(job: J) -> Self {
-        Self { job: Arc::new(job) }
+        Self {
+            job: Arc::new(job),
+            budget: None,
+        }
+    }
+
+    /// Refuse fan-outs whose coordinator journal cannot fit `budget` (set on Lambda).
+    pub fn with_payload_budget(mut self, budget: PayloadBudget) -> Self {
+        self.budget = Some(budget);
+        self
     }
 
     /// The Restate endpoint serving this worker, ready for the HTTP server or the Lambda adapter.
@@ -25,8 +36,41 @@ impl<J: Job> Worker<J> {
     }
 }
 
-fn terminal_400(err: InvalidInput) -> TerminalError {
-    TerminalError::new_with_code(400, err.0)
+/// Why a task was refused, with the HTTP status the ingress answers.
+#[derive(Debug)]
+pub struct Refusal {
+    pub code: u16,
+    pub message: String,
+}
+
+/// Splits `task` and checks the fan-out can finish: width bounds, then (on Lambda) the
+/// journal planner. Deterministic, so its journaled outcome holds on every replay.
+pub fn split_and_plan<J: Job>(
+    job: &J,
+    task: J::Task,
+    budget: Option<&PayloadBudget>,
+) -> Result<Vec<J::Subtask>, Refusal> {
+    let bad_input = |e: InvalidInput| Refusal {
+        code: 400,
+        message: e.0,
+    };
+    let subtasks = job.split(task).map_err(bad_input)?;
+    check_width(subtasks.len()).map_err(bad_input)?;
+    if let Some(budget) = budget {
+        let sizes: Vec<usize> = subtasks
+            .iter()
+            .map(|s| serde_json::to_vec(s).map_or(0, |b| b.len()))
+            .collect();
+        let split_result = serde_json::to_vec(&subtasks).unwrap_or_default();
+        let estimate = plan::estimate(budget, &split_result, &sizes, |bytes| {
+            job.outcome_size_hint(bytes)
+        });
+        plan::check(budget, &estimate).map_err(|e| Refusal {
+            code: 413,
+            message: e.0,
+        })?;
+    }
+    Ok(subtasks)
 }
 
 #[restate_sdk::service(name = "worker")]
@@ -41,11 +85,14 @@ impl<J: Job> Worker<J> {
     ) -> Result<Payload<J::Output>, HandlerError> {
         let log = InvocationLog::new("worker/run", ctx.invocation_id());
         let job = Arc::clone(&self.job);
+        let budget = self.budget;
 
+        // Splitting and planning are journaled together: a fan-out that cannot finish is
+        // refused once, before any subtask starts, and never re-planned on replay.
         let Payload(subtasks) = ctx
             .run(|| async move {
-                let subtasks = job.split(task.0).map_err(terminal_400)?;
-                check_width(subtasks.len()).map_err(terminal_400)?;
+                let subtasks = split_and_plan(&*job, task.0, budget.as_ref())
+                    .map_err(|e| TerminalError::new_with_code(e.code, e.message))?;
                 Ok(Payload(subtasks))
             })
             .name("split task")

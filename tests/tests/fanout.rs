@@ -90,7 +90,7 @@ async fn hundred_subtasks_all_in_flight(mode: Mode) {
 
 async fn bad_input_is_rejected_with_a_reason(mode: Mode) {
     let h = Harness::start(mode).await;
-    let big = "x".repeat(1024 * 1024 + 1);
+    let big = "x".repeat(2 * 1024 * 1024 + 1);
     let too_many = vec!["a"; 10_001].join(",");
     let cases: Vec<(Value, u16, &str)> = vec![
         (json!("not json {"), 400, "not valid JSON"),
@@ -111,7 +111,7 @@ async fn bad_input_is_rejected_with_a_reason(mode: Mode) {
         (
             json!({"description": big}),
             400,
-            "the limit is 1048576 bytes",
+            "the limit is 2097152 bytes",
         ),
         (
             json!({"description": too_many}),

@@ -1,6 +1,9 @@
 //! One module per `fanout` verb; `main.rs` only parses arguments and dispatches here.
 
+pub mod attach;
+pub mod bench;
 pub mod demo;
 pub mod invoke;
 pub mod local;
 pub mod register;
+pub mod status;
