@@ -6,25 +6,50 @@
 RESTATE_SERVER_VERSION := 1.7.12
 TOOLS                  := .tools
 RESTATE_SERVER         := $(TOOLS)/restate/node_modules/.bin/restate-server
+VENV                   := $(TOOLS)/venv
+# Pinned from PyPI: cargo-lambda (brings zig for cross-linking), moto (AWS emulator for the
+# deploy tests), cfn-lint (checks template.yaml).
+PY_TOOLS               := cargo-lambda==1.9.2 'moto[server]==5.2.5' cfn-lint==1.58.0
+PY_STAMP               := $(VENV)/.installed-$(shell echo '$(PY_TOOLS)' | cksum | cut -d' ' -f1)
 CARGO                  ?= cargo
 FANOUT                 := target/debug/fanout
 
 # Demo knobs: MODE=lambda|http, TASK="a,b,c", MAX_SUBTASK_MS=5000 (the reference's bound).
+# Deploy knobs: ARCH=arm64|x86_64, FUNCTION=fanout, ROLE=arn:aws:iam::…:role/…, ARN=<version ARN>,
+# ADMIN_URL / INGRESS_URL (default: RESTATE_ADMIN_URL / RESTATE_INGRESS_URL, else localhost).
 MODE           ?= lambda
 TASK           ?= get out of bed,shower,make coffee,have breakfast
 MAX_SUBTASK_MS ?= 5000
+ARCH           ?= arm64
+FUNCTION       ?= fanout
+ROLE           ?=
+ARN            ?=
+ADMIN_URL      ?= $(or $(RESTATE_ADMIN_URL),http://localhost:9070)
+INGRESS_URL    ?= $(or $(RESTATE_INGRESS_URL),http://localhost:8080)
 
-.PHONY: help tools build-local demo local test lint fmt clean distclean
+.PHONY: help tools tools-aws rust-targets build-local lambda-zips build deploy register invoke prune bench demo local test lint fmt clean distclean
 
 help:
 	@echo "make demo    - run the reference fan-out end to end (restate-server + local Lambda), then stop"
 	@echo "make test    - install what is missing, build, run every test"
 	@echo "make local   - the local stack until Ctrl-C (MODE=lambda|http)"
 	@echo "make tools   - install restate-server $(RESTATE_SERVER_VERSION) into $(TOOLS)/"
+	@echo "make tools-aws - install cargo-lambda, moto, cfn-lint from PyPI into $(VENV)"
+	@echo "make build   - Lambda zip with cargo-lambda (ARCH=arm64|x86_64)"
+	@echo "make deploy  - build, deploy FUNCTION as a published version, register it (ROLE=, ADMIN_URL=)"
+	@echo "make register ARN=… / make invoke TASK=… / make prune FUNCTION=…"
+	@echo "make bench   - fan-outs of 10, 100, 1000 on the local stack, with figures"
 	@echo "make lint    - cargo fmt --check and clippy"
 	@echo "make clean   - remove local state (.fanout/); distclean also removes $(TOOLS)/ and target/"
 
 tools: $(RESTATE_SERVER)
+
+tools-aws: $(PY_STAMP)
+
+$(PY_STAMP):
+	python3 -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check $(PY_TOOLS)
+	@touch $@
 
 # Pinned from the npm registry; skipped when already there.
 $(RESTATE_SERVER):
@@ -36,13 +61,45 @@ $(RESTATE_SERVER):
 build-local:
 	$(CARGO) build --workspace --bins
 
+# Both architectures' zips, built by `fanout build` (cargo-lambda): arm64 for AWS, x86_64 for
+# the local stand-in's release loop in the tests.
+lambda-zips: tools-aws build-local rust-targets
+	$(FANOUT) build --arch arm64
+	$(FANOUT) build --arch x86_64
+
+build: tools-aws build-local rust-targets
+	$(FANOUT) build --arch $(ARCH)
+
+# cargo-lambda cross-compiles with zig but needs the target's standard library.
+rust-targets:
+	rustup target add aarch64-unknown-linux-gnu x86_64-unknown-linux-gnu
+
+deploy: build
+	$(FANOUT) deploy --function-name $(FUNCTION) --arch $(ARCH) $(if $(ROLE),--role $(ROLE)) \
+		--register --admin-url $(ADMIN_URL)
+
+register: build-local
+	@test -n "$(ARN)" || { echo "usage: make register ARN=arn:aws:lambda:REGION:ACCOUNT:function:NAME:VERSION"; exit 2; }
+	$(FANOUT) register --arn $(ARN) --admin-url $(ADMIN_URL)
+
+invoke: build-local
+	$(FANOUT) invoke --ingress-url $(INGRESS_URL) --admin-url $(ADMIN_URL) "$(TASK)"
+
+prune: build-local
+	$(FANOUT) prune --function-name $(FUNCTION) --admin-url $(ADMIN_URL)
+
+bench: tools
+	$(CARGO) build --release -p fanout-handler
+	$(CARGO) build -p fanout
+	$(FANOUT) bench --handler target/release/fanout-handler --json target/bench.json
+
 demo: tools build-local
 	$(FANOUT) demo --mode $(MODE) --max-subtask-ms $(MAX_SUBTASK_MS) "$(TASK)"
 
 local: tools build-local
 	$(FANOUT) local --mode $(MODE) --max-subtask-ms $(MAX_SUBTASK_MS)
 
-test: tools build-local
+test: tools tools-aws lambda-zips
 	$(CARGO) test --workspace
 
 lint:

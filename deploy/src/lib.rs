@@ -8,16 +8,20 @@
 //! | [`tools`] | where restate-server and the handler binary come from |
 //! | [`process`] | child processes killed by pid when dropped; free ports |
 //! | [`restate_server`] | a real restate-server on loopback with a temp base dir |
+//! | [`aws`] | AWS config from the standard chain; SDK errors turned into causes and fixes |
 //! | [`admin`] | Restate's admin API: register, list, delete, SQL introspection |
 //! | [`ingress`] | Restate's ingress: start a fan-out, get its result |
+//! | [`observe`] | a fan-out's progress and per-subtask detail from SQL introspection; bar/plain display |
 //! | [`standin`] | the local Lambda: Invoke API, Runtime API, instances, metering |
 //! | [`stack`] | restate-server + handler (HTTP or Lambda) registered: the local stack |
 //! | [`report`] | per-invocation tables and summaries from the stand-in's metering |
-//! | [`commands`] | one module per CLI verb (`local`, `demo`, `register`, `invoke`) |
+//! | [`commands`] | one module per CLI verb (`build`, `deploy`, `register`, `prune`, `local`, `demo`, `bench`, `invoke`, `attach`, `status`) |
 
 pub mod admin;
+pub mod aws;
 pub mod commands;
 pub mod ingress;
+pub mod observe;
 pub mod process;
 pub mod report;
 pub mod restate_server;

@@ -2,7 +2,10 @@
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use fanout::admin::{AdminClient, DeploymentTarget, RegisterOptions};
-use fanout::commands::{attach, bench, demo, invoke, local, register, status};
+use fanout::commands::build::Arch;
+use fanout::commands::{
+    attach, bench, build, demo, deploy, invoke, local, prune, register, status,
+};
 use fanout::stack::HandlerMode;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -27,6 +30,13 @@ enum Command {
     Local(LocalArgs),
     /// Register a published Lambda version (or an HTTP endpoint) with Restate.
     Register(RegisterArgs),
+    /// Build the handler as a Lambda zip with cargo-lambda; print its path, size and SHA-256.
+    Build(BuildArgs),
+    /// Create or update the Lambda function, publish a version, print its ARN (and register it
+    /// with --register).
+    Deploy(DeployArgs),
+    /// Remove old versions (Restate deployment, then Lambda version) once nothing is pinned to them.
+    Prune(PruneArgs),
     /// Measure fan-outs of several widths on the local stack (Lambda mode) and print a table.
     Bench(BenchArgs),
     /// Start a fan-out through Restate's ingress, show its progress, print its result.
@@ -86,6 +96,65 @@ struct DemoArgs {
     /// The task to fan out.
     #[arg(default_value = demo::REFERENCE_TASK)]
     description: String,
+}
+
+#[derive(Args)]
+struct BuildArgs {
+    /// CPU architecture of the function.
+    #[arg(long, value_enum, default_value = "arm64")]
+    arch: Arch,
+}
+
+#[derive(Args)]
+struct DeployArgs {
+    /// The Lambda function to create or update.
+    #[arg(long)]
+    function_name: String,
+    /// Execution role ARN (needed to create the function).
+    #[arg(long)]
+    role: Option<String>,
+    /// Memory in MB (128-10240; default 256 when creating).
+    #[arg(long)]
+    memory: Option<i32>,
+    /// Timeout in seconds (1-900; default 60 when creating).
+    #[arg(long)]
+    timeout: Option<i32>,
+    /// CPU architecture of the function.
+    #[arg(long, value_enum, default_value = "arm64")]
+    arch: Arch,
+    /// Environment variable of the function, KEY=VALUE (repeatable; replaces the function's
+    /// environment when given).
+    #[arg(long = "env", value_name = "KEY=VALUE", value_parser = parse_env)]
+    env: Vec<(String, String)>,
+    /// The zip to deploy (default: target/lambda/fanout-handler/bootstrap-ARCH.zip from `fanout build`).
+    #[arg(long)]
+    zip: Option<PathBuf>,
+    /// AWS region (default: the AWS chain's, e.g. AWS_REGION).
+    #[arg(long)]
+    region: Option<String>,
+    /// Also register the published version with Restate.
+    #[arg(long)]
+    register: bool,
+    /// With --register: IAM role Restate assumes to invoke the function.
+    #[arg(long)]
+    assume_role_arn: Option<String>,
+    #[command(flatten)]
+    restate: RestateArgs,
+}
+
+#[derive(Args)]
+struct PruneArgs {
+    /// The Lambda function whose old versions to remove.
+    #[arg(long)]
+    function_name: String,
+    /// Print the plan without changing anything.
+    #[arg(long)]
+    dry_run: bool,
+    /// AWS region (default: the AWS chain's).
+    #[arg(long)]
+    region: Option<String>,
+    #[command(flatten)]
+    restate: RestateArgs,
 }
 
 #[derive(Args)]
@@ -255,7 +324,19 @@ enum ProgressArg {
     None,
 }
 
+fn parse_env(raw: &str) -> Result<(String, String), String> {
+    raw.split_once('=')
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .ok_or_else(|| format!("{raw:?} is not KEY=VALUE"))
+}
+
 fn main() -> ExitCode {
+    // Like other command-line tools, end quietly when the reader of our output goes away
+    // (`fanout status … | head`) instead of panicking in println!.
+    // SAFETY: restoring the default disposition of SIGPIPE before any thread starts.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
@@ -288,6 +369,53 @@ async fn dispatch(command: Command) -> anyhow::Result<u8> {
                 concurrency_limit: args.concurrency_limit,
             })
             .await?;
+            Ok(0)
+        }
+        Command::Build(args) => {
+            let artifact = build::build(args.arch)?;
+            println!("{}", artifact.describe());
+            Ok(0)
+        }
+        Command::Deploy(args) => {
+            let zip = match args.zip {
+                Some(zip) => zip,
+                None => build::zip_path(
+                    &fanout::tools::project_root().unwrap_or_else(|| PathBuf::from(".")),
+                    args.arch,
+                ),
+            };
+            let code = build::artifact(&zip)?;
+            let lambda = fanout::aws::lambda_client(args.region.as_deref()).await?;
+            let options = deploy::DeployOptions {
+                function_name: args.function_name.clone(),
+                role: args.role,
+                memory_mb: args.memory,
+                timeout_s: args.timeout,
+                arch: args.arch,
+                environment: (!args.env.is_empty()).then(|| args.env.into_iter().collect()),
+            };
+            let deployed = deploy::deploy(&lambda, &options, &code).await?;
+            println!("{}", deployed.describe(&args.function_name));
+            if args.register {
+                let admin = AdminClient::new(&args.restate.admin_url, args.restate.token);
+                let target = DeploymentTarget::Lambda {
+                    arn: deployed.version_arn.clone(),
+                    assume_role_arn: args.assume_role_arn,
+                };
+                let registered =
+                    register::register(&admin, target, RegisterOptions::default()).await?;
+                print!("{}", register::describe(&registered, false));
+            }
+            Ok(0)
+        }
+        Command::Prune(args) => {
+            let admin = AdminClient::new(&args.restate.admin_url, args.restate.token);
+            let entries = prune::plan(&admin, &args.function_name).await?;
+            if !args.dry_run {
+                let lambda = fanout::aws::lambda_client(args.region.as_deref()).await?;
+                prune::apply(&admin, &lambda, &args.function_name, &entries).await?;
+            }
+            print!("{}", prune::describe(&entries, args.dry_run));
             Ok(0)
         }
         Command::Bench(args) => {

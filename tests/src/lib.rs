@@ -152,3 +152,62 @@ pub fn numbered_results(n: usize) -> String {
         .collect::<Vec<_>>()
         .join(",")
 }
+
+/// The `fanout` CLI built by `cargo build --workspace --bins` (what `make test` runs first).
+pub fn fanout_binary() -> PathBuf {
+    let binary = handler_binary().with_file_name("fanout");
+    assert!(
+        binary.is_file(),
+        "{} is missing: run `cargo build --workspace --bins` (make test does) before the tests",
+        binary.display()
+    );
+    binary
+}
+
+/// What a finished `fanout` subprocess left: exit code and its two streams.
+#[derive(Debug)]
+pub struct CliRun {
+    pub code: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl CliRun {
+    /// Stdout as one JSON document (`--output json`).
+    pub fn json(&self) -> Value {
+        serde_json::from_str(self.stdout.trim())
+            .unwrap_or_else(|e| panic!("stdout is not one JSON document ({e}): {self:?}"))
+    }
+}
+
+impl Harness {
+    /// `fanout ARGS --ingress-url … --admin-url …` against this stack, as a subprocess with
+    /// piped stdout/stderr (so progress comes as plain lines, as in CI).
+    pub fn fanout_command(&self, args: &[&str]) -> tokio::process::Command {
+        let mut command = tokio::process::Command::new(fanout_binary());
+        command
+            .args(args)
+            .args(["--ingress-url", &self.stack.ingress_url])
+            .args(["--admin-url", &self.stack.server.admin_url])
+            .env_remove("RESTATE_AUTH_TOKEN")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true);
+        command
+    }
+
+    /// Runs `fanout ARGS` against this stack to the end.
+    pub async fn fanout(&self, args: &[&str]) -> CliRun {
+        let output = self
+            .fanout_command(args)
+            .output()
+            .await
+            .expect("the fanout binary runs");
+        CliRun {
+            code: output.status.code(),
+            stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+        }
+    }
+}

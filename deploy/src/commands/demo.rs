@@ -1,12 +1,14 @@
-//! `fanout demo`: the reference example end to end on the local stack, then everything stops.
+//! `fanout demo`: the reference example end to end on the local stack through `fanout invoke`'s
+//! path (live progress, then the per-subtask table), then everything stops.
 
-use crate::ingress::IngressClient;
+use crate::commands::attach::{self, Endpoints, Interrupt};
+use crate::commands::{invoke, status};
+use crate::observe::{Display, DisplayMode};
 use crate::report;
 use crate::stack::{HandlerMode, LocalStack, StackOptions};
-use anyhow::{Result, bail};
+use anyhow::{Result, anyhow, bail};
 use serde_json::json;
 use std::path::PathBuf;
-use std::time::Instant;
 
 pub const REFERENCE_TASK: &str = "get out of bed,shower,make coffee,have breakfast";
 
@@ -43,15 +45,24 @@ async fn run_on(stack: &LocalStack, description: &str) -> Result<()> {
     if let Some(arn) = &stack.function_arn {
         println!("  Lambda version ARN: {arn}");
     }
-    let task = json!({ "description": description });
     println!(
-        "\n$ curl {}/worker/run --json '{}'",
-        stack.ingress_url, task
+        "\n$ fanout invoke --ingress-url {} --admin-url {} {:?}",
+        stack.ingress_url, stack.server.admin_url, description
     );
-    let ingress = IngressClient::new(&stack.ingress_url, None);
-    let started = Instant::now();
-    let response = ingress.run(&task, None).await?;
-    let wall = started.elapsed();
+    // The same path as `fanout invoke`: send, then follow with live progress.
+    let endpoints = Endpoints::new(&stack.ingress_url, &stack.server.admin_url, None);
+    let task = json!({ "description": description });
+    let interrupt = Interrupt::listen()?;
+    let started = invoke::send(&endpoints.ingress, &task, None)
+        .await
+        .map_err(|e| anyhow!(e.message))?;
+    let id = started.invocation_id;
+    let mut display = Display::new(DisplayMode::for_stderr());
+    let followed = attach::follow(&endpoints, &id, &mut display, interrupt).await?;
+    let wall = followed.elapsed;
+    let Some(response) = followed.answer else {
+        bail!("interrupted; the demo stack stops, and the run with it");
+    };
 
     println!("\nService log:");
     for line in stack.handler_log().lines().filter(|l| is_service_line(l)) {
@@ -65,6 +76,12 @@ async fn run_on(stack: &LocalStack, description: &str) -> Result<()> {
         );
     }
     println!("\nResult ({} ms):\n{}", wall.as_millis(), response.body);
+
+    println!("\n$ fanout status {id}");
+    match status::collect(&endpoints.observer(), &id).await? {
+        Some(report) => print!("{}", report.text()),
+        None => println!("(Restate does not report {id})"),
+    }
 
     if let Some(standin) = &stack.standin {
         let records: Vec<_> = standin

@@ -40,6 +40,17 @@ pub async fn run(options: LocalOptions) -> Result<()> {
         "\nTry: curl {}/worker/run --json '{{\"description\": \"get out of bed,shower,make coffee,have breakfast\"}}'",
         stack.ingress_url
     );
+    if let Some(standin) = &stack.standin {
+        println!(
+            "\nDeploy to it like to AWS (a full local release loop):\n  export \
+             AWS_ENDPOINT_URL_LAMBDA={} AWS_ACCESS_KEY_ID=local AWS_SECRET_ACCESS_KEY=local \
+             AWS_REGION=us-east-1 RESTATE_ADMIN_URL={}\n  fanout build --arch x86_64 && fanout \
+             deploy --function-name fanout-dev --arch x86_64 --role \
+             arn:aws:iam::000000000000:role/local --register",
+            standin.endpoint_url(),
+            stack.server.admin_url
+        );
+    }
     println!("Ctrl-C stops everything.");
     let _ = tokio::signal::ctrl_c().await;
     println!("stopping…");

@@ -2,8 +2,11 @@
 
 pub mod attach;
 pub mod bench;
+pub mod build;
 pub mod demo;
+pub mod deploy;
 pub mod invoke;
 pub mod local;
+pub mod prune;
 pub mod register;
 pub mod status;

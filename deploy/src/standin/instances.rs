@@ -4,15 +4,22 @@
 //! It runs one event at a time; between events it waits idle in its function's pool and is
 //! reused warm. The function's limit counts busy instances across all of its versions, as
 //! Lambda's reserved concurrency does.
+//!
+//! Every [`Version`] carries its own [`Config`] (memory, timeout, environment, and what the
+//! control plane reports) and a stand-in-wide `revision`: an instance only ever serves the
+//! revision it was started for, so a new `$LATEST` or a deleted version never reuses an
+//! instance of other code. Retired revisions' busy instances finish their event and are then
+//! discarded instead of going back to the pool.
 
 use super::names::{LATEST, version_order};
 use super::runtime_api::{self, Ended, Event, RuntimeShared};
 use super::{FunctionSpec, VersionSpec};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::os::unix::process::ExitStatusExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant, SystemTime};
 use tokio::io::{AsyncBufReadExt as _, AsyncRead, BufReader};
 use tokio::net::TcpListener;
@@ -49,14 +56,83 @@ pub(crate) struct Environment {
     pub logs: LogSink,
 }
 
+/// What a version runs with and what the control plane reports about it. A published
+/// version's is frozen; `$LATEST` gets a new one on every change.
+#[derive(Debug, Clone)]
+pub(crate) struct Config {
+    pub memory_mb: u32,
+    pub timeout: Duration,
+    pub env: Vec<(String, String)>,
+    pub role: String,
+    pub handler: String,
+    pub runtime: String,
+    pub architectures: Vec<String>,
+    pub description: String,
+    /// The uploaded code, for versions made through the control plane.
+    pub code: Option<Arc<Code>>,
+    /// For versions given at start: the SHA-256 of the binary, computed when first asked.
+    pub binary_sha256: OnceLock<String>,
+    pub last_modified: String,
+    pub revision_id: String,
+}
+
+/// An uploaded deployment package, extracted into its own directory; the directory goes
+/// when the last version and instance using it do.
+#[derive(Debug)]
+pub(crate) struct Code {
+    pub dir: PathBuf,
+    /// Base64 of the SHA-256 of the zip, as Lambda's `CodeSha256`.
+    pub sha256: String,
+    pub size: u64,
+}
+
+impl Drop for Code {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A runnable version of a function: `$LATEST` or a published one.
+#[derive(Debug, Clone)]
+pub(crate) struct Version {
+    pub version: String,
+    pub binary: PathBuf,
+    pub config: Arc<Config>,
+    /// Unique across the stand-in; instances are matched on it.
+    pub revision: u64,
+}
+
+static NEXT_REVISION: AtomicU64 = AtomicU64::new(1);
+
+impl Version {
+    pub(crate) fn new(version: String, binary: PathBuf, config: Arc<Config>) -> Self {
+        Self {
+            version,
+            binary,
+            config,
+            revision: NEXT_REVISION.fetch_add(1, Ordering::Relaxed),
+        }
+    }
+}
+
+/// A function's versions, as the control plane edits them.
+pub(crate) struct Versions {
+    /// `$LATEST`, once code was uploaded through the control plane. Functions given at start
+    /// have none, and an unqualified invoke runs their highest published version.
+    pub latest: Option<Version>,
+    /// In publishing order.
+    pub published: Vec<Version>,
+    /// Lambda never reuses a version number, even after the version is deleted.
+    pub next_number: u64,
+}
+
 /// A function: its versions and its pool of instances.
 pub(crate) struct Function {
     pub name: String,
-    pub memory_mb: u32,
-    pub timeout: Duration,
     pub concurrency_limit: usize,
-    pub env: Vec<(String, String)>,
-    versions: Mutex<Vec<VersionSpec>>,
+    /// The configuration of versions added with [`Function::add_version`].
+    pub defaults: Arc<Config>,
+    versions: Mutex<Versions>,
     pool: Mutex<Pool>,
 }
 
@@ -67,7 +143,12 @@ struct Pool {
     /// Instances running an event, by number; the kill hook reaches them here.
     running: HashMap<u64, Arc<Instance>>,
     idle: Vec<Arc<Instance>>,
+    /// Shutting down: no new invocations, every instance killed.
     closed: bool,
+    /// Deleted through the control plane: busy instances finish, none goes back to idle.
+    retired: bool,
+    /// Revisions that are no longer invocable (replaced `$LATEST`s, deleted versions).
+    dead: HashSet<u64>,
 }
 
 pub(crate) enum Acquired {
@@ -78,43 +159,86 @@ pub(crate) enum Acquired {
 }
 
 impl Function {
-    pub(crate) fn new(spec: &FunctionSpec) -> anyhow::Result<Self> {
-        let mut versions: Vec<VersionSpec> = Vec::new();
+    /// A function given at start: its versions share `defaults`, and it has no `$LATEST`.
+    pub(crate) fn new(spec: &FunctionSpec, defaults: Config) -> anyhow::Result<Self> {
+        let function = Self::empty(&spec.name, spec.concurrency_limit, defaults);
         for version in &spec.versions {
-            check_version(&spec.name, &versions, version)?;
-            versions.push(version.clone());
+            function.add_version(version.clone())?;
         }
-        Ok(Self {
-            name: spec.name.clone(),
-            memory_mb: spec.memory_mb,
-            timeout: spec.timeout,
-            concurrency_limit: spec.concurrency_limit,
-            env: spec.env.clone(),
-            versions: Mutex::new(versions),
-            pool: Mutex::new(Pool::default()),
-        })
+        Ok(function)
     }
 
-    /// `None` and `$LATEST` mean the highest published version.
-    pub(crate) fn resolve(&self, qualifier: Option<&str>) -> Option<VersionSpec> {
+    /// A function with no versions at all yet (the control plane adds `$LATEST`).
+    pub(crate) fn empty(name: &str, concurrency_limit: usize, defaults: Config) -> Self {
+        Self {
+            name: name.to_owned(),
+            concurrency_limit,
+            defaults: Arc::new(defaults),
+            versions: Mutex::new(Versions {
+                latest: None,
+                published: Vec::new(),
+                next_number: 1,
+            }),
+            pool: Mutex::new(Pool::default()),
+        }
+    }
+
+    /// `None` and `$LATEST` mean `$LATEST` if the function has one, else the highest
+    /// published version.
+    pub(crate) fn resolve(&self, qualifier: Option<&str>) -> Option<Version> {
         let versions = lock(&self.versions);
         match qualifier {
-            None | Some(LATEST) => versions
-                .iter()
-                .max_by(|a, b| version_order(&a.version, &b.version))
-                .cloned(),
-            Some(q) => versions.iter().find(|v| v.version == q).cloned(),
+            None | Some(LATEST) => versions.latest.clone().or_else(|| {
+                versions
+                    .published
+                    .iter()
+                    .max_by(|a, b| version_order(&a.version, &b.version))
+                    .cloned()
+            }),
+            Some(q) => versions.published.iter().find(|v| v.version == q).cloned(),
         }
     }
 
     pub(crate) fn add_version(&self, version: VersionSpec) -> anyhow::Result<()> {
         let mut versions = lock(&self.versions);
-        check_version(&self.name, &versions, &version)?;
-        versions.push(version);
+        check_version(&self.name, &versions.published, &version)?;
+        if let Ok(n) = version.version.parse::<u64>() {
+            versions.next_number = versions.next_number.max(n.saturating_add(1));
+        }
+        let version = Version::new(version.version, version.binary, Arc::clone(&self.defaults));
+        versions.published.push(version);
         Ok(())
     }
 
-    pub(crate) fn acquire(self: &Arc<Self>, version: &str) -> Acquired {
+    /// Runs `edit` on the versions under their lock (keep it short: no I/O). Revisions it
+    /// returns are retired: their idle instances are killed and busy ones discarded after.
+    pub(crate) fn edit_versions<R>(&self, edit: impl FnOnce(&mut Versions) -> (R, Vec<u64>)) -> R {
+        let (result, retired) = edit(&mut lock(&self.versions));
+        if !retired.is_empty() {
+            let mut pool = lock(&self.pool);
+            pool.dead.extend(retired.iter().copied());
+            pool.idle.retain(|instance| {
+                let keep = !retired.contains(&instance.revision);
+                if !keep {
+                    instance.kill();
+                }
+                keep
+            });
+        }
+        result
+    }
+
+    /// Deleted through the control plane: idle instances are killed now, busy ones when their
+    /// event is done.
+    pub(crate) fn retire(&self) {
+        let mut pool = lock(&self.pool);
+        pool.retired = true;
+        for instance in pool.idle.drain(..) {
+            instance.kill();
+        }
+    }
+
+    pub(crate) fn acquire(self: &Arc<Self>, version: &Version) -> Acquired {
         let mut pool = lock(&self.pool);
         if pool.closed || pool.busy >= self.concurrency_limit {
             return Acquired::Throttled;
@@ -126,7 +250,11 @@ impl Function {
             keep_warm: false,
         };
         // Most recently used first: its caches are the warmest, and the others may be reaped.
-        while let Some(pos) = pool.idle.iter().rposition(|i| i.version == version) {
+        while let Some(pos) = pool
+            .idle
+            .iter()
+            .rposition(|i| i.revision == version.revision)
+        {
             let instance = pool.idle.remove(pos);
             if instance.runtime.ended().is_none() {
                 pool.running.insert(instance.id, Arc::clone(&instance));
@@ -176,7 +304,7 @@ impl Function {
 
 fn check_version(
     function: &str,
-    existing: &[VersionSpec],
+    existing: &[Version],
     version: &VersionSpec,
 ) -> anyhow::Result<()> {
     let v = &version.version;
@@ -240,7 +368,12 @@ impl Drop for Lease {
             return;
         };
         pool.running.remove(&instance.id);
-        if self.keep_warm && !pool.closed && instance.runtime.ended().is_none() {
+        if self.keep_warm
+            && !pool.closed
+            && !pool.retired
+            && !pool.dead.contains(&instance.revision)
+            && instance.runtime.ended().is_none()
+        {
             instance.touch();
             pool.idle.push(instance);
         } else {
@@ -252,13 +385,15 @@ impl Drop for Lease {
 /// One execution environment: a bootstrap process and its Runtime API listener.
 pub(crate) struct Instance {
     pub id: u64,
-    pub version: String,
+    pub revision: u64,
     pub pid: Option<u32>,
     pub spawned_at: Instant,
     pub runtime: Arc<RuntimeShared>,
     events: mpsc::Sender<Event>,
     kill: Mutex<Option<oneshot::Sender<()>>>,
     idle_since: Mutex<Instant>,
+    /// Keeps the version's extracted code on disk while the process runs.
+    _config: Arc<Config>,
     /// The supervisor (owner of the child, which is `kill_on_drop`) and the listener: aborting
     /// them when the instance is dropped is what guarantees no process outlives it.
     tasks: Vec<AbortHandle>,
@@ -268,12 +403,12 @@ impl Instance {
     pub(crate) async fn spawn(
         id: u64,
         function: &Function,
-        version: &VersionSpec,
+        version: &Version,
         environment: &Environment,
     ) -> anyhow::Result<Arc<Self>> {
         let listener = TcpListener::bind(("127.0.0.1", 0)).await?;
         let runtime_api_addr = listener.local_addr()?;
-        let (runtime, events) = RuntimeShared::new(function.timeout);
+        let (runtime, events) = RuntimeShared::new(version.config.timeout);
         let router = runtime_api::router(Arc::clone(&runtime));
         let server = tokio::spawn(async move {
             if let Err(e) = axum::serve(listener, router).await {
@@ -344,13 +479,14 @@ impl Instance {
         let supervisor = supervisor.abort_handle();
         Ok(Arc::new(Self {
             id,
-            version: version.version.clone(),
+            revision: version.revision,
             pid,
             spawned_at,
             runtime,
             events,
             kill: Mutex::new(Some(kill_tx)),
             idle_since: Mutex::new(Instant::now()),
+            _config: Arc::clone(&version.config),
             tasks: vec![supervisor, server.disarm()],
         }))
     }
@@ -422,7 +558,7 @@ impl Drop for AbortOnDrop {
 /// inherited so local AWS credentials never leak into function code.
 fn lambda_env(
     function: &Function,
-    version: &VersionSpec,
+    version: &Version,
     region: &str,
     runtime_api: &str,
 ) -> Vec<(String, String)> {
@@ -439,7 +575,7 @@ fn lambda_env(
         ("AWS_LAMBDA_FUNCTION_VERSION", version.version.clone()),
         (
             "AWS_LAMBDA_FUNCTION_MEMORY_SIZE",
-            function.memory_mb.to_string(),
+            version.config.memory_mb.to_string(),
         ),
         (
             "AWS_LAMBDA_LOG_GROUP_NAME",
@@ -451,13 +587,13 @@ fn lambda_env(
         ),
         ("AWS_REGION", region.to_owned()),
         ("AWS_DEFAULT_REGION", region.to_owned()),
-        ("_HANDLER", "bootstrap".to_owned()),
+        ("_HANDLER", version.config.handler.clone()),
         ("AWS_EXECUTION_ENV", "AWS_Lambda_provided.al2023".to_owned()),
         ("AWS_LAMBDA_INITIALIZATION_TYPE", "on-demand".to_owned()),
         ("LAMBDA_TASK_ROOT", task_root),
     ];
     env.extend(fixed.into_iter().map(|(k, v)| (k.to_owned(), v)));
-    env.extend(function.env.iter().cloned());
+    env.extend(version.config.env.iter().cloned());
     env
 }
 
@@ -477,7 +613,7 @@ fn log_stream_name(version: &str) -> String {
 }
 
 /// Days since 1970-01-01 to a proleptic Gregorian date (Howard Hinnant's algorithm).
-fn civil_from_days(days: i64) -> (i64, u32, u32) {
+pub(super) fn civil_from_days(days: i64) -> (i64, u32, u32) {
     let z = days + 719_468;
     let era = z.div_euclid(146_097);
     let doe = z.rem_euclid(146_097);

@@ -1,13 +1,13 @@
 //! One invocation from slot to metering record: claim a busy slot, start or reuse an instance,
 //! hand it the event, wait for its answer within Lambda's bounds, and decide its fate.
 
+use super::PAYLOAD_LIMIT;
 use super::Shared;
-use super::instances::{Acquired, Function, Instance};
+use super::instances::{Acquired, Function, Instance, Version};
 use super::metering::{
     InvocationRecord, billed_ms, content_encoding, epoch_ms, event_facts, millis, peak_rss_kb,
 };
 use super::runtime_api::{Ended, Event, Outcome};
-use super::{PAYLOAD_LIMIT, VersionSpec};
 use axum::body::Bytes;
 use serde_json::json;
 use std::sync::Arc;
@@ -18,7 +18,7 @@ use tokio::time::sleep_until;
 
 pub(crate) struct Invocation {
     pub function: Arc<Function>,
-    pub version: VersionSpec,
+    pub version: Version,
     pub invoked_arn: String,
     pub request_id: String,
     pub payload: Bytes,
@@ -81,7 +81,7 @@ pub(crate) async fn run(shared: Arc<Shared>, invocation: Invocation) -> Invoked 
         instance: 0,
     };
 
-    let mut lease = match function.acquire(&version.version) {
+    let mut lease = match function.acquire(&version) {
         Acquired::Throttled => {
             record.outcome = "throttled".into();
             shared.meter.record(record);
@@ -112,7 +112,7 @@ pub(crate) async fn run(shared: Arc<Shared>, invocation: Invocation) -> Invoked 
     let (completion, handed_at) = drive(
         &shared,
         &instance,
-        &function,
+        &version,
         record.cold,
         Delivery {
             request_id: request_id.clone(),
@@ -203,7 +203,7 @@ pub(crate) async fn run(shared: Arc<Shared>, invocation: Invocation) -> Invoked 
                 error_type,
                 &format!(
                     "{request_id} Task timed out after {:.2} seconds",
-                    function.timeout.as_secs_f64()
+                    version.config.timeout.as_secs_f64()
                 ),
             );
             finish(&shared, record, error_type, body)
@@ -233,7 +233,7 @@ fn record_with_response(mut record: InvocationRecord, size: usize) -> Invocation
 async fn drive(
     shared: &Shared,
     instance: &Instance,
-    function: &Function,
+    version: &Version,
     cold: bool,
     delivery: Delivery,
 ) -> (Completion, Option<Instant>) {
@@ -261,7 +261,7 @@ async fn drive(
     let handout_bound = if cold {
         shared.init_bound
     } else {
-        function.timeout
+        version.config.timeout
     };
     let handed_at = tokio::select! {
         biased;
@@ -284,7 +284,7 @@ async fn drive(
             Err(_) => Completion::Abandoned,
         },
         ended = runtime.wait_ended() => Completion::Ended(ended),
-        _ = sleep_until((handed_at + function.timeout).into()) => Completion::TimedOut,
+        _ = sleep_until((handed_at + version.config.timeout).into()) => Completion::TimedOut,
     };
     (completion, Some(handed_at))
 }

@@ -22,6 +22,7 @@ const READ_CAP: usize = 4 * PAYLOAD_LIMIT;
 pub(crate) fn router(shared: Arc<Shared>) -> Router {
     Router::new()
         .route("/2015-03-31/functions/{function}/invocations", post(invoke))
+        .merge(super::control_plane::router())
         .route("/fanout/health", get(health))
         .route("/fanout/metrics", get(metrics))
         .route("/fanout/instances/kill", post(kill))
@@ -75,7 +76,7 @@ async fn invoke(
         Err(NameError::Elsewhere(arn)) => return not_found(&arn, &request_id),
     };
     let arn = shared.arn(&target.name, target.qualifier.as_deref());
-    let Some(function) = shared.functions.get(&target.name).cloned() else {
+    let Some(function) = shared.function(&target.name) else {
         return not_found(&arn, &request_id);
     };
     let Some(version) = function.resolve(target.qualifier.as_deref()) else {
@@ -222,7 +223,7 @@ struct KillQuery {
 }
 
 async fn kill(State(shared): State<Arc<Shared>>, Query(query): Query<KillQuery>) -> Response {
-    match shared.functions.get(&query.function) {
+    match shared.function(&query.function) {
         Some(function) => Json(json!({"killed": function.kill_running()})).into_response(),
         None => (
             StatusCode::NOT_FOUND,
@@ -233,7 +234,10 @@ async fn kill(State(shared): State<Arc<Shared>>, Query(query): Query<KillQuery>)
 }
 
 async fn unknown_operation() -> Response {
-    let body = json!({"Type": "User", "message": "this Lambda stand-in serves only Invoke"});
+    let body = json!({
+        "Type": "User",
+        "message": "this Lambda stand-in serves Invoke and the function and version operations of the control plane only"
+    });
     lambda_error(
         StatusCode::NOT_FOUND,
         "UnknownOperationException",
@@ -254,7 +258,7 @@ fn not_found(arn: &str, request_id: &str) -> Response {
 
 /// Lambda's error shape: the type in `x-amzn-ErrorType` (what the AWS SDKs dispatch on) and a
 /// JSON body.
-fn lambda_error(
+pub(super) fn lambda_error(
     status: StatusCode,
     error_type: &'static str,
     body: Value,
@@ -267,7 +271,7 @@ fn lambda_error(
     with_request_id(response, request_id)
 }
 
-fn with_request_id(mut response: Response, request_id: &str) -> Response {
+pub(super) fn with_request_id(mut response: Response, request_id: &str) -> Response {
     if let Ok(v) = HeaderValue::from_str(request_id) {
         response.headers_mut().insert("x-amzn-RequestId", v);
     }

@@ -5,6 +5,11 @@
 //!   with Lambda's status codes, error types and headers, plus `GET /fanout/health`,
 //!   `GET /fanout/metrics` (the [`InvocationRecord`]s as a JSON array) and
 //!   `POST /fanout/instances/kill?function=NAME` (SIGKILL every busy instance; a test hook).
+//! - `control_plane`: the part of Lambda's control-plane API a deploy tool uses (CreateFunction,
+//!   GetFunction, GetFunctionConfiguration, UpdateFunctionCode, UpdateFunctionConfiguration,
+//!   PublishVersion, ListVersionsByFunction, ListFunctions, DeleteFunction) on the same port,
+//!   with Lambda's wire shapes, so aws-sdk-lambda deploys to the stand-in as to AWS. Uploaded
+//!   zips are extracted under a directory the stand-in removes when it goes.
 //! - `runtime_api`: the Runtime API, one listener per instance.
 //! - `instances`: instances as child processes, warm reuse, the per-function concurrency
 //!   limit, and kill-on-drop so no process outlives the stand-in.
@@ -18,6 +23,9 @@
 //! Not modelled: aliases, async-invocation queues and retries (an `Event` invoke just runs in
 //! the background), and memory limits (the size is only reported to the function).
 
+mod control_plane;
+#[cfg(test)]
+mod control_plane_tests;
 mod instances;
 mod invocation;
 mod invoke_api;
@@ -30,12 +38,12 @@ mod tests;
 pub use metering::InvocationRecord;
 
 use anyhow::Context as _;
-use instances::{Environment, Function, Instance, LogSink};
+use instances::{Config, Environment, Function, Instance, LogSink};
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::atomic::AtomicU64;
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex, OnceLock, RwLock, Weak};
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -133,7 +141,13 @@ pub struct StandIn {
 pub(crate) struct Shared {
     pub region: String,
     pub account: String,
-    pub functions: HashMap<String, Arc<Function>>,
+    /// Given at start or created through the control plane.
+    pub functions: RwLock<HashMap<String, Arc<Function>>>,
+    /// Deleted through the control plane but maybe still finishing invocations; shutdown
+    /// reaches their instances here.
+    pub retired: Mutex<Vec<Weak<Function>>>,
+    /// Where uploaded deployment packages are extracted; removed with the stand-in.
+    pub code_root: tempfile::TempDir,
     pub meter: metering::Meter,
     pub environment: Environment,
     pub next_instance: AtomicU64,
@@ -145,8 +159,41 @@ impl Shared {
         names::function_arn(&self.region, &self.account, function, qualifier)
     }
 
+    pub(crate) fn function(&self, name: &str) -> Option<Arc<Function>> {
+        read(&self.functions).get(name).cloned()
+    }
+
+    fn all_functions(&self) -> Vec<Arc<Function>> {
+        let mut all: Vec<Arc<Function>> = read(&self.functions).values().cloned().collect();
+        let mut retired = self.retired.lock().unwrap_or_else(|p| p.into_inner());
+        retired.retain(|f| f.strong_count() > 0);
+        all.extend(retired.iter().filter_map(Weak::upgrade));
+        all
+    }
+
     fn close_all(&self) -> Vec<Arc<Instance>> {
-        self.functions.values().flat_map(|f| f.close()).collect()
+        self.all_functions()
+            .iter()
+            .flat_map(|f| f.close())
+            .collect()
+    }
+
+    /// The configuration of functions given at start, as the control plane reports it.
+    fn spec_config(&self, spec: &FunctionSpec) -> Config {
+        Config {
+            memory_mb: spec.memory_mb,
+            timeout: spec.timeout,
+            env: spec.env.clone(),
+            role: format!("arn:aws:iam::{}:role/fanout-standin", self.account),
+            handler: "bootstrap".into(),
+            runtime: "provided.al2023".into(),
+            architectures: vec![control_plane::host_architecture().into()],
+            description: String::new(),
+            code: None,
+            binary_sha256: OnceLock::new(),
+            last_modified: control_plane::timestamp(std::time::SystemTime::now()),
+            revision_id: uuid::Uuid::new_v4().to_string(),
+        }
     }
 }
 
@@ -159,6 +206,24 @@ impl StandIn {
         config: StandInConfig,
         init_bound: Duration,
     ) -> anyhow::Result<StandIn> {
+        let code_root = tempfile::Builder::new()
+            .prefix("fanout-standin-")
+            .tempdir()
+            .context("cannot create the stand-in's code directory")?;
+        let mut shared = Shared {
+            region: config.region.clone(),
+            account: config.account.clone(),
+            functions: RwLock::new(HashMap::new()),
+            retired: Mutex::new(Vec::new()),
+            code_root,
+            meter: metering::Meter::open(config.metering_path.as_deref())?,
+            environment: Environment {
+                region: config.region.clone(),
+                logs: LogSink::Stderr,
+            },
+            next_instance: AtomicU64::new(1),
+            init_bound,
+        };
         let mut functions = HashMap::new();
         for spec in &config.functions {
             anyhow::ensure!(
@@ -167,7 +232,7 @@ impl StandIn {
                 "{:?} is not a valid Lambda function name",
                 spec.name
             );
-            let function = Function::new(spec)?;
+            let function = Function::new(spec, shared.spec_config(spec))?;
             anyhow::ensure!(
                 functions
                     .insert(spec.name.clone(), Arc::new(function))
@@ -176,31 +241,20 @@ impl StandIn {
                 spec.name
             );
         }
-        let logs = match &config.log_path {
+        shared.functions = RwLock::new(functions);
+        shared.environment.logs = match &config.log_path {
             Some(path) => LogSink::File(Arc::new(Mutex::new(
                 metering::open_append(path)
                     .with_context(|| format!("cannot open the log file {}", path.display()))?,
             ))),
             None => LogSink::Stderr,
         };
-        let meter = metering::Meter::open(config.metering_path.as_deref())?;
         let listener = TcpListener::bind(config.bind)
             .await
             .with_context(|| format!("cannot listen on {}", config.bind))?;
         let addr = listener.local_addr()?;
 
-        let shared = Arc::new(Shared {
-            region: config.region.clone(),
-            account: config.account.clone(),
-            functions,
-            meter,
-            environment: Environment {
-                region: config.region.clone(),
-                logs,
-            },
-            next_instance: AtomicU64::new(1),
-            init_bound,
-        });
+        let shared = Arc::new(shared);
         let (stop, mut stopped) = watch::channel(false);
         let router = invoke_api::router(Arc::clone(&shared));
         let server = tokio::spawn(async move {
@@ -236,10 +290,16 @@ impl StandIn {
     /// keep running on them.
     pub fn add_version(&self, function: &str, version: VersionSpec) -> anyhow::Result<()> {
         self.shared
-            .functions
-            .get(function)
+            .function(function)
             .with_context(|| format!("no function named {function:?}"))?
             .add_version(version)
+    }
+
+    /// The functions there are now, given at start or created through the control plane.
+    pub fn function_names(&self) -> Vec<String> {
+        let mut names: Vec<String> = read(&self.shared.functions).keys().cloned().collect();
+        names.sort();
+        names
     }
 
     /// Every invocation metered so far, in completion order.
@@ -287,8 +347,16 @@ async fn reap_idle(shared: Weak<Shared>) {
         let Some(shared) = shared.upgrade() else {
             return;
         };
-        for function in shared.functions.values() {
+        for function in shared.all_functions() {
             function.reap_idle(IDLE_TTL);
         }
     }
+}
+
+fn read<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    lock.read().unwrap_or_else(|p| p.into_inner())
+}
+
+fn write<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    lock.write().unwrap_or_else(|p| p.into_inner())
 }

@@ -1,0 +1,288 @@
+//! `fanout attach ID`: wait for a fan-out started earlier (`fanout invoke --send`, another
+//! client, one that was killed) with the same live progress as `fanout invoke`, and print its
+//! result. Also the follow-and-report half of `fanout invoke`.
+
+use crate::admin::AdminClient;
+use crate::commands::invoke::{OutputFormat, exit};
+use crate::ingress::{IngressClient, IngressResponse};
+use crate::observe::{self, Display, DisplayMode, Observer, Progress};
+use anyhow::{Context, Result};
+use serde_json::{Value, json};
+use std::time::{Duration, Instant};
+
+/// Where Restate is: its ingress (to start and attach) and its admin API (to observe).
+#[derive(Clone)]
+pub struct Endpoints {
+    pub ingress: IngressClient,
+    pub admin: AdminClient,
+    token: Option<String>,
+    http: reqwest::Client,
+}
+
+impl Endpoints {
+    pub fn new(ingress_url: &str, admin_url: &str, token: Option<String>) -> Self {
+        Self {
+            ingress: IngressClient::new(ingress_url, token.clone()),
+            admin: AdminClient::new(admin_url, token.clone()),
+            token,
+            http: reqwest::Client::new(),
+        }
+    }
+
+    pub fn observer(&self) -> Observer {
+        Observer::new(self.admin.clone())
+    }
+
+    /// `GET /restate/invocation/{id}/attach`: waits for the invocation's result, however long
+    /// the run takes (no client timeout).
+    pub async fn attach(&self, id: &str) -> Result<IngressResponse> {
+        let url = format!("{}/restate/invocation/{id}/attach", self.ingress.base_url());
+        let mut request = self.http.get(url);
+        if let Some(token) = &self.token {
+            request = request.bearer_auth(token);
+        }
+        let response = request.send().await.with_context(|| {
+            format!(
+                "cannot reach Restate's ingress at {} to wait for {id}; is the server running \
+                 and is --ingress-url right?",
+                self.ingress.base_url()
+            )
+        })?;
+        let status = response.status().as_u16();
+        let text = response.text().await.with_context(|| {
+            format!("the connection to Restate's ingress broke while waiting for {id}")
+        })?;
+        let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
+        Ok(IngressResponse { status, body })
+    }
+
+    /// [`Self::attach`], reconnecting a few times when the connection drops: the run goes on in
+    /// Restate regardless, so a blip (a proxy closing a long request, a server restart) should
+    /// not end the wait.
+    async fn attach_patiently(&self, id: &str) -> Result<IngressResponse> {
+        let mut delay = Duration::from_millis(500);
+        for _ in 0..4 {
+            match self.attach(id).await {
+                Err(e) if is_unreachable(&e) => {
+                    tokio::time::sleep(delay).await;
+                    delay *= 2;
+                }
+                answer => return answer,
+            }
+        }
+        self.attach(id).await
+    }
+}
+
+/// Whether `error` is a transport failure (connection refused, DNS, timeout) rather than an
+/// answer: those get exit code 5.
+pub fn is_unreachable(error: &anyhow::Error) -> bool {
+    error
+        .chain()
+        .any(|cause| cause.downcast_ref::<reqwest::Error>().is_some())
+}
+
+/// A followed run: Restate's answer, or `None` when the user pressed Ctrl-C.
+pub struct Followed {
+    pub invocation_id: String,
+    pub answer: Option<IngressResponse>,
+    pub progress: Progress,
+    pub elapsed: Duration,
+}
+
+/// Ctrl-C (SIGINT), caught from the moment this is created: one pressed right after the run
+/// started must still end the wait with a note on how to attach again, not kill the process.
+pub struct Interrupt(tokio::signal::unix::Signal);
+
+impl Interrupt {
+    pub fn listen() -> Result<Self> {
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
+            .map(Self)
+            .context("cannot listen for Ctrl-C")
+    }
+
+    async fn recv(&mut self) {
+        self.0.recv().await;
+    }
+}
+
+/// Waits for invocation `id` while showing its subtasks' progress; Ctrl-C stops waiting (the run
+/// itself goes on in Restate).
+pub async fn follow(
+    endpoints: &Endpoints,
+    id: &str,
+    display: &mut Display,
+    mut interrupt: Interrupt,
+) -> Result<Followed> {
+    let started = Instant::now();
+    let observer = endpoints.observer();
+    let wait = async {
+        tokio::select! {
+            answer = endpoints.attach_patiently(id) => Some(answer),
+            _ = interrupt.recv() => None,
+        }
+    };
+    let (answer, progress) = observe::watch(&observer, id, display, wait).await;
+    let answer = match answer {
+        Some(answer) => Some(answer?),
+        None => None,
+    };
+    Ok(Followed {
+        invocation_id: id.to_owned(),
+        answer,
+        progress,
+        elapsed: started.elapsed(),
+    })
+}
+
+/// Prints a followed run's outcome (stdout: the result or the JSON report; stderr: the rest)
+/// and returns the exit code.
+pub fn report(followed: &Followed, output: OutputFormat, previously_accepted: bool) -> u8 {
+    let id = &followed.invocation_id;
+    let Some(answer) = &followed.answer else {
+        let message = format!(
+            "interrupted: {id} goes on in Restate; follow it again with `fanout attach {id}`"
+        );
+        return fail(output, exit::INTERRUPTED, "interrupted", Some(id), &message);
+    };
+    let (code, outcome, error) = match answer.status {
+        200..=299 => (exit::OK, "succeeded", None),
+        404 => (
+            exit::UNKNOWN_ID,
+            "unknown",
+            Some(format!(
+                "Restate does not know {id}: check the id, and that --ingress-url points at the \
+                 Restate that ran it (finished runs are kept 24 h by default)"
+            )),
+        ),
+        401 | 403 => (
+            exit::BAD_INPUT,
+            "rejected",
+            Some(format!(
+                "Restate's ingress refused the request (HTTP {}): pass a valid token with \
+                 --token or RESTATE_AUTH_TOKEN",
+                answer.status
+            )),
+        ),
+        // The coordinator refuses bad input (400) and a fan-out that cannot finish (413)
+        // before any subtask starts; every other failure ended a run that was under way.
+        400 | 413 => (
+            exit::BAD_INPUT,
+            "rejected",
+            Some(format!(
+                "the task was rejected (HTTP {}): {}",
+                answer.status,
+                answer.message()
+            )),
+        ),
+        _ => (
+            exit::RUN_FAILED,
+            "failed",
+            Some(format!(
+                "the run failed (HTTP {}): {}; per-subtask detail: fanout status {id}",
+                answer.status,
+                answer.message()
+            )),
+        ),
+    };
+    match output {
+        OutputFormat::Json => {
+            let report = json!({
+                "invocationId": id,
+                "outcome": outcome,
+                "httpStatus": answer.status,
+                "result": if code == exit::OK { answer.body.clone() } else { Value::Null },
+                "error": error,
+                "previouslyAccepted": previously_accepted,
+                "elapsedMs": followed.elapsed.as_millis() as u64,
+                "progress": followed.progress,
+            });
+            println!("{report}");
+            if let Some(error) = &error {
+                eprintln!("error: {error}");
+            }
+        }
+        OutputFormat::Text => match &error {
+            None => {
+                println!("{}", answer.body);
+                let p = &followed.progress;
+                eprintln!(
+                    "{id}: {}/{} subtasks done in {}; per-subtask detail: fanout status {id}",
+                    p.finished(),
+                    p.total.unwrap_or(0),
+                    observe::format_duration(followed.elapsed.as_millis() as u64)
+                );
+            }
+            Some(error) => eprintln!("error: {error}"),
+        },
+    }
+    code
+}
+
+/// Reports an error that ended a verb before or instead of a result, and returns `code`.
+pub fn fail(
+    output: OutputFormat,
+    code: u8,
+    outcome: &str,
+    invocation_id: Option<&str>,
+    message: &str,
+) -> u8 {
+    if output == OutputFormat::Json {
+        println!(
+            "{}",
+            json!({ "invocationId": invocation_id, "outcome": outcome, "error": message })
+        );
+    }
+    if code == exit::INTERRUPTED {
+        eprintln!("{message}");
+    } else {
+        eprintln!("error: {message}");
+    }
+    code
+}
+
+/// Reports an error from Restate's admin API or ingress: unreachable (5) or another error (1).
+pub fn fail_with(output: OutputFormat, invocation_id: Option<&str>, error: &anyhow::Error) -> u8 {
+    let (code, outcome) = if is_unreachable(error) {
+        (exit::UNREACHABLE, "unreachable")
+    } else {
+        (exit::OTHER, "error")
+    };
+    fail(output, code, outcome, invocation_id, &format!("{error:#}"))
+}
+
+/// `fanout attach ID`.
+pub async fn run(
+    endpoints: &Endpoints,
+    id: &str,
+    output: OutputFormat,
+    display_mode: DisplayMode,
+) -> u8 {
+    if let Err(message) = observe::check_invocation_id(id) {
+        return fail(output, exit::BAD_INPUT, "rejected", None, &message);
+    }
+    match endpoints.observer().coordinator(id).await {
+        Err(e) => return fail_with(output, Some(id), &e),
+        Ok(None) => {
+            let message = format!(
+                "Restate at {} does not know {id}: check the id and --admin-url (finished runs \
+                 are kept 24 h by default)",
+                endpoints.admin.base_url()
+            );
+            return fail(output, exit::UNKNOWN_ID, "unknown", Some(id), &message);
+        }
+        Ok(Some(_)) => {}
+    }
+    let interrupt = match Interrupt::listen() {
+        Ok(interrupt) => interrupt,
+        Err(e) => return fail_with(output, Some(id), &e),
+    };
+    let mut display = Display::new(display_mode);
+    match follow(endpoints, id, &mut display, interrupt).await {
+        Ok(followed) => report(&followed, output, false),
+        Err(e) => {
+            display.abandon();
+            fail_with(output, Some(id), &e)
+        }
+    }
+}

@@ -1,0 +1,405 @@
+//! `fanout deploy`: create or update the Lambda function, wait until it is ready, publish a
+//! version and print its ARN — the immutable thing Restate registers.
+//!
+//! Idempotent: when neither the code (same `CodeSha256`) nor the configuration changed since
+//! the newest published version, nothing is published and that version is printed again.
+
+use crate::aws::explain;
+use crate::commands::build::{Arch, Artifact};
+use anyhow::{Context, Result, bail};
+use aws_sdk_lambda::Client;
+use aws_sdk_lambda::client::Waiters;
+use aws_sdk_lambda::primitives::Blob;
+use aws_sdk_lambda::types::{
+    Architecture, Environment, FunctionCode, FunctionConfiguration, LastUpdateStatus, Runtime,
+    State,
+};
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+/// How long to wait for Lambda to finish creating or updating the function.
+const READY_TIMEOUT: Duration = Duration::from_secs(300);
+
+pub const DEFAULT_MEMORY_MB: i32 = 256;
+pub const DEFAULT_TIMEOUT_S: i32 = 60;
+
+#[derive(Debug, Clone)]
+pub struct DeployOptions {
+    pub function_name: String,
+    pub role: Option<String>,
+    pub memory_mb: Option<i32>,
+    pub timeout_s: Option<i32>,
+    pub arch: Arch,
+    /// The function's environment; `None` leaves an existing function's as it is.
+    pub environment: Option<BTreeMap<String, String>>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Deployed {
+    pub version_arn: String,
+    pub version: String,
+    pub created_function: bool,
+    pub published: bool,
+}
+
+impl Deployed {
+    pub fn describe(&self, function: &str) -> String {
+        let what = match (self.created_function, self.published) {
+            (true, _) => format!("created {function} and published version {}", self.version),
+            (false, true) => format!("published version {} of {function}", self.version),
+            (false, false) => format!(
+                "{function} is unchanged since version {}; nothing new was published",
+                self.version
+            ),
+        };
+        format!("{what}\n{}", self.version_arn)
+    }
+}
+
+pub async fn deploy(client: &Client, options: &DeployOptions, code: &Artifact) -> Result<Deployed> {
+    check_options(options)?;
+    let zip = std::fs::read(&code.path)
+        .with_context(|| format!("cannot read {}", code.path.display()))?;
+    let name = options.function_name.as_str();
+
+    let existing = match client.get_function().function_name(name).send().await {
+        Ok(found) => found.configuration,
+        Err(e)
+            if e.as_service_error()
+                .is_some_and(|s| s.is_resource_not_found_exception()) =>
+        {
+            None
+        }
+        Err(e) => return Err(explain(&format!("looking up function {name}"), e)),
+    };
+
+    let created_function = existing.is_none();
+    match existing {
+        None => create(client, options, zip).await?,
+        Some(current) => {
+            check_healthy(name, &current)?;
+            if current.last_update_status() == Some(&LastUpdateStatus::InProgress) {
+                wait_updated(client, name).await?;
+            }
+            if current.code_sha256() != Some(code.code_sha256.as_str()) {
+                client
+                    .update_function_code()
+                    .function_name(name)
+                    .zip_file(Blob::new(zip))
+                    .architectures(architecture(options.arch))
+                    .send()
+                    .await
+                    .map_err(|e| explain(&format!("updating the code of {name}"), e))?;
+                wait_updated(client, name).await?;
+            }
+            if configuration_differs(options, &current) {
+                let mut update = client.update_function_configuration().function_name(name);
+                if let Some(memory) = options.memory_mb {
+                    update = update.memory_size(memory);
+                }
+                if let Some(timeout) = options.timeout_s {
+                    update = update.timeout(timeout);
+                }
+                if let Some(role) = &options.role {
+                    update = update.role(role);
+                }
+                if let Some(variables) = &options.environment {
+                    update = update.environment(environment(variables));
+                }
+                update
+                    .send()
+                    .await
+                    .map_err(|e| explain(&format!("updating the configuration of {name}"), e))?;
+                wait_updated(client, name).await?;
+            }
+        }
+    }
+
+    let latest = client
+        .get_function()
+        .function_name(name)
+        .send()
+        .await
+        .map_err(|e| explain(&format!("reading {name}"), e))?
+        .configuration
+        .with_context(|| format!("Lambda returned no configuration for {name}"))?;
+    if let Some(version) = newest_version(client, name).await? {
+        if same_code_and_configuration(&version, &latest) {
+            return Ok(Deployed {
+                version_arn: version.function_arn().unwrap_or_default().to_owned(),
+                version: version.version().unwrap_or_default().to_owned(),
+                created_function,
+                published: false,
+            });
+        }
+    }
+    let published = client
+        .publish_version()
+        .function_name(name)
+        .code_sha256(&code.code_sha256)
+        .send()
+        .await
+        .map_err(|e| explain(&format!("publishing a version of {name}"), e))?;
+    let version = published.version().unwrap_or_default().to_owned();
+    client
+        .wait_until_published_version_active()
+        .function_name(name)
+        .qualifier(&version)
+        .wait(READY_TIMEOUT)
+        .await
+        .with_context(|| format!("version {version} of {name} did not become active"))?;
+    Ok(Deployed {
+        version_arn: published.function_arn().unwrap_or_default().to_owned(),
+        version,
+        created_function,
+        published: true,
+    })
+}
+
+fn check_options(options: &DeployOptions) -> Result<()> {
+    if options.function_name.is_empty()
+        || options.function_name.len() > 64
+        || !options
+            .function_name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    {
+        bail!(
+            "--function-name {:?} is not a valid Lambda function name: 1 to 64 letters, digits, \
+             '-' or '_'",
+            options.function_name
+        );
+    }
+    if let Some(memory) = options.memory_mb {
+        if !(128..=10_240).contains(&memory) {
+            bail!("--memory {memory} is outside Lambda's range of 128 to 10240 MB");
+        }
+    }
+    if let Some(timeout) = options.timeout_s {
+        if !(1..=900).contains(&timeout) {
+            bail!("--timeout {timeout} is outside Lambda's range of 1 to 900 seconds");
+        }
+    }
+    if let Some(variables) = &options.environment {
+        if let Some(bad) = variables.keys().find(|k| {
+            k.is_empty()
+                || !k.starts_with(|c: char| c.is_ascii_alphabetic())
+                || !k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+        }) {
+            bail!("--env {bad:?}: a variable name is a letter followed by letters, digits or '_'");
+        }
+    }
+    if let Some(role) = &options.role {
+        if !(role.starts_with("arn:") && role.contains(":iam::") && role.contains(":role/")) {
+            bail!("--role {role:?} is not an IAM role ARN (arn:aws:iam::ACCOUNT:role/NAME)");
+        }
+    }
+    Ok(())
+}
+
+async fn create(client: &Client, options: &DeployOptions, zip: Vec<u8>) -> Result<()> {
+    let name = options.function_name.as_str();
+    let Some(role) = &options.role else {
+        bail!(
+            "function {name} does not exist yet and creating it needs an execution role: pass \
+             --role arn:aws:iam::ACCOUNT:role/NAME (template.yaml creates one; any role with \
+             AWSLambdaBasicExecutionRole works)"
+        );
+    };
+    client
+        .create_function()
+        .function_name(name)
+        .runtime(Runtime::Providedal2023)
+        .handler("bootstrap")
+        .role(role)
+        .code(FunctionCode::builder().zip_file(Blob::new(zip)).build())
+        .architectures(architecture(options.arch))
+        .memory_size(options.memory_mb.unwrap_or(DEFAULT_MEMORY_MB))
+        .timeout(options.timeout_s.unwrap_or(DEFAULT_TIMEOUT_S))
+        .set_environment(options.environment.as_ref().map(environment))
+        .publish(false)
+        .send()
+        .await
+        .map_err(|e| explain(&format!("creating function {name}"), e))?;
+    client
+        .wait_until_function_active_v2()
+        .function_name(name)
+        .wait(READY_TIMEOUT)
+        .await
+        .with_context(|| format!("function {name} did not become active"))?;
+    Ok(())
+}
+
+async fn wait_updated(client: &Client, name: &str) -> Result<()> {
+    client
+        .wait_until_function_updated_v2()
+        .function_name(name)
+        .wait(READY_TIMEOUT)
+        .await
+        .with_context(|| format!("the update of {name} did not complete"))?;
+    Ok(())
+}
+
+fn check_healthy(name: &str, current: &FunctionConfiguration) -> Result<()> {
+    if current.state() == Some(&State::Failed)
+        || current.last_update_status() == Some(&LastUpdateStatus::Failed)
+    {
+        bail!(
+            "function {name} is in a failed state ({}); fix the cause (often the role or the \
+             package) in the Lambda console or delete the function, then deploy again",
+            current
+                .state_reason()
+                .or(current.last_update_status_reason())
+                .unwrap_or("no reason given")
+        );
+    }
+    Ok(())
+}
+
+fn architecture(arch: Arch) -> Architecture {
+    match arch {
+        Arch::Arm64 => Architecture::Arm64,
+        Arch::X86_64 => Architecture::X8664,
+    }
+}
+
+fn environment(variables: &BTreeMap<String, String>) -> Environment {
+    Environment::builder()
+        .set_variables(Some(variables.clone().into_iter().collect()))
+        .build()
+}
+
+fn variables(configuration: &FunctionConfiguration) -> BTreeMap<String, String> {
+    configuration
+        .environment()
+        .and_then(|e| e.variables())
+        .map(|v| v.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+        .unwrap_or_default()
+}
+
+fn configuration_differs(options: &DeployOptions, current: &FunctionConfiguration) -> bool {
+    options
+        .memory_mb
+        .is_some_and(|m| current.memory_size() != Some(m))
+        || options
+            .timeout_s
+            .is_some_and(|t| current.timeout() != Some(t))
+        || options
+            .role
+            .as_deref()
+            .is_some_and(|r| current.role() != Some(r))
+        || options
+            .environment
+            .as_ref()
+            .is_some_and(|env| *env != variables(current))
+}
+
+fn same_code_and_configuration(
+    version: &FunctionConfiguration,
+    latest: &FunctionConfiguration,
+) -> bool {
+    version.code_sha256() == latest.code_sha256()
+        && version.memory_size() == latest.memory_size()
+        && version.timeout() == latest.timeout()
+        && version.role() == latest.role()
+        && version.architectures() == latest.architectures()
+        && variables(version) == variables(latest)
+}
+
+/// The newest published version (the highest number), if any.
+pub async fn newest_version(client: &Client, name: &str) -> Result<Option<FunctionConfiguration>> {
+    Ok(published_versions(client, name)
+        .await?
+        .into_iter()
+        .max_by_key(|(number, _)| *number)
+        .map(|(_, configuration)| configuration))
+}
+
+/// Every published version with its number ($LATEST left out).
+pub async fn published_versions(
+    client: &Client,
+    name: &str,
+) -> Result<Vec<(u64, FunctionConfiguration)>> {
+    let mut versions = Vec::new();
+    let mut marker: Option<String> = None;
+    loop {
+        let page = client
+            .list_versions_by_function()
+            .function_name(name)
+            .set_marker(marker.take())
+            .send()
+            .await
+            .map_err(|e| explain(&format!("listing the versions of {name}"), e))?;
+        for configuration in page.versions() {
+            if let Some(number) = configuration.version().and_then(|v| v.parse::<u64>().ok()) {
+                versions.push((number, configuration.clone()));
+            }
+        }
+        match page.next_marker() {
+            Some(next) if !next.is_empty() => marker = Some(next.to_owned()),
+            _ => break,
+        }
+    }
+    Ok(versions)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn options() -> DeployOptions {
+        DeployOptions {
+            function_name: "fanout".into(),
+            role: None,
+            memory_mb: None,
+            timeout_s: None,
+            arch: Arch::Arm64,
+            environment: None,
+        }
+    }
+
+    #[test]
+    fn impossible_options_are_refused_before_calling_aws() {
+        let bad_name = DeployOptions {
+            function_name: "fan out".into(),
+            ..options()
+        };
+        assert!(
+            check_options(&bad_name)
+                .unwrap_err()
+                .to_string()
+                .contains("not a valid")
+        );
+        let memory = DeployOptions {
+            memory_mb: Some(64),
+            ..options()
+        };
+        assert!(
+            check_options(&memory)
+                .unwrap_err()
+                .to_string()
+                .contains("128 to 10240")
+        );
+        let timeout = DeployOptions {
+            timeout_s: Some(901),
+            ..options()
+        };
+        assert!(
+            check_options(&timeout)
+                .unwrap_err()
+                .to_string()
+                .contains("1 to 900")
+        );
+        let role = DeployOptions {
+            role: Some("admin".into()),
+            ..options()
+        };
+        assert!(
+            check_options(&role)
+                .unwrap_err()
+                .to_string()
+                .contains("IAM role ARN")
+        );
+        check_options(&options()).unwrap();
+    }
+}
