@@ -172,6 +172,16 @@ pub struct CliRun {
     pub stderr: String,
 }
 
+impl From<std::process::Output> for CliRun {
+    fn from(output: std::process::Output) -> Self {
+        Self {
+            code: output.status.code(),
+            stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+        }
+    }
+}
+
 impl CliRun {
     /// Stdout as one JSON document (`--output json`).
     pub fn json(&self) -> Value {
@@ -199,15 +209,78 @@ impl Harness {
 
     /// Runs `fanout ARGS` against this stack to the end.
     pub async fn fanout(&self, args: &[&str]) -> CliRun {
-        let output = self
-            .fanout_command(args)
+        self.fanout_command(args)
             .output()
             .await
-            .expect("the fanout binary runs");
-        CliRun {
-            code: output.status.code(),
-            stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
-        }
+            .expect("the fanout binary runs")
+            .into()
     }
+}
+
+/// Runs `fanout ARGS` with `env` on top of an environment cleared of this machine's own AWS
+/// settings, as a user pointed at an emulator would.
+pub async fn fanout_with_env(args: &[&str], env: &[(&str, String)]) -> CliRun {
+    tokio::process::Command::new(fanout_binary())
+        .args(args)
+        .env_remove("AWS_PROFILE")
+        .env_remove("AWS_ACCESS_KEY_ID")
+        .env_remove("AWS_SECRET_ACCESS_KEY")
+        .env_remove("AWS_SESSION_TOKEN")
+        .env_remove("AWS_REGION")
+        .env_remove("AWS_DEFAULT_REGION")
+        .env_remove("AWS_ENDPOINT_URL")
+        .env_remove("RESTATE_AUTH_TOKEN")
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+        .output()
+        .await
+        .expect("the fanout binary runs")
+        .into()
+}
+
+/// The environment of a user pointed at a local Lambda `endpoint` (moto or the stand-in) with
+/// throwaway credentials and no AWS config files.
+pub fn local_aws_env(endpoint: &str) -> Vec<(&'static str, String)> {
+    vec![
+        ("AWS_ENDPOINT_URL_LAMBDA", endpoint.to_owned()),
+        ("AWS_ACCESS_KEY_ID", "testing".into()),
+        ("AWS_SECRET_ACCESS_KEY", "testing".into()),
+        ("AWS_REGION", "us-east-1".into()),
+        ("AWS_EC2_METADATA_DISABLED", "true".into()),
+        ("AWS_CONFIG_FILE", "/nonexistent/aws/config".into()),
+        (
+            "AWS_SHARED_CREDENTIALS_FILE",
+            "/nonexistent/aws/credentials".into(),
+        ),
+    ]
+}
+
+/// The zip `fanout build --arch ARCH` left (`make test` builds both before the tests).
+pub fn lambda_zip(arch: &str) -> PathBuf {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../target/lambda/fanout-handler")
+        .join(format!("bootstrap-{arch}.zip"));
+    assert!(
+        path.is_file(),
+        "{} is missing: `make lambda-zips` (part of make test) builds it with `fanout build`",
+        path.display()
+    );
+    path
+}
+
+/// A copy of `zip` with one more file in `dir`: other bytes, so new code to Lambda.
+pub fn changed_zip(zip: &std::path::Path, dir: &std::path::Path) -> PathBuf {
+    let out = dir.join("changed.zip");
+    let script = "import sys, zipfile\n\
+        with zipfile.ZipFile(sys.argv[1]) as a, zipfile.ZipFile(sys.argv[2], 'w', zipfile.ZIP_DEFLATED) as b:\n\
+        \x20   for item in a.infolist():\n\
+        \x20       b.writestr(item, a.read(item.filename))\n\
+        \x20   b.writestr('RELEASE', 'changed')\n";
+    let status = std::process::Command::new("python3")
+        .args(["-c", script])
+        .arg(zip)
+        .arg(&out)
+        .status()
+        .expect("python3 runs");
+    assert!(status.success(), "could not write {}", out.display());
+    out
 }

@@ -3,7 +3,9 @@
 //! with cargo-lambda (`make test` builds them first).
 
 use fanout::process::{Managed, free_port, wait_until};
-use fanout_tests::{CliRun, fanout_binary};
+use fanout_tests::{
+    changed_zip, fanout_with_env as fanout, lambda_zip as zip_for, local_aws_env as aws_env,
+};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -17,16 +19,6 @@ fn venv_bin(name: &str) -> PathBuf {
     assert!(
         path.is_file(),
         "{} is missing: run `make tools-aws` (make test does)",
-        path.display()
-    );
-    path
-}
-
-fn zip_for(arch: &str) -> PathBuf {
-    let path = root().join(format!("target/lambda/fanout-handler/bootstrap-{arch}.zip"));
-    assert!(
-        path.is_file(),
-        "{} is missing: `make lambda-zips` (part of make test) builds it with `fanout build`",
         path.display()
     );
     path
@@ -105,63 +97,6 @@ fn form(fields: &[(&str, &str)]) -> String {
         .map(|(k, v)| format!("{}={}", encode(k), encode(v)))
         .collect::<Vec<_>>()
         .join("&")
-}
-
-/// The environment of a user pointed at `endpoint` with throwaway credentials, and nothing
-/// from this machine's own AWS setup.
-fn aws_env(endpoint: &str) -> Vec<(&'static str, String)> {
-    vec![
-        ("AWS_ENDPOINT_URL_LAMBDA", endpoint.to_owned()),
-        ("AWS_ACCESS_KEY_ID", "testing".into()),
-        ("AWS_SECRET_ACCESS_KEY", "testing".into()),
-        ("AWS_REGION", "us-east-1".into()),
-        ("AWS_EC2_METADATA_DISABLED", "true".into()),
-        ("AWS_CONFIG_FILE", "/nonexistent/aws/config".into()),
-        (
-            "AWS_SHARED_CREDENTIALS_FILE",
-            "/nonexistent/aws/credentials".into(),
-        ),
-    ]
-}
-
-async fn fanout(args: &[&str], env: &[(&str, String)]) -> CliRun {
-    let output = tokio::process::Command::new(fanout_binary())
-        .args(args)
-        .env_remove("AWS_PROFILE")
-        .env_remove("AWS_ACCESS_KEY_ID")
-        .env_remove("AWS_SECRET_ACCESS_KEY")
-        .env_remove("AWS_SESSION_TOKEN")
-        .env_remove("AWS_REGION")
-        .env_remove("AWS_DEFAULT_REGION")
-        .env_remove("AWS_ENDPOINT_URL")
-        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
-        .output()
-        .await
-        .expect("the fanout binary runs");
-    CliRun {
-        code: output.status.code(),
-        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
-    }
-}
-
-/// A copy of `zip` with one more file: different bytes, so different code to Lambda.
-fn changed_copy(zip: &Path, dir: &Path) -> PathBuf {
-    let out = dir.join("changed.zip");
-    let script = "import sys, zipfile\n\
-        src, dst = sys.argv[1], sys.argv[2]\n\
-        with zipfile.ZipFile(src) as a, zipfile.ZipFile(dst, 'w', zipfile.ZIP_DEFLATED) as b:\n\
-        \x20   for item in a.infolist():\n\
-        \x20       b.writestr(item, a.read(item.filename))\n\
-        \x20   b.writestr('RELEASE', 'v2')\n";
-    let status = std::process::Command::new("python3")
-        .args(["-c", script])
-        .arg(zip)
-        .arg(&out)
-        .status()
-        .unwrap();
-    assert!(status.success());
-    out
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -244,7 +179,7 @@ async fn deploy_creates_publishes_once_per_change_and_explains_failures() {
         "{again:?}"
     );
 
-    let changed = changed_copy(&zip, dir.path());
+    let changed = changed_zip(&zip, dir.path());
     let second = run(deploy(vec![
         "--zip".into(),
         changed.to_str().unwrap().into(),

@@ -4,7 +4,9 @@
 //! fan-out is done, then removing it from Restate and from Lambda.
 
 use fanout::admin::sql_string;
-use fanout_tests::{CliRun, Harness, Mode, fanout_binary};
+use fanout_tests::{
+    CliRun, Harness, Mode, changed_zip, fanout_with_env, lambda_zip, local_aws_env,
+};
 use serde_json::{Value, json};
 use std::path::PathBuf;
 use std::time::Duration;
@@ -12,46 +14,15 @@ use std::time::Duration;
 const FUNCTION: &str = "fanout-rel";
 const ROLE: &str = "arn:aws:iam::000000000000:role/fanout-local";
 
-fn zip(name: &str) -> PathBuf {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../target/lambda/fanout-handler")
-        .join(name);
-    assert!(
-        path.is_file(),
-        "{} is missing: `make lambda-zips` (part of make test) builds it",
-        path.display()
-    );
-    path
-}
-
 fn as_args(v: &[String]) -> Vec<&str> {
     v.iter().map(String::as_str).collect()
 }
 
+/// `fanout ARGS` pointed at this stack's Lambda stand-in and Restate admin API.
 async fn cli(h: &Harness, args: &[&str]) -> CliRun {
-    let endpoint = h.standin().endpoint_url();
-    let output = tokio::process::Command::new(fanout_binary())
-        .args(args)
-        .env("AWS_ENDPOINT_URL_LAMBDA", &endpoint)
-        .env("AWS_ACCESS_KEY_ID", "local")
-        .env("AWS_SECRET_ACCESS_KEY", "local")
-        .env("AWS_REGION", "us-east-1")
-        .env("AWS_EC2_METADATA_DISABLED", "true")
-        .env("AWS_CONFIG_FILE", "/nonexistent/aws/config")
-        .env(
-            "AWS_SHARED_CREDENTIALS_FILE",
-            "/nonexistent/aws/credentials",
-        )
-        .env("RESTATE_ADMIN_URL", &h.stack.server.admin_url)
-        .env_remove("AWS_PROFILE")
-        .output()
-        .await
-        .unwrap();
-    CliRun {
-        code: output.status.code(),
-        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
-    }
+    let mut env = local_aws_env(&h.standin().endpoint_url());
+    env.push(("RESTATE_ADMIN_URL", h.stack.server.admin_url.clone()));
+    fanout_with_env(args, &env).await
 }
 
 /// The deployment id `fanout register` printed.
@@ -74,7 +45,7 @@ async fn lambda_version_exists(h: &Harness, version: &str) -> bool {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deploy_register_run_deploy_again_and_prune_only_what_is_drained() {
     let h = Harness::start(Mode::Lambda).await;
-    let x86 = zip("bootstrap-x86_64.zip");
+    let x86 = lambda_zip("x86_64");
     // A chore named flaky… fails retryably for 6 s on version 1, so the fan-out stays pinned
     // to version 1 while version 2 is deployed and prune runs.
     let deploy = |zip: PathBuf| {
@@ -159,17 +130,7 @@ async fn deploy_register_run_deploy_again_and_prune_only_what_is_drained() {
 
     // Version 2: other code, registered beside version 1.
     let dir = tempfile::tempdir().unwrap();
-    let changed = dir.path().join("v2.zip");
-    let status = std::process::Command::new("python3")
-        .args([
-            "-c",
-            "import sys, zipfile\nwith zipfile.ZipFile(sys.argv[1]) as a, zipfile.ZipFile(sys.argv[2], 'w', zipfile.ZIP_DEFLATED) as b:\n    [b.writestr(i, a.read(i.filename)) for i in a.infolist()]\n    b.writestr('RELEASE', 'v2')\n",
-        ])
-        .arg(&x86)
-        .arg(&changed)
-        .status()
-        .unwrap();
-    assert!(status.success());
+    let changed = changed_zip(&x86, dir.path());
     let v2 = cli(&h, &as_args(&deploy(changed))).await;
     assert_eq!(v2.code, Some(0), "{v2:?}");
     assert!(
