@@ -95,6 +95,9 @@ impl LocalStack {
                 options.handler_binary.display()
             );
         }
+        // Instances start in their own task root, where a relative path means nothing.
+        let handler_binary = std::fs::canonicalize(&options.handler_binary)
+            .with_context(|| format!("cannot resolve {}", options.handler_binary.display()))?;
         let (temp, dir) = match &options.state_dir {
             Some(dir) => {
                 std::fs::create_dir_all(dir)
@@ -126,7 +129,7 @@ impl LocalStack {
                     env: options.handler_env.clone(),
                     versions: vec![VersionSpec {
                         version: "1".into(),
-                        binary: options.handler_binary.clone(),
+                        binary: handler_binary.clone(),
                     }],
                 };
                 let config = StandInConfig {
@@ -149,12 +152,9 @@ impl LocalStack {
                 }
             }
             HandlerMode::Http => {
-                let (process, uri) = start_http_handler(
-                    &options.handler_binary,
-                    &options.handler_env,
-                    &handler_log_path,
-                )
-                .await?;
+                let (process, uri) =
+                    start_http_handler(&handler_binary, &options.handler_env, &handler_log_path)
+                        .await?;
                 http_handler = Some(process);
                 DeploymentTarget::Http { uri }
             }

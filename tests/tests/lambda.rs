@@ -345,3 +345,43 @@ async fn the_coordinator_returns_while_its_subtasks_still_run() {
     assert_eq!(status[0]["status"], json!("completed"));
     h.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fanout_bench_measures_every_width_from_the_metering() {
+    let dir = tempfile::tempdir().unwrap();
+    let json_path = dir.path().join("bench.json");
+    let handler = fanout_tests::handler_binary();
+    let run = fanout_tests::fanout_with_env(
+        &[
+            "bench",
+            "--sizes",
+            "2,5",
+            "--max-subtask-ms",
+            "100",
+            "--handler",
+            handler.to_str().unwrap(),
+            "--json",
+            json_path.to_str().unwrap(),
+        ],
+        &[],
+    )
+    .await;
+    assert_eq!(run.code, Some(0), "{run:?}");
+    let report: Value =
+        serde_json::from_str(&std::fs::read_to_string(&json_path).unwrap()).unwrap();
+    let rows = report["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), 2);
+    for (row, n) in rows.iter().zip([2u64, 5]) {
+        assert_eq!(row["subtasks"], json!(n));
+        // Each subtask sleeps, so it is invoked at least once to start and once to finish
+        // unless its sleep was 0 ms.
+        let subtask_invocations = row["subtask_invocations"].as_u64().unwrap();
+        assert!((n..=2 * n + 2).contains(&subtask_invocations), "{row}");
+        assert!(
+            row["coordinator_invocations"].as_u64().unwrap() >= 2,
+            "{row}"
+        );
+        assert!(row["bytes_to_coordinator"].as_u64().unwrap() > 0, "{row}");
+    }
+    assert!(run.stdout.contains("coord inv"), "{run:?}");
+}

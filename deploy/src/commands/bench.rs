@@ -40,7 +40,9 @@ pub struct BenchRow {
 pub struct BenchReport {
     pub handler_binary: String,
     pub handler_binary_bytes: u64,
-    pub cold_init_ms_mean: Option<f64>,
+    pub cold_starts: usize,
+    pub cold_init_ms_min: Option<f64>,
+    pub cold_init_ms_median: Option<f64>,
     pub cold_init_ms_max: Option<f64>,
     pub instance_peak_rss_kb_max: Option<u64>,
     pub max_subtask_ms: u64,
@@ -67,15 +69,17 @@ pub async fn run(options: BenchOptions) -> Result<BenchReport> {
     stack.stop().await;
     let rows = result?;
 
-    let inits: Vec<f64> = records.iter().filter_map(|r| r.init_ms).collect();
+    let mut inits: Vec<f64> = records.iter().filter_map(|r| r.init_ms).collect();
+    inits.sort_by(f64::total_cmp);
     Ok(BenchReport {
         handler_binary: options.handler_binary.display().to_string(),
         handler_binary_bytes: std::fs::metadata(&options.handler_binary)
             .map(|m| m.len())
             .unwrap_or(0),
-        cold_init_ms_mean: (!inits.is_empty())
-            .then(|| inits.iter().sum::<f64>() / inits.len() as f64),
-        cold_init_ms_max: inits.iter().copied().reduce(f64::max),
+        cold_starts: inits.len(),
+        cold_init_ms_min: inits.first().copied(),
+        cold_init_ms_median: inits.get(inits.len() / 2).copied(),
+        cold_init_ms_max: inits.last().copied(),
         instance_peak_rss_kb_max: records.iter().filter_map(|r| r.peak_rss_kb).max(),
         max_subtask_ms: options.max_subtask_ms,
         rows,
@@ -135,21 +139,23 @@ async fn measure(stack: &LocalStack, options: &BenchOptions) -> Result<Vec<Bench
     Ok(rows)
 }
 
+fn ms(value: Option<f64>) -> String {
+    value.map_or_else(|| "-".into(), |v| format!("{v:.1}"))
+}
+
 pub fn table(report: &BenchReport) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "handler: {} ({:.1} MiB); cold init mean {} ms, max {} ms; instance peak RSS {} KiB; subtasks sleep < {} ms",
+        "handler: {} ({:.1} MiB); {} cold starts, init min {} / median {} / max {} ms \
+         (instances start concurrently on this machine's cores); instance peak RSS {} KiB; \
+         subtasks sleep < {} ms",
         report.handler_binary,
         report.handler_binary_bytes as f64 / (1024.0 * 1024.0),
-        report
-            .cold_init_ms_mean
-            .map(|v| format!("{v:.1}"))
-            .unwrap_or("-".into()),
-        report
-            .cold_init_ms_max
-            .map(|v| format!("{v:.1}"))
-            .unwrap_or("-".into()),
+        report.cold_starts,
+        ms(report.cold_init_ms_min),
+        ms(report.cold_init_ms_median),
+        ms(report.cold_init_ms_max),
         report
             .instance_peak_rss_kb_max
             .map(|v| v.to_string())
