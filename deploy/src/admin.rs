@@ -182,3 +182,52 @@ impl AdminClient {
 pub fn sql_string(value: &str) -> String {
     format!("'{}'", value.replace('\'', "''"))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An admin endpoint that refuses everyone, as Restate Cloud does without a valid token.
+    async fn refusing_server() -> String {
+        let app = axum::Router::new().fallback(|| async {
+            (
+                axum::http::StatusCode::UNAUTHORIZED,
+                r#"{"message":"unauthorized"}"#,
+            )
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        format!("http://{addr}")
+    }
+
+    fn lambda_target() -> DeploymentTarget {
+        DeploymentTarget::Lambda {
+            arn: "arn:aws:lambda:us-east-1:1:function:fanout:1".into(),
+            assume_role_arn: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_401_names_the_token_and_sends_it_as_bearer() {
+        let admin = AdminClient::new(&refusing_server().await, Some("wrong".into()));
+        let err = admin
+            .register(&lambda_target(), &RegisterOptions::default())
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("--token") && err.contains("RESTATE_AUTH_TOKEN"),
+            "{err}"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_admin_api_says_so() {
+        let port = crate::process::free_port().unwrap();
+        let admin = AdminClient::new(&format!("http://127.0.0.1:{port}"), None);
+        let err = admin.health().await.unwrap_err().to_string();
+        assert!(err.contains("cannot reach Restate's admin API"), "{err}");
+        assert!(err.contains("--admin-url"), "{err}");
+    }
+}

@@ -410,9 +410,10 @@ async fn dispatch(command: Command) -> anyhow::Result<u8> {
         }
         Command::Prune(args) => {
             let admin = AdminClient::new(&args.restate.admin_url, args.restate.token);
-            let entries = prune::plan(&admin, &args.function_name).await?;
+            let lambda = fanout::aws::lambda_client(args.region.as_deref()).await?;
+            let scope = prune::scope(&lambda, &args.function_name).await?;
+            let entries = prune::plan(&admin, &args.function_name, scope.as_ref()).await?;
             if !args.dry_run {
-                let lambda = fanout::aws::lambda_client(args.region.as_deref()).await?;
                 prune::apply(&admin, &lambda, &args.function_name, &entries).await?;
             }
             print!("{}", prune::describe(&entries, args.dry_run));

@@ -95,6 +95,30 @@ pub fn terminate(pid: u32) {
     }
 }
 
+/// Sends SIGINT (what Ctrl-C sends) by pid.
+pub fn interrupt(pid: u32) {
+    // SAFETY: kill(2) only sends a signal.
+    unsafe {
+        libc::kill(pid as libc::pid_t, libc::SIGINT);
+    }
+}
+
+/// Resolves on Ctrl-C (SIGINT) or SIGTERM, whichever comes first.
+pub async fn stop_requested() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
 /// A free TCP port on loopback. The port is released before it is returned, so callers retry
 /// when a process loses the race for it.
 pub fn free_port() -> Result<u16> {

@@ -188,6 +188,16 @@ async fn log_lines_once_per_subtask_despite_replays(mode: Mode) {
                 "the line names the handler and the invocation: {}",
                 lines[0]
             );
+            if mode == Mode::Lambda {
+                // On Lambda a line is a JSON object that also names the Lambda request.
+                let line: serde_json::Value = serde_json::from_str(&lines[0]).unwrap();
+                assert_eq!(line["handler"], "worker/runSubtask");
+                assert!(line["invocationId"].as_str().unwrap().starts_with("inv_"));
+                assert!(
+                    !line["requestId"].as_str().unwrap_or_default().is_empty(),
+                    "{line}"
+                );
+            }
         }
     }
     let aggregated = h.log_lines_with("Aggregated result: s1: DONE,");

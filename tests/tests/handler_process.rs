@@ -93,3 +93,73 @@ fn bad_configuration_is_explained_not_panicked() {
     );
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
+
+/// `fanout local`: the whole local stack comes up, serves the reference example through its
+/// ingress, and goes away on Ctrl-C.
+#[test]
+fn fanout_local_serves_until_ctrl_c_and_leaves_nothing_behind() {
+    use std::io::{BufRead, BufReader};
+    let state = tempfile::tempdir().unwrap();
+    let mut child = Command::new(fanout_tests::fanout_binary())
+        .args(["local", "--max-subtask-ms", "200", "--state-dir"])
+        .arg(state.path())
+        .env("FANOUT_HANDLER_BIN", handler_binary())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut ingress = None;
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        if let Some(url) = line.trim().strip_prefix("ingress:") {
+            ingress = Some(url.trim().to_owned());
+        }
+        if line.contains("Ctrl-C stops everything") {
+            break;
+        }
+    }
+    let ingress = ingress.expect("fanout local printed the ingress URL");
+    let port: u16 = ingress.rsplit(':').next().unwrap().parse().unwrap();
+
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let answer: serde_json::Value = runtime.block_on(async {
+        reqwest::Client::new()
+            .post(format!("{ingress}/worker/run"))
+            .json(&serde_json::json!({"description": "get out of bed,shower"}))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    });
+    assert_eq!(
+        answer,
+        serde_json::json!({"description": "get out of bed: DONE,shower: DONE"})
+    );
+    assert!(
+        std::fs::read_to_string(state.path().join("invocations.jsonl"))
+            .unwrap()
+            .contains("/invoke/worker/run"),
+        "the Lambda stand-in metered the run into the state dir"
+    );
+
+    fanout::process::interrupt(child.id());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("fanout local ignored Ctrl-C");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "{status}");
+    assert!(
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_err(),
+        "restate-server still listens on {port} after fanout local stopped"
+    );
+}

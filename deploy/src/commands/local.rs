@@ -52,7 +52,7 @@ pub async fn run(options: LocalOptions) -> Result<()> {
         );
     }
     println!("Ctrl-C stops everything.");
-    let _ = tokio::signal::ctrl_c().await;
+    crate::process::stop_requested().await;
     println!("stopping…");
     stack.stop().await;
     Ok(())

@@ -26,48 +26,129 @@ pub struct PlanEntry {
     pub action: Action,
 }
 
-/// What prune would do for `function`'s deployments registered with Restate.
-pub async fn plan(admin: &AdminClient, function: &str) -> Result<Vec<PlanEntry>> {
-    let mut versions: Vec<(u64, String, String)> = admin
+/// The account and region prune works in: those of the Lambda client's function.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Scope {
+    pub region: String,
+    pub account: String,
+}
+
+/// The scope of `function` as the Lambda client sees it; `None` when the function does not
+/// exist there.
+pub async fn scope(lambda: &aws_sdk_lambda::Client, function: &str) -> Result<Option<Scope>> {
+    match lambda.get_function().function_name(function).send().await {
+        Ok(found) => Ok(found
+            .configuration
+            .and_then(|c| c.function_arn)
+            .and_then(|arn| VersionArn::parse(&format!("{arn}:$LATEST")))
+            .map(|arn| Scope {
+                region: arn.region,
+                account: arn.account,
+            })),
+        Err(e)
+            if e.as_service_error()
+                .is_some_and(|s| s.is_resource_not_found_exception()) =>
+        {
+            Ok(None)
+        }
+        Err(e) => Err(explain(&format!("looking up function {function}"), e)),
+    }
+}
+
+/// A Restate deployment backed by a version of the function.
+#[derive(Debug, Clone)]
+pub struct Backed {
+    pub deployment_id: String,
+    pub arn: VersionArn,
+    pub arn_text: String,
+    pub version: u64,
+}
+
+/// What prune would do for `function`'s deployments registered with Restate. Only versions in
+/// `scope` (the account and region the Lambda client manages) are candidates: a function of
+/// the same name elsewhere is never touched by mistake.
+pub async fn plan(
+    admin: &AdminClient,
+    function: &str,
+    scope: Option<&Scope>,
+) -> Result<Vec<PlanEntry>> {
+    let backed: Vec<Backed> = admin
         .deployments()
         .await?
         .iter()
         .filter_map(|deployment| {
-            let arn = deployment_arn(deployment)?;
-            let parsed = VersionArn::parse(&arn)?;
-            let version = parsed.version.parse::<u64>().ok()?;
-            let id = deployment.get("id")?.as_str()?.to_owned();
-            (parsed.function == function).then_some((version, id, arn))
+            let arn_text = deployment_arn(deployment)?;
+            let arn = VersionArn::parse(&arn_text)?;
+            let version = arn.version.parse::<u64>().ok()?;
+            let deployment_id = deployment.get("id")?.as_str()?.to_owned();
+            (arn.function == function).then_some(Backed {
+                deployment_id,
+                arn,
+                arn_text,
+                version,
+            })
         })
         .collect();
-    versions.sort();
-    let newest = versions.last().map(|(v, _, _)| *v);
-
     let mut entries = Vec::new();
-    for (version, deployment_id, arn) in versions {
-        let action = if Some(version) == newest {
-            Action::Keep("newest version".into())
-        } else {
-            let pinned = unfinished_invocations(admin, &deployment_id).await?;
-            if pinned.is_empty() {
-                Action::Remove
-            } else {
-                let total: u64 = pinned.iter().map(|(_, n)| n).sum();
-                let detail: Vec<String> = pinned.iter().map(|(s, n)| format!("{s}: {n}")).collect();
-                Action::Keep(format!(
-                    "{total} unfinished invocation(s) pinned to it ({})",
-                    detail.join(", ")
-                ))
+    for (backed, decided) in classify(backed, scope) {
+        let action = match decided {
+            Some(keep) => keep,
+            None => {
+                let pinned = unfinished_invocations(admin, &backed.deployment_id).await?;
+                if pinned.is_empty() {
+                    Action::Remove
+                } else {
+                    let total: u64 = pinned.iter().map(|(_, n)| n).sum();
+                    let detail: Vec<String> =
+                        pinned.iter().map(|(s, n)| format!("{s}: {n}")).collect();
+                    Action::Keep(format!(
+                        "{total} unfinished invocation(s) pinned to it ({})",
+                        detail.join(", ")
+                    ))
+                }
             }
         };
         entries.push(PlanEntry {
-            deployment_id,
-            arn,
-            version,
+            deployment_id: backed.deployment_id,
+            arn: backed.arn_text,
+            version: backed.version,
             action,
         });
     }
     Ok(entries)
+}
+
+/// Decides what needs no look at invocations: out of scope and the newest version are kept;
+/// `None` means "remove if drained". Sorted by version.
+pub fn classify(mut backed: Vec<Backed>, scope: Option<&Scope>) -> Vec<(Backed, Option<Action>)> {
+    backed.sort_by_key(|b| (b.arn.region.clone(), b.arn.account.clone(), b.version));
+    let in_scope =
+        |b: &Backed| scope.is_some_and(|s| s.region == b.arn.region && s.account == b.arn.account);
+    let newest = backed
+        .iter()
+        .filter(|b| in_scope(b))
+        .map(|b| b.version)
+        .max();
+    backed
+        .into_iter()
+        .map(|b| {
+            let decided = match scope {
+                None => Some(Action::Keep(
+                    "the function does not exist where the AWS credentials and region point; \
+                     nothing is removed"
+                        .into(),
+                )),
+                Some(s) if !in_scope(&b) => Some(Action::Keep(format!(
+                    "in {}/{}, not {}/{} where the AWS credentials and region point; prune it \
+                     with --region and credentials for that account",
+                    b.arn.account, b.arn.region, s.account, s.region
+                ))),
+                Some(_) if Some(b.version) == newest => Some(Action::Keep("newest version".into())),
+                Some(_) => None,
+            };
+            (b, decided)
+        })
+        .collect()
 }
 
 /// The Lambda ARN of a deployment as the admin API lists it.
@@ -130,6 +211,7 @@ pub async fn apply(
     function: &str,
     entries: &[PlanEntry],
 ) -> Result<()> {
+    // Only entries `classify` left to the drain check can be Remove, so all are in scope.
     for entry in entries.iter().filter(|e| e.action == Action::Remove) {
         admin.delete_deployment(&entry.deployment_id, true).await?;
         let deleted = lambda
@@ -153,4 +235,80 @@ pub async fn apply(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn backed(arn: &str, id: &str) -> Backed {
+        let parsed = VersionArn::parse(arn).unwrap();
+        Backed {
+            deployment_id: id.into(),
+            version: parsed.version.parse().unwrap(),
+            arn: parsed,
+            arn_text: arn.into(),
+        }
+    }
+
+    #[test]
+    fn only_older_versions_in_scope_are_candidates() {
+        let here = Scope {
+            region: "us-east-1".into(),
+            account: "111111111111".into(),
+        };
+        let decided = classify(
+            vec![
+                backed(
+                    "arn:aws:lambda:us-east-1:111111111111:function:fanout:2",
+                    "dp_2",
+                ),
+                backed(
+                    "arn:aws:lambda:us-east-1:111111111111:function:fanout:1",
+                    "dp_1",
+                ),
+                backed(
+                    "arn:aws:lambda:eu-west-1:111111111111:function:fanout:7",
+                    "dp_eu",
+                ),
+                backed(
+                    "arn:aws:lambda:us-east-1:222222222222:function:fanout:1",
+                    "dp_other",
+                ),
+            ],
+            Some(&here),
+        );
+        let by_id = |id: &str| {
+            decided
+                .iter()
+                .find(|(b, _)| b.deployment_id == id)
+                .unwrap()
+                .1
+                .clone()
+        };
+        assert_eq!(
+            by_id("dp_1"),
+            None,
+            "an older version here waits for the drain check"
+        );
+        assert_eq!(by_id("dp_2"), Some(Action::Keep("newest version".into())));
+        for other in ["dp_eu", "dp_other"] {
+            match by_id(other) {
+                Some(Action::Keep(why)) => assert!(why.contains("--region"), "{why}"),
+                action => panic!("{other}: {action:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn nothing_is_removed_when_the_function_is_not_where_aws_points() {
+        let decided = classify(
+            vec![backed(
+                "arn:aws:lambda:us-east-1:1:function:fanout:1",
+                "dp_1",
+            )],
+            None,
+        );
+        assert!(matches!(decided[0].1, Some(Action::Keep(_))));
+    }
 }
