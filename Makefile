@@ -91,7 +91,8 @@ prune: build-local
 bench: tools
 	$(CARGO) build --release -p fanout-handler
 	$(CARGO) build -p fanout
-	$(FANOUT) bench --handler target/release/fanout-handler --json target/bench.json
+	$(FANOUT) bench --handler target/release/fanout-handler --orders random,increasing,decreasing \
+		--json target/bench.json --plot target/bench.svg
 
 demo: tools build-local
 	$(FANOUT) demo --mode $(MODE) --max-subtask-ms $(MAX_SUBTASK_MS) "$(TASK)"

@@ -165,9 +165,18 @@ struct BenchArgs {
     /// Fan-out widths to run, comma-separated.
     #[arg(long, value_delimiter = ',', default_value = "10,100,1000")]
     sizes: Vec<usize>,
-    /// Subtasks sleep a random time below this, spreading their completions.
+    /// Completion orders to run for each width, comma-separated (random, increasing, decreasing).
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "random")]
+    orders: Vec<bench::Order>,
+    /// Subtasks' completions spread over this many ms.
     #[arg(long, default_value_t = 1000)]
     max_subtask_ms: u64,
+    /// Skip the floor (the same subtasks sent straight through the ingress).
+    #[arg(long)]
+    no_floor: bool,
+    /// Also write an SVG plot of invocations and bytes against N.
+    #[arg(long)]
+    plot: Option<PathBuf>,
     /// Concurrent executions allowed to the local Lambda function.
     #[arg(long, default_value_t = 1000)]
     concurrency_limit: usize,
@@ -428,11 +437,17 @@ async fn dispatch(command: Command) -> anyhow::Result<u8> {
             let report = bench::run(bench::BenchOptions {
                 handler_binary,
                 sizes: args.sizes,
+                orders: args.orders,
                 max_subtask_ms: args.max_subtask_ms,
                 concurrency_limit: args.concurrency_limit,
+                floor: !args.no_floor,
             })
             .await?;
             print!("{}", bench::table(&report));
+            if let Some(path) = args.plot {
+                std::fs::write(&path, bench::plot(&report))?;
+                println!("wrote {}", path.display());
+            }
             if let Some(path) = args.json {
                 std::fs::write(&path, serde_json::to_string_pretty(&report)?)?;
                 println!("wrote {}", path.display());

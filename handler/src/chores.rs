@@ -127,6 +127,15 @@ pub fn split_description(description: &str) -> Result<Vec<String>, InvalidInput>
     Ok(items.into_iter().map(str::to_owned).collect())
 }
 
+/// The `MS` of a chore written `name@MS`.
+pub fn fixed_sleep_ms(chore: &str) -> Option<u64> {
+    let (_, ms) = chore.rsplit_once('@')?;
+    if ms.is_empty() || !ms.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    ms.parse().ok()
+}
+
 /// Joins subtask results in input order, as the reference example prints them.
 pub fn join_results<'a>(results: impl IntoIterator<Item = &'a str>) -> String {
     results.into_iter().collect::<Vec<_>>().join(",")
@@ -187,12 +196,14 @@ impl Job for Chores {
                 fail_within(ctx, window, &chore.description).await?;
             }
         }
-        // Drawn from the context's seeded generator, so a replay sleeps the same.
+        // A chore written `name@MS` sleeps exactly MS ms, so benchmarks can choose the order
+        // in which results come back; otherwise the time is drawn from the context's seeded
+        // generator, so a replay sleeps the same.
         let max_ms = self.max_subtask.as_millis() as u64;
-        let sleep_ms = if max_ms == 0 {
-            0
-        } else {
-            ctx.rand().random_range(0..max_ms)
+        let sleep_ms = match fixed_sleep_ms(&chore.description) {
+            Some(ms) => ms,
+            None if max_ms == 0 => 0,
+            None => ctx.rand().random_range(0..max_ms),
         };
         ctx.sleep(Duration::from_millis(sleep_ms)).await?;
         if !self.work.is_zero() {
@@ -282,6 +293,14 @@ mod tests {
         assert_eq!(chores(&at_limit).unwrap().len(), MAX_SUBTASKS);
         let err = chores(&format!("{at_limit},a")).unwrap_err();
         assert!(err.contains("10001 subtasks"), "{err}");
+    }
+
+    #[test]
+    fn a_chore_can_name_its_sleep() {
+        assert_eq!(fixed_sleep_ms("s1@250"), Some(250));
+        assert_eq!(fixed_sleep_ms("mail bob@example.com"), None);
+        assert_eq!(fixed_sleep_ms("shower"), None);
+        assert_eq!(fixed_sleep_ms("s@"), None);
     }
 
     #[test]

@@ -24,6 +24,7 @@ ENVIRONMENT:
     FANOUT_MAX_SUBTASK_MS  longest simulated subtask in ms (default 5000)
     FANOUT_SUBTASK_WORK_MS time each subtask then works in a journaled step (default 0)
     FANOUT_FLAKY_MS        chores named flaky… fail (retryably) this long after their first try
+    (a chore written name@MS sleeps exactly MS ms instead of a random time)
     FANOUT_LAMBDA_PAYLOAD_LIMIT  response limit in bytes on Lambda (default 6291456; for tests)
     RUST_LOG               log filter (default info)
 ";

@@ -350,6 +350,7 @@ async fn the_coordinator_returns_while_its_subtasks_still_run() {
 async fn fanout_bench_measures_every_width_from_the_metering() {
     let dir = tempfile::tempdir().unwrap();
     let json_path = dir.path().join("bench.json");
+    let svg_path = dir.path().join("bench.svg");
     let handler = fanout_tests::handler_binary();
     let run = fanout_tests::fanout_with_env(
         &[
@@ -362,6 +363,10 @@ async fn fanout_bench_measures_every_width_from_the_metering() {
             handler.to_str().unwrap(),
             "--json",
             json_path.to_str().unwrap(),
+            "--orders",
+            "random,decreasing",
+            "--plot",
+            svg_path.to_str().unwrap(),
         ],
         &[],
     )
@@ -370,9 +375,20 @@ async fn fanout_bench_measures_every_width_from_the_metering() {
     let report: Value =
         serde_json::from_str(&std::fs::read_to_string(&json_path).unwrap()).unwrap();
     let rows = report["rows"].as_array().unwrap();
-    assert_eq!(rows.len(), 2);
-    for (row, n) in rows.iter().zip([2u64, 5]) {
+    assert_eq!(rows.len(), 4, "two widths in two orders");
+    let expected = [
+        (2u64, "random"),
+        (2, "decreasing"),
+        (5, "random"),
+        (5, "decreasing"),
+    ];
+    for (row, (n, order)) in rows.iter().zip(expected) {
         assert_eq!(row["subtasks"], json!(n));
+        assert_eq!(row["order"], json!(order));
+        assert!(
+            row["floor_wall_ms"].as_u64().is_some(),
+            "the floor was measured: {row}"
+        );
         // Each subtask sleeps, so it is invoked at least once to start and once to finish
         // unless its sleep was 0 ms.
         let subtask_invocations = row["subtask_invocations"].as_u64().unwrap();
@@ -384,4 +400,9 @@ async fn fanout_bench_measures_every_width_from_the_metering() {
         assert!(row["bytes_to_coordinator"].as_u64().unwrap() > 0, "{row}");
     }
     assert!(run.stdout.contains("coord inv"), "{run:?}");
+    let svg = std::fs::read_to_string(&svg_path).unwrap();
+    assert!(
+        svg.starts_with("<svg") && svg.matches("<polyline").count() == 4,
+        "{svg}"
+    );
 }

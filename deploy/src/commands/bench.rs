@@ -1,30 +1,63 @@
-//! `fanout bench`: fan-outs of several widths on the local stack (the handler as a Lambda
-//! function behind the stand-in), measured from the stand-in's metering.
+//! `fanout bench`: fan-outs of several widths and completion orders on the local stack (the
+//! handler as a Lambda function behind the stand-in), measured from the stand-in's metering,
+//! next to the floor: the same subtasks sent straight through the ingress, no coordinator.
 //!
 //! A benchmark, not a test: it prints figures and asserts nothing about time.
 
 use crate::ingress::IngressClient;
 use crate::report::{self, Summary};
 use crate::stack::{HandlerMode, LocalStack, StackOptions};
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
 use serde::Serialize;
-use serde_json::json;
+use serde_json::{Value, json};
 use std::fmt::Write as _;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+/// In which order the subtasks' results come back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Order {
+    /// Each subtask sleeps a random time below the bound.
+    Random,
+    /// Subtask i finishes before subtask i+1.
+    Increasing,
+    /// The last subtask finishes first.
+    Decreasing,
+}
+
+impl Order {
+    /// The task: `s1,…,sN`, with `@MS` sleeps fixing the completion order when asked.
+    fn description(self, n: usize, spread_ms: u64) -> String {
+        let at = |i: usize| spread_ms * i as u64 / n.max(1) as u64;
+        (1..=n)
+            .map(|i| match self {
+                Order::Random => format!("s{i}"),
+                Order::Increasing => format!("s{i}@{}", at(i)),
+                Order::Decreasing => format!("s{i}@{}", at(n - i)),
+            })
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+}
 
 pub struct BenchOptions {
     pub handler_binary: PathBuf,
     pub sizes: Vec<usize>,
-    /// Subtasks sleep below this, so completions spread over this window.
+    pub orders: Vec<Order>,
+    /// Subtasks' completions spread over this window.
     pub max_subtask_ms: u64,
     pub concurrency_limit: usize,
+    /// Also measure the floor for each width.
+    pub floor: bool,
 }
 
-/// One width's figures.
+/// One fan-out's figures.
 #[derive(Debug, Clone, Serialize)]
 pub struct BenchRow {
     pub subtasks: usize,
+    pub order: Order,
     pub wall_ms: u128,
     pub coordinator_invocations: usize,
     pub bytes_to_coordinator: usize,
@@ -34,6 +67,8 @@ pub struct BenchRow {
     pub coordinator_billed_ms: u64,
     pub throttled: usize,
     pub cold_starts: usize,
+    /// Wall time of the same width's subtasks sent straight through the ingress.
+    pub floor_wall_ms: Option<u128>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -52,6 +87,9 @@ pub struct BenchReport {
 pub async fn run(options: BenchOptions) -> Result<BenchReport> {
     if options.sizes.is_empty() || options.sizes.contains(&0) {
         bail!("--sizes needs one or more widths above 0, e.g. --sizes 10,100,1000");
+    }
+    if options.orders.is_empty() {
+        bail!("--orders needs at least one of random, increasing, decreasing");
     }
     let mut stack_options = StackOptions::new(HandlerMode::Lambda, options.handler_binary.clone());
     stack_options.lambda.concurrency_limit = options.concurrency_limit;
@@ -95,48 +133,107 @@ async fn measure(stack: &LocalStack, options: &BenchOptions) -> Result<Vec<Bench
         IngressClient::new(&stack.ingress_url, None).with_timeout(Duration::from_secs(3600));
     let mut rows = Vec::new();
     for &n in &options.sizes {
-        let description: Vec<String> = (1..=n).map(|i| format!("s{i}")).collect();
-        let before = standin.records().len();
-        let started = Instant::now();
-        let response = ingress
-            .run(&json!({ "description": description.join(",") }), None)
-            .await?;
-        let wall = started.elapsed();
-        if response.status != 200 {
-            bail!(
-                "the fan-out of {n} failed with HTTP {}: {}",
-                response.status,
-                response.message()
-            );
+        let first_row = rows.len();
+        for &order in &options.orders {
+            let before = standin.records().len();
+            let started = Instant::now();
+            let response = ingress
+                .run(
+                    &json!({ "description": order.description(n, options.max_subtask_ms) }),
+                    None,
+                )
+                .await?;
+            let wall = started.elapsed();
+            if response.status != 200 {
+                bail!(
+                    "the fan-out of {n} ({order:?}) failed with HTTP {}: {}",
+                    response.status,
+                    response.message()
+                );
+            }
+            // The last subtask's invocation may be metered a moment after the result is out.
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            let records = standin.records();
+            let Summary {
+                coordinator_invocations,
+                subtask_invocations,
+                bytes_to_coordinator,
+                bytes_total,
+                billed_ms,
+                coordinator_billed_ms,
+                throttled,
+                cold_starts,
+                ..
+            } = report::summarize(&records[before..]);
+            rows.push(BenchRow {
+                subtasks: n,
+                order,
+                wall_ms: wall.as_millis(),
+                coordinator_invocations,
+                bytes_to_coordinator,
+                subtask_invocations,
+                bytes_total,
+                billed_ms,
+                coordinator_billed_ms,
+                throttled,
+                cold_starts,
+                floor_wall_ms: None,
+            });
         }
-        // The last subtask's invocation may be metered a moment after the result is out.
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        let records = standin.records();
-        let Summary {
-            coordinator_invocations,
-            subtask_invocations,
-            bytes_to_coordinator,
-            bytes_total,
-            billed_ms,
-            coordinator_billed_ms,
-            throttled,
-            cold_starts,
-            ..
-        } = report::summarize(&records[before..]);
-        rows.push(BenchRow {
-            subtasks: n,
-            wall_ms: wall.as_millis(),
-            coordinator_invocations,
-            bytes_to_coordinator,
-            subtask_invocations,
-            bytes_total,
-            billed_ms,
-            coordinator_billed_ms,
-            throttled,
-            cold_starts,
-        });
+        // After the fan-outs, so the floor meets instances as warm as they did.
+        if options.floor {
+            let floor_ms = floor(&stack.ingress_url, n).await?.as_millis();
+            for row in &mut rows[first_row..] {
+                row.floor_wall_ms = Some(floor_ms);
+            }
+        }
     }
     Ok(rows)
+}
+
+/// The floor: `n` independent `runSubtask` invocations of the same random-order subtasks,
+/// sent straight through the ingress, from the first send to the last result.
+async fn floor(ingress_url: &str, n: usize) -> Result<Duration> {
+    // Enough requests in flight to keep Restate busy without exhausting local sockets.
+    const IN_FLIGHT: usize = 64;
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(3600))
+        .build()?;
+    let permits = Arc::new(tokio::sync::Semaphore::new(IN_FLIGHT));
+    let started = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 1..=n {
+        let (http, permits) = (http.clone(), Arc::clone(&permits));
+        let base = ingress_url.to_owned();
+        tasks.spawn(async move {
+            let permit = Arc::clone(&permits).acquire_owned().await?;
+            let sent: Value = http
+                .post(format!("{base}/worker/runSubtask/send"))
+                .json(&json!({ "description": format!("s{i}") }))
+                .send()
+                .await?
+                .json()
+                .await?;
+            let id = sent["invocationId"]
+                .as_str()
+                .context("the ingress returned no invocation id")?
+                .to_owned();
+            drop(permit);
+            let _permit = permits.acquire_owned().await?;
+            let done = http
+                .get(format!("{base}/restate/invocation/{id}/attach"))
+                .send()
+                .await?;
+            if !done.status().is_success() {
+                bail!("floor subtask {i} failed with HTTP {}", done.status());
+            }
+            Ok::<(), anyhow::Error>(())
+        });
+    }
+    while let Some(joined) = tasks.join_next().await {
+        joined.context("a floor request panicked")??;
+    }
+    Ok(started.elapsed())
 }
 
 fn ms(value: Option<f64>) -> String {
@@ -149,7 +246,7 @@ pub fn table(report: &BenchReport) -> String {
         out,
         "handler: {} ({:.1} MiB); {} cold starts, init min {} / median {} / max {} ms \
          (instances start concurrently on this machine's cores); instance peak RSS {} KiB; \
-         subtasks sleep < {} ms",
+         subtasks complete within {} ms",
         report.handler_binary,
         report.handler_binary_bytes as f64 / (1024.0 * 1024.0),
         report.cold_starts,
@@ -164,22 +261,34 @@ pub fn table(report: &BenchReport) -> String {
     );
     let _ = writeln!(
         out,
-        "{:>8} {:>9} {:>12} {:>14} {:>10} {:>13} {:>10} {:>12} {:>9}",
+        "{:>6} {:<10} {:>8} {:>9} {:>12} {:>8} {:>12} {:>10} {:>8} {:>6} {:>8} {:>6}",
         "N",
+        "order",
         "wall ms",
         "coord inv",
         "coord bytes",
         "sub inv",
         "total bytes",
         "billed ms",
-        "coord billed",
-        "throttled"
+        "c billed",
+        "429s",
+        "floor ms",
+        "ratio"
     );
     for r in &report.rows {
+        let order = format!("{:?}", r.order).to_lowercase();
+        let (floor, ratio) = match r.floor_wall_ms {
+            Some(f) => (
+                f.to_string(),
+                format!("{:.2}", r.wall_ms as f64 / f.max(1) as f64),
+            ),
+            None => ("-".into(), "-".into()),
+        };
         let _ = writeln!(
             out,
-            "{:>8} {:>9} {:>12} {:>14} {:>10} {:>13} {:>10} {:>12} {:>9}",
+            "{:>6} {:<10} {:>8} {:>9} {:>12} {:>8} {:>12} {:>10} {:>8} {:>6} {:>8} {:>6}",
             r.subtasks,
+            order,
             r.wall_ms,
             r.coordinator_invocations,
             r.bytes_to_coordinator,
@@ -187,8 +296,109 @@ pub fn table(report: &BenchReport) -> String {
             r.bytes_total,
             r.billed_ms,
             r.coordinator_billed_ms,
-            r.throttled
+            r.throttled,
+            floor,
+            ratio
         );
     }
     out
+}
+
+/// An SVG with two panels against N (log scale): coordinator invocations, and bytes shipped to
+/// the coordinator, one line per completion order.
+pub fn plot(report: &BenchReport) -> String {
+    const W: f64 = 420.0;
+    const H: f64 = 300.0;
+    const PAD: f64 = 50.0;
+    let colors = [
+        (Order::Random, "#1f77b4"),
+        (Order::Increasing, "#d62728"),
+        (Order::Decreasing, "#2ca02c"),
+    ];
+    let panels: [(&str, fn(&BenchRow) -> f64); 2] = [
+        ("coordinator invocations", |r| {
+            r.coordinator_invocations as f64
+        }),
+        ("bytes to the coordinator", |r| {
+            r.bytes_to_coordinator as f64
+        }),
+    ];
+    let ns: Vec<f64> = report.rows.iter().map(|r| r.subtasks as f64).collect();
+    let (n_min, n_max) = (
+        ns.iter().copied().fold(f64::MAX, f64::min).max(1.0),
+        ns.iter().copied().fold(1.0, f64::max),
+    );
+    let x_of = |n: f64| {
+        let span = (n_max.log10() - n_min.log10()).max(1e-9);
+        PAD + (n.log10() - n_min.log10()) / span * (W - 2.0 * PAD)
+    };
+    let mut svg = format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{}\" height=\"{H}\" font-family=\"sans-serif\" font-size=\"11\">\n",
+        2.0 * W
+    );
+    for (panel, (title, value)) in panels.iter().enumerate() {
+        let dx = panel as f64 * W;
+        let y_max = report.rows.iter().map(value).fold(1.0, f64::max);
+        let y_of = |v: f64| H - PAD - v / y_max * (H - 2.0 * PAD);
+        let _ = writeln!(
+            svg,
+            "<g transform=\"translate({dx},0)\"><text x=\"{}\" y=\"20\" text-anchor=\"middle\">{title} vs N (log)</text>\
+             <line x1=\"{PAD}\" y1=\"{}\" x2=\"{}\" y2=\"{}\" stroke=\"black\"/><line x1=\"{PAD}\" y1=\"{PAD}\" x2=\"{PAD}\" y2=\"{}\" stroke=\"black\"/>\
+             <text x=\"{}\" y=\"{}\" text-anchor=\"end\">{y_max:.0}</text>",
+            W / 2.0,
+            H - PAD,
+            W - PAD,
+            H - PAD,
+            H - PAD,
+            PAD - 4.0,
+            PAD + 4.0,
+        );
+        for n in &report.rows {
+            let x = x_of(n.subtasks as f64);
+            let _ = writeln!(
+                svg,
+                "<text x=\"{x}\" y=\"{}\" text-anchor=\"middle\">{}</text>",
+                H - PAD + 14.0,
+                n.subtasks
+            );
+        }
+        for (i, (order, color)) in colors.iter().enumerate() {
+            let points: Vec<String> = report
+                .rows
+                .iter()
+                .filter(|r| r.order == *order)
+                .map(|r| format!("{:.1},{:.1}", x_of(r.subtasks as f64), y_of(value(r))))
+                .collect();
+            if points.is_empty() {
+                continue;
+            }
+            let _ = writeln!(
+                svg,
+                "<polyline fill=\"none\" stroke=\"{color}\" stroke-width=\"2\" points=\"{}\"/>\
+                 <text x=\"{}\" y=\"{}\" fill=\"{color}\">{}</text>",
+                points.join(" "),
+                W - PAD - 70.0,
+                PAD + 14.0 * i as f64,
+                format!("{order:?}").to_lowercase()
+            );
+        }
+        svg.push_str("</g>\n");
+    }
+    svg.push_str("</svg>\n");
+    svg
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn orders_fix_when_each_subtask_finishes() {
+        assert_eq!(Order::Random.description(3, 300), "s1,s2,s3");
+        assert_eq!(
+            Order::Increasing.description(3, 300),
+            "s1@100,s2@200,s3@300"
+        );
+        assert_eq!(Order::Decreasing.description(3, 300), "s1@200,s2@100,s3@0");
+    }
 }
