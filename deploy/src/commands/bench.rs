@@ -304,6 +304,9 @@ pub fn table(report: &BenchReport) -> String {
     out
 }
 
+/// A plot's title and the figure it draws from a row.
+type Panel = (&'static str, fn(&BenchRow) -> f64);
+
 /// An SVG with two panels against N (log scale): coordinator invocations, and bytes shipped to
 /// the coordinator, one line per completion order.
 pub fn plot(report: &BenchReport) -> String {
@@ -315,7 +318,7 @@ pub fn plot(report: &BenchReport) -> String {
         (Order::Increasing, "#d62728"),
         (Order::Decreasing, "#2ca02c"),
     ];
-    let panels: [(&str, fn(&BenchRow) -> f64); 2] = [
+    let panels: [Panel; 2] = [
         ("coordinator invocations", |r| {
             r.coordinator_invocations as f64
         }),
