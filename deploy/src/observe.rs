@@ -188,9 +188,9 @@ impl Observer {
             .admin
             .query(&format!(
                 "SELECT status, completion_result, last_failure IS NOT NULL AS failing, \
-                 count(*) AS n FROM sys_invocation WHERE invoked_by_id = {} \
+                 count(*) AS n FROM sys_invocation WHERE {} \
                  GROUP BY status, completion_result, last_failure IS NOT NULL",
-                sql_string(id)
+                subtasks_of(id)
             ))
             .await?;
         let mut progress = Progress::default();
@@ -206,13 +206,39 @@ impl Observer {
     /// Every subtask of coordinator `id` in input order, with attempts, duration and last error.
     pub async fn subtasks(&self, id: &str) -> Result<Vec<Subtask>> {
         let id_literal = sql_string(id);
-        let calls = self
+        let of_run = subtasks_of(id);
+        // With the fan-in ledger the subtasks are called by the run's shards, which the run
+        // started in order: their calls, shard by shard, are the input order.
+        let shard_order: Vec<String> = self
             .admin
             .query(&format!(
                 "SELECT index, entry_json FROM sys_journal \
-                 WHERE id = {id_literal} AND entry_type = 'Command: Call' ORDER BY index"
+                 WHERE id = {id_literal} AND entry_type = 'Command: OneWayCall' ORDER BY index"
+            ))
+            .await?
+            .iter()
+            .filter_map(|row| {
+                let entry: Value = serde_json::from_str(text(row, "entry_json")?).ok()?;
+                let request = entry.pointer("/Command/OneWayCall/request")?;
+                Some(request.get("invocation_id")?.as_str()?.to_owned())
+            })
+            .collect();
+        let mut calls = self
+            .admin
+            .query(&format!(
+                "SELECT id, index, entry_json FROM sys_journal \
+                 WHERE entry_type = 'Command: Call' AND (id = {id_literal} OR id IN \
+                 (SELECT id FROM sys_invocation WHERE invoked_by_id = {id_literal} \
+                 AND target = {}))",
+                sql_string(SHARD_TARGET)
             ))
             .await?;
+        let rank = |row: &Value| {
+            let caller = text(row, "id").unwrap_or_default();
+            let shard = shard_order.iter().position(|s| s == caller);
+            (shard.map_or(0, |k| k + 1), int(row, "index").unwrap_or(0))
+        };
+        calls.sort_by_key(rank);
         let children = self
             .admin
             .query(&format!(
@@ -221,7 +247,7 @@ impl Observer {
                  CAST(completed_at AS BIGINT) AS completed_ms, \
                  CAST(now() AS BIGINT) / 1000000 AS now_ms, \
                  CAST(created_at AS BIGINT) AS created_ms \
-                 FROM sys_invocation WHERE invoked_by_id = {id_literal}"
+                 FROM sys_invocation WHERE {of_run}"
             ))
             .await?;
         // Servers older than 1.4 have no journal events: attempts then come from the live
@@ -230,13 +256,27 @@ impl Observer {
             .admin
             .query(&format!(
                 "SELECT e.id AS id, CAST(e.appended_at AS BIGINT) AS at_ms, e.event_json \
-                 FROM sys_journal_events e JOIN sys_invocation i ON e.id = i.id \
-                 WHERE i.invoked_by_id = {id_literal} AND e.event_type = 'TransientError'"
+                 FROM sys_journal_events e WHERE e.event_type = 'TransientError' AND e.id IN \
+                 (SELECT id FROM sys_invocation WHERE {of_run})"
             ))
             .await
             .unwrap_or_default();
         Ok(merge_subtasks(&calls, &children, &events))
     }
+}
+
+/// The handler that runs a shard of a fan-in-ledger run.
+const SHARD_TARGET: &str = "worker/runShard";
+
+/// SQL condition selecting the subtask invocations of run `id`: called by the run itself
+/// (in-order fan-in) or by one of its shards (the fan-in ledger).
+fn subtasks_of(id: &str) -> String {
+    let id = sql_string(id);
+    format!(
+        "target = 'worker/runSubtask' AND (invoked_by_id = {id} OR invoked_by_id IN \
+         (SELECT id FROM sys_invocation WHERE invoked_by_id = {id} AND target = {}))",
+        sql_string(SHARD_TARGET)
+    )
 }
 
 impl Progress {

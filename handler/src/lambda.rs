@@ -363,13 +363,18 @@ mod tests {
         let manifest: Value = serde_json::from_slice(&body(&response)).unwrap();
         assert_eq!(manifest["lambdaCompression"], "zstd");
         assert_eq!(manifest["protocolMode"], "REQUEST_RESPONSE");
-        let handlers: Vec<&str> = manifest["services"][0]["handlers"]
+        let worker = manifest["services"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["name"] == "worker")
+            .expect("the worker service is discovered");
+        let handlers: Vec<&str> = worker["handlers"]
             .as_array()
             .unwrap()
             .iter()
             .map(|h| h["name"].as_str().unwrap())
             .collect();
-        assert_eq!(manifest["services"][0]["name"], "worker");
         assert!(handlers.contains(&"run") && handlers.contains(&"runSubtask"));
     }
 

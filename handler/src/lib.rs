@@ -10,6 +10,7 @@
 //! |---|---|
 //! | [`job`] | the seam: the [`job::Job`] trait a user implements (split, execute, aggregate) |
 //! | [`chores`] | the reference job: comma-separated chores, each a short durable sleep |
+//! | [`fan_in`] | the fan-in ledger: shards and the ledger that wakes the coordinator once |
 //! | [`worker`] | the Restate service `worker` with `run` and `runSubtask`, generic over the job |
 //! | [`plan`] | the journal planner: refuses a fan-out whose journal cannot fit Lambda's payload limit |
 //! | [`payload`] | JSON on the wire with errors that say what was wrong |
@@ -21,6 +22,7 @@
 //! (that is how Lambda starts a `bootstrap`), HTTP otherwise.
 
 pub mod chores;
+pub mod fan_in;
 pub mod http_endpoint;
 pub mod job;
 pub mod lambda;

@@ -3,6 +3,7 @@
 
 use fanout_handler::logging::{self, LogFormat};
 use fanout_handler::plan::PayloadBudget;
+use fanout_handler::worker::FanInStrategy;
 use fanout_handler::{Chores, Worker, http_endpoint, lambda};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::process::ExitCode;
@@ -26,6 +27,8 @@ ENVIRONMENT:
     FANOUT_FLAKY_MS        chores named flaky… fail (retryably) this long after their first try
     (a chore written name@MS sleeps exactly MS ms instead of a random time)
     FANOUT_LAMBDA_PAYLOAD_LIMIT  response limit in bytes on Lambda (default 6291456; for tests)
+    FANOUT_FAN_IN          how run waits: ledger (default; the coordinator wakes at most 3 times)
+                           or in-order; a request header x-fanout-fan-in overrides it per run
     RUST_LOG               log filter (default info)
 ";
 
@@ -41,7 +44,14 @@ fn main() -> ExitCode {
         Ok(job) => job,
         Err(message) => return fail(&message),
     };
-    let worker = Worker::new(job);
+    let fan_in = match std::env::var(FanInStrategy::ENV) {
+        Err(_) => FanInStrategy::Ledger,
+        Ok(raw) => match FanInStrategy::parse(&raw) {
+            Ok(strategy) => strategy,
+            Err(message) => return fail(&format!("{}: {message}", FanInStrategy::ENV)),
+        },
+    };
+    let worker = Worker::new(job).with_fan_in(fan_in);
     // On Lambda every resume ships the whole journal, so fan-outs that cannot fit are refused.
     let worker = if on_lambda {
         worker.with_payload_budget(PayloadBudget::LAMBDA)

@@ -1,19 +1,51 @@
-//! The Restate service `worker`: `run` (the coordinator) and `runSubtask` (the executor).
+//! The Restate service `worker`: `run` (the coordinator) and `runSubtask` (the executor), plus
+//! the internal pieces of the fan-in ledger (`runShard` and the `fanIn` Virtual Object).
 //!
 //! The names on the wire are the reference contract and never change. What the handlers do
 //! with the data is the [`Job`]'s business; this module only owns the durable choreography.
 
+use crate::fan_in::{self, Shard, ShardReport, ShardResult};
 use crate::job::{InvalidInput, Job, MAX_SUBTASKS};
 use crate::logging::InvocationLog;
 use crate::payload::Payload;
 use crate::plan::{self, PayloadBudget};
 use restate_sdk::prelude::*;
+use std::marker::PhantomData;
 use std::sync::Arc;
+
+/// How the coordinator waits for its subtasks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FanInStrategy {
+    /// Await every call in index order: simple, but on Lambda each resume replays the whole
+    /// journal, and resumes grow with the width and the completion order.
+    InOrder,
+    /// Shards report to a ledger that resolves one awakeable: at most 3 coordinator
+    /// invocations for any width (see [`crate::fan_in`]).
+    Ledger,
+}
+
+impl FanInStrategy {
+    /// The request header that picks the strategy for one run.
+    pub const HEADER: &str = "x-fanout-fan-in";
+    /// The env var that sets the handler's default.
+    pub const ENV: &str = "FANOUT_FAN_IN";
+
+    pub fn parse(raw: &str) -> Result<Self, String> {
+        match raw.trim() {
+            "in-order" => Ok(Self::InOrder),
+            "ledger" => Ok(Self::Ledger),
+            other => Err(format!(
+                "unknown fan-in strategy {other:?}: use \"ledger\" or \"in-order\""
+            )),
+        }
+    }
+}
 
 /// The fan-out worker for a job `J`.
 pub struct Worker<J> {
     job: Arc<J>,
     budget: Option<PayloadBudget>,
+    fan_in: FanInStrategy,
 }
 
 impl<J: Job> Worker<J> {
@@ -21,6 +53,22 @@ impl<J: Job> Worker<J> {
         Self {
             job: Arc::new(job),
             budget: None,
+            fan_in: FanInStrategy::Ledger,
+        }
+    }
+
+    /// The strategy runs use unless their request names one in [`FanInStrategy::HEADER`].
+    pub fn with_fan_in(mut self, strategy: FanInStrategy) -> Self {
+        self.fan_in = strategy;
+        self
+    }
+
+    fn strategy(&self, ctx: &Context<'_>) -> Result<FanInStrategy, TerminalError> {
+        match ctx.headers().get(FanInStrategy::HEADER) {
+            None => Ok(self.fan_in),
+            Some(raw) => FanInStrategy::parse(raw).map_err(|e| {
+                TerminalError::new_with_code(400, format!("{}: {e}", FanInStrategy::HEADER))
+            }),
         }
     }
 
@@ -32,7 +80,21 @@ impl<J: Job> Worker<J> {
 
     /// The Restate endpoint serving this worker, ready for the HTTP server or the Lambda adapter.
     pub fn endpoint(self) -> Endpoint {
-        Endpoint::builder().bind(self).build()
+        let internal = HandlerOptions::new().ingress_private(true);
+        Endpoint::builder()
+            .bind(
+                self.into_service_definition()
+                    .options(ServiceOptions::new().handler("runShard", internal)),
+            )
+            // Lazy state: a record loads only the keys it touches, not every shard's outcomes.
+            .bind(
+                FanIn::<J>(PhantomData).into_service_definition().options(
+                    ServiceOptions::new()
+                        .enable_lazy_state(true)
+                        .ingress_private(true),
+                ),
+            )
+            .build()
     }
 }
 
@@ -98,37 +160,20 @@ impl<J: Job> Worker<J> {
             .name("split task")
             .await?;
 
-        let labels: Vec<String> = subtasks.iter().map(|s| self.job.subtask_label(s)).collect();
         let width = subtasks.len();
-
-        // Every call is issued before the first is awaited: all subtasks run at once.
-        let calls: Vec<_> = subtasks
-            .into_iter()
-            .map(|subtask| {
-                ctx.service_client::<WorkerClient<J>>()
-                    .run_subtask(Payload(subtask))
-                    .call()
-            })
-            .collect();
-
-        // Awaiting in index order rather than select-on-any: on Lambda each wake replays the
-        // whole journal, and in-order waiting wakes the coordinator far less often.
-        let mut outcomes = Vec::with_capacity(calls.len());
-        for (index, call) in calls.into_iter().enumerate() {
-            let Payload(outcome) = call.await.map_err(|e| {
-                TerminalError::new_with_code(
-                    e.code(),
-                    format!(
-                        "subtask {} of {} ({}) failed: {}",
-                        index + 1,
-                        width,
-                        labels[index],
-                        e.message()
-                    ),
-                )
-            })?;
-            outcomes.push(outcome);
-        }
+        let outcomes = match self.strategy(&ctx)? {
+            FanInStrategy::InOrder => call_in_order(&ctx, &*self.job, subtasks, 0, width).await?,
+            FanInStrategy::Ledger => {
+                let (awakeable, all_reported) = ctx.awakeable::<fan_in::Outcomes<J::Outcome>>();
+                let ledger = ctx.invocation_id().to_owned();
+                for shard in fan_in::shards(subtasks, &ledger, &awakeable) {
+                    ctx.service_client::<WorkerClient<J>>()
+                        .run_shard(Payload(shard))
+                        .send();
+                }
+                all_reported.await?.0
+            }
+        };
 
         let output = self.job.aggregate(outcomes);
         log.info(format_args!(
@@ -136,6 +181,41 @@ impl<J: Job> Worker<J> {
             self.job.output_label(&output)
         ));
         Ok(Payload(output))
+    }
+
+    /// One shard of a ledger fan-out: calls its subtasks, then reports to the run's ledger.
+    /// Internal (not reachable from the ingress).
+    #[handler(name = "runShard")]
+    async fn run_shard(
+        &self,
+        ctx: Context<'_>,
+        shard: Payload<Shard<J::Subtask>>,
+    ) -> Result<(), HandlerError> {
+        let Shard {
+            ledger,
+            awakeable,
+            index,
+            shards,
+            offset,
+            total,
+            subtasks,
+        } = shard.0;
+        let result = match call_in_order(&ctx, &*self.job, subtasks, offset, total).await {
+            Ok(outcomes) => ShardResult::Done(outcomes),
+            Err(failure) => ShardResult::Failed {
+                code: failure.code(),
+                message: failure.message().to_owned(),
+            },
+        };
+        ctx.object_client::<FanInClient<J>>(ledger)
+            .record(Payload(ShardReport {
+                awakeable,
+                index,
+                shards,
+                result,
+            }))
+            .send();
+        Ok(())
     }
 
     /// The executor: runs one subtask.
@@ -151,6 +231,119 @@ impl<J: Job> Worker<J> {
         let outcome = self.job.execute(&mut ctx, subtask.0).await?;
         log.info(format_args!("Execution subtask finished: {label}"));
         Ok(Payload(outcome))
+    }
+}
+
+/// Calls `runSubtask` for every subtask, all in flight at once, and awaits them in index order
+/// (a wake of the caller takes every result that has arrived by then). The first failure ends
+/// the wait with a message naming the subtask as the user counts them (`offset` and `total`
+/// place a shard's subtasks in the whole task).
+async fn call_in_order<J: Job>(
+    ctx: &Context<'_>,
+    job: &J,
+    subtasks: Vec<J::Subtask>,
+    offset: usize,
+    total: usize,
+) -> Result<Vec<J::Outcome>, TerminalError> {
+    let labels: Vec<String> = subtasks.iter().map(|s| job.subtask_label(s)).collect();
+    let calls: Vec<_> = subtasks
+        .into_iter()
+        .map(|subtask| {
+            ctx.service_client::<WorkerClient<J>>()
+                .run_subtask(Payload(subtask))
+                .call()
+        })
+        .collect();
+    let mut outcomes = Vec::with_capacity(calls.len());
+    for (index, call) in calls.into_iter().enumerate() {
+        let Payload(outcome) = call.await.map_err(|e| {
+            TerminalError::new_with_code(
+                e.code(),
+                format!(
+                    "subtask {} of {} ({}) failed: {}",
+                    offset + index + 1,
+                    total,
+                    labels[index],
+                    e.message()
+                ),
+            )
+        })?;
+        outcomes.push(outcome);
+    }
+    Ok(outcomes)
+}
+
+/// The ledger of one run's shards, keyed by the run's invocation id.
+pub struct FanIn<J>(PhantomData<fn() -> J>);
+
+#[restate_sdk::object(name = "fanIn")]
+impl<J: Job> FanIn<J> {
+    /// Keeps a shard's outcomes; the report that completes the last shard resolves the
+    /// coordinator's awakeable with every outcome in order. A failure rejects it at once.
+    #[handler(name = "record")]
+    async fn record(
+        &self,
+        ctx: ObjectContext<'_>,
+        report: Payload<ShardReport<J::Outcome>>,
+    ) -> Result<(), HandlerError> {
+        let ShardReport {
+            awakeable,
+            index,
+            shards,
+            result,
+        } = report.0;
+        if ctx.get::<bool>("closed").await?.unwrap_or(false) {
+            return Ok(()); // the run already failed; later shards change nothing
+        }
+        let outcomes = match result {
+            ShardResult::Failed { code, message } => {
+                ctx.reject_awakeable(&awakeable, TerminalError::new_with_code(code, message));
+                ctx.clear_all();
+                ctx.set("closed", true);
+                return Ok(());
+            }
+            ShardResult::Done(outcomes) => outcomes,
+        };
+        let done = ctx.get::<u64>("done").await?.unwrap_or(0) as usize + 1;
+        if done < shards {
+            ctx.set(fan_in::shard_key(index), Payload(outcomes));
+            ctx.set("done", done as u64);
+            return Ok(());
+        }
+        // Every other shard's outcomes, requested together so Restate sends them in one go.
+        let others: Vec<_> = (0..shards)
+            .filter(|&j| j != index)
+            .map(|j| {
+                (
+                    j,
+                    ctx.get::<fan_in::Outcomes<J::Outcome>>(fan_in::shard_key(j)),
+                )
+            })
+            .collect();
+        let mut by_shard: Vec<Option<Vec<J::Outcome>>> = (0..shards).map(|_| None).collect();
+        by_shard[index] = Some(outcomes);
+        for (j, stored) in others {
+            by_shard[j] = stored.await?.map(|p| p.0);
+        }
+        let mut all = Vec::new();
+        for (j, outcomes) in by_shard.into_iter().enumerate() {
+            match outcomes {
+                Some(outcomes) => all.extend(outcomes),
+                None => {
+                    // Cannot happen while each shard reports once; fail loudly rather than
+                    // hand the coordinator a result with holes.
+                    ctx.reject_awakeable(
+                        &awakeable,
+                        TerminalError::new(format!("the ledger lost shard {j}'s outcomes")),
+                    );
+                    ctx.clear_all();
+                    return Ok(());
+                }
+            }
+        }
+        ctx.resolve_awakeable(&awakeable, Payload(all));
+        ctx.clear_all();
+        Ok(())
     }
 }
 

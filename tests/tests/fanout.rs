@@ -26,26 +26,35 @@ async fn one_subtask(mode: Mode) {
     h.stop().await;
 }
 
-/// The coordinator's journal as (index, entry type) pairs.
-async fn coordinator_journal(h: &Harness) -> Vec<(u64, String)> {
-    let ids = h
-        .query("SELECT id FROM sys_invocation WHERE target = 'worker/run'")
-        .await;
-    assert_eq!(ids.len(), 1, "one coordinator: {ids:?}");
-    let id = ids[0]["id"].as_str().unwrap().to_owned();
-    h.query(&format!(
-        "SELECT index, entry_type FROM sys_journal WHERE id = {} ORDER BY index",
-        sql_string(&id)
-    ))
-    .await
-    .iter()
-    .map(|row| {
-        (
-            row["index"].as_u64().unwrap(),
-            row["entry_type"].as_str().unwrap().to_owned(),
+/// The journals, as (index, entry type) pairs, of every invocation that called `runSubtask`:
+/// the coordinator itself, or its shards when it fans in through the ledger.
+async fn callers_journals(h: &Harness) -> Vec<Vec<(u64, String)>> {
+    let callers = h
+        .query(
+            "SELECT DISTINCT invoked_by_id AS id FROM sys_invocation \
+             WHERE target = 'worker/runSubtask'",
         )
-    })
-    .collect()
+        .await;
+    let mut journals = Vec::new();
+    for caller in callers {
+        let id = caller["id"].as_str().unwrap().to_owned();
+        journals.push(
+            h.query(&format!(
+                "SELECT index, entry_type FROM sys_journal WHERE id = {} ORDER BY index",
+                sql_string(&id)
+            ))
+            .await
+            .iter()
+            .map(|row| {
+                (
+                    row["index"].as_u64().unwrap(),
+                    row["entry_type"].as_str().unwrap().to_owned(),
+                )
+            })
+            .collect(),
+        );
+    }
+    journals
 }
 
 async fn hundred_subtasks_all_in_flight(mode: Mode) {
@@ -54,32 +63,39 @@ async fn hundred_subtasks_all_in_flight(mode: Mode) {
     assert_eq!(response.status, 200, "{:?}", response.body);
     assert_eq!(response.body, json!({"description": numbered_results(100)}));
 
-    // Evidence of concurrency from the journal, not a timer: every one of the 100 calls was
-    // journaled before the first call result came back.
-    let journal = coordinator_journal(&h).await;
-    let calls: Vec<u64> = journal
-        .iter()
-        .filter(|(_, ty)| ty == "Command: Call")
-        .map(|(i, _)| *i)
-        .collect();
-    let first_result = journal
-        .iter()
-        .find(|(_, ty)| ty == "Notification: Call")
-        .map(|(i, _)| *i)
-        .expect("call results are journaled");
-    assert_eq!(calls.len(), 100, "{journal:?}");
-    assert!(
-        calls.iter().all(|&i| i < first_result),
-        "a call was issued after a result arrived: calls {calls:?}, first result at {first_result}"
-    );
-    assert_eq!(
-        journal
+    // Evidence of concurrency from the journals, not a timer: every caller journaled all of
+    // its calls before the first call result came back, and together they made 100 calls.
+    let mut calls_made = 0;
+    for journal in callers_journals(&h).await {
+        let calls: Vec<u64> = journal
             .iter()
-            .filter(|(_, ty)| ty == "Command: Run")
-            .count(),
-        1,
-        "one journaled split step"
-    );
+            .filter(|(_, ty)| ty == "Command: Call")
+            .map(|(i, _)| *i)
+            .collect();
+        let first_result = journal
+            .iter()
+            .find(|(_, ty)| ty == "Notification: Call")
+            .map(|(i, _)| *i)
+            .expect("call results are journaled");
+        assert!(
+            calls.iter().all(|&i| i < first_result),
+            "a call was issued after a result arrived: calls {calls:?}, first result at {first_result}"
+        );
+        calls_made += calls.len();
+    }
+    assert_eq!(calls_made, 100);
+
+    let coordinator = h
+        .query("SELECT id FROM sys_invocation WHERE target = 'worker/run'")
+        .await;
+    assert_eq!(coordinator.len(), 1, "one coordinator: {coordinator:?}");
+    let steps = h
+        .query(&format!(
+            "SELECT count(*) AS n FROM sys_journal WHERE id = {} AND entry_type = 'Command: Run'",
+            sql_string(coordinator[0]["id"].as_str().unwrap())
+        ))
+        .await;
+    assert_eq!(steps[0]["n"], json!(1), "one journaled split step");
 
     let subtasks = h
         .query("SELECT count(*) AS n FROM sys_invocation WHERE target = 'worker/runSubtask'")

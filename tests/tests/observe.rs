@@ -358,7 +358,9 @@ async fn failures_get_clear_messages_and_distinct_exit_codes() {
     let child = loop {
         let rows = h
             .query(&format!(
-                "SELECT id FROM sys_invocation WHERE invoked_by_id = '{id}' LIMIT 1"
+                "SELECT id FROM sys_invocation WHERE target = 'worker/runSubtask' AND \
+                 (invoked_by_id = '{id}' OR invoked_by_id IN \
+                 (SELECT id FROM sys_invocation WHERE invoked_by_id = '{id}')) LIMIT 1"
             ))
             .await;
         if let Some(row) = rows.first() {

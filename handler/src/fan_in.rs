@@ -1,0 +1,124 @@
+//! The fan-in ledger: a coordinator that wakes at most three times, whatever the width.
+//!
+//! On Lambda every resume of the coordinator replays its whole journal, so awaiting N calls
+//! costs up to N resumes and O(N²) bytes. Here the coordinator awaits one awakeable instead:
+//!
+//! ```text
+//! worker/run ──send──► worker/runShard ×S ──call──► worker/runSubtask ×N
+//!     ▲                     │ (≤ SHARD_WIDTH calls each, awaited in order)
+//!     │                     └──send──► fanIn/record (Virtual Object, key = the run's id)
+//!     └──── awakeable ◄──── resolved by the record that completes the last shard
+//! ```
+//!
+//! The coordinator is invoked to start (the split step and its acknowledgement), and once more
+//! when the awakeable carries every outcome back: at most 3 invocations. Each shard's journal
+//! is bounded by the shard width, and the ledger keeps each shard's outcomes under a key of its
+//! own with lazy state, so a record ships only what it touches: total bytes grow linearly with
+//! N. The cost is S = ⌈N / SHARD_WIDTH⌉ shard invocations and S ledger records on top of the
+//! subtasks.
+
+use crate::payload::Payload;
+use serde::{Deserialize, Serialize};
+use std::sync::OnceLock;
+
+/// Subtasks per shard: bounds a shard's journal (it awaits its calls in order) while keeping
+/// the number of ledger records, which run one at a time per run, small.
+pub const SHARD_WIDTH: usize = 32;
+
+/// One shard of a fan-out, as `worker/runShard` receives it.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Shard<S> {
+    /// The ledger's key: the coordinator's invocation id.
+    pub ledger: String,
+    /// The awakeable the coordinator waits on.
+    pub awakeable: String,
+    pub index: usize,
+    pub shards: usize,
+    /// Position of this shard's first subtask in the whole task, and the task's width (for
+    /// messages that name a subtask as the user counts them).
+    pub offset: usize,
+    pub total: usize,
+    pub subtasks: Vec<S>,
+}
+
+/// What a shard reports to the ledger.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ShardReport<O> {
+    pub awakeable: String,
+    pub index: usize,
+    pub shards: usize,
+    pub result: ShardResult<O>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub enum ShardResult<O> {
+    /// Every subtask's outcome, in order.
+    Done(Vec<O>),
+    /// The first subtask that failed for good, with the status to fail the run with.
+    Failed { code: u16, message: String },
+}
+
+/// The ledger key holding shard `index`'s outcomes.
+///
+/// The SDK's state getters take keys that outlive the handler's context, so the keys are
+/// made once for the widest possible run and shared.
+pub fn shard_key(index: usize) -> &'static str {
+    static KEYS: OnceLock<Vec<String>> = OnceLock::new();
+    let keys = KEYS.get_or_init(|| {
+        (0..crate::job::MAX_SUBTASKS.div_ceil(SHARD_WIDTH))
+            .map(|i| format!("shard-{i}"))
+            .collect()
+    });
+    keys.get(index)
+        .map(String::as_str)
+        .unwrap_or("shard-out-of-range")
+}
+
+/// Splits `subtasks` into shards of at most [`SHARD_WIDTH`].
+pub fn shards<S>(
+    subtasks: Vec<S>,
+    ledger: &str,
+    awakeable: &str,
+) -> impl Iterator<Item = Shard<S>> {
+    let total = subtasks.len();
+    let shards = total.div_ceil(SHARD_WIDTH);
+    let mut rest = subtasks.into_iter();
+    (0..shards).map(move |index| Shard {
+        ledger: ledger.to_owned(),
+        awakeable: awakeable.to_owned(),
+        index,
+        shards,
+        offset: index * SHARD_WIDTH,
+        total,
+        subtasks: rest.by_ref().take(SHARD_WIDTH).collect(),
+    })
+}
+
+/// Outcomes as the ledger stores and returns them.
+pub type Outcomes<O> = Payload<Vec<O>>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shards_cover_every_subtask_once_in_order() {
+        let subtasks: Vec<usize> = (0..70).collect();
+        let shards: Vec<Shard<usize>> = shards(subtasks, "inv_1", "sign_1").collect();
+        assert_eq!(shards.len(), 3);
+        assert_eq!(shards[0].subtasks.len(), 32);
+        assert_eq!(shards[2].subtasks, (64..70).collect::<Vec<_>>());
+        assert!(shards.iter().all(|s| s.shards == 3 && s.total == 70));
+        assert_eq!(shards[2].offset, 64);
+        let flat: Vec<usize> = shards.into_iter().flat_map(|s| s.subtasks).collect();
+        assert_eq!(flat, (0..70).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn keys_are_stable_and_cover_the_widest_run() {
+        assert_eq!(shard_key(0), "shard-0");
+        let last = crate::job::MAX_SUBTASKS.div_ceil(SHARD_WIDTH) - 1;
+        assert_eq!(shard_key(last), format!("shard-{last}"));
+        assert!(std::ptr::eq(shard_key(3), shard_key(3)));
+    }
+}
