@@ -207,38 +207,39 @@ impl Observer {
     pub async fn subtasks(&self, id: &str) -> Result<Vec<Subtask>> {
         let id_literal = sql_string(id);
         let of_run = subtasks_of(id);
-        // With the fan-in ledger the subtasks are called by the run's shards, which the run
-        // started in order: their calls, shard by shard, are the input order.
-        let shard_order: Vec<String> = self
+        // With the fan-in ledger the subtasks are called by the run's shards; a shard's input
+        // says where its subtasks start in the task, which orders their calls.
+        let shard_offsets: HashMap<String, i64> = self
             .admin
             .query(&format!(
-                "SELECT index, entry_json FROM sys_journal \
-                 WHERE id = {id_literal} AND entry_type = 'Command: OneWayCall' ORDER BY index"
+                "SELECT id, entry_json FROM sys_journal \
+                 WHERE entry_type = 'Command: Input' AND id IN ({})",
+                shards_of(id)
             ))
             .await?
             .iter()
             .filter_map(|row| {
                 let entry: Value = serde_json::from_str(text(row, "entry_json")?).ok()?;
-                let request = entry.pointer("/Command/OneWayCall/request")?;
-                Some(request.get("invocation_id")?.as_str()?.to_owned())
+                let input = journal_bytes(entry.pointer("/Command/Input/payload")?)?;
+                let shard: Value = serde_json::from_slice(&input).ok()?;
+                Some((text(row, "id")?.to_owned(), shard.get("offset")?.as_i64()?))
             })
             .collect();
         let mut calls = self
             .admin
             .query(&format!(
                 "SELECT id, index, entry_json FROM sys_journal \
-                 WHERE entry_type = 'Command: Call' AND (id = {id_literal} OR id IN \
-                 (SELECT id FROM sys_invocation WHERE invoked_by_id = {id_literal} \
-                 AND target = {}))",
-                sql_string(SHARD_TARGET)
+                 WHERE entry_type = 'Command: Call' AND (id = {id_literal} OR id IN ({}))",
+                shards_of(id)
             ))
             .await?;
-        let rank = |row: &Value| {
+        calls.sort_by_key(|row| {
             let caller = text(row, "id").unwrap_or_default();
-            let shard = shard_order.iter().position(|s| s == caller);
-            (shard.map_or(0, |k| k + 1), int(row, "index").unwrap_or(0))
-        };
-        calls.sort_by_key(rank);
+            (
+                shard_offsets.get(caller).copied().unwrap_or(-1),
+                int(row, "index").unwrap_or(0),
+            )
+        });
         let children = self
             .admin
             .query(&format!(
@@ -268,14 +269,25 @@ impl Observer {
 /// The handler that runs a shard of a fan-in-ledger run.
 const SHARD_TARGET: &str = "worker/runShard";
 
+/// SQL condition selecting the shard invocations of run `id`: started by the run's ledger
+/// (the `fanIn` Virtual Object keyed by the run's id).
+fn shards_of(id: &str) -> String {
+    format!(
+        "SELECT id FROM sys_invocation WHERE target = {} AND invoked_by_id IN \
+         (SELECT id FROM sys_invocation WHERE target_service_name = 'fanIn' \
+         AND target_service_key = {})",
+        sql_string(SHARD_TARGET),
+        sql_string(id)
+    )
+}
+
 /// SQL condition selecting the subtask invocations of run `id`: called by the run itself
 /// (in-order fan-in) or by one of its shards (the fan-in ledger).
 fn subtasks_of(id: &str) -> String {
-    let id = sql_string(id);
     format!(
-        "target = 'worker/runSubtask' AND (invoked_by_id = {id} OR invoked_by_id IN \
-         (SELECT id FROM sys_invocation WHERE invoked_by_id = {id} AND target = {}))",
-        sql_string(SHARD_TARGET)
+        "target = 'worker/runSubtask' AND (invoked_by_id = {} OR invoked_by_id IN ({}))",
+        sql_string(id),
+        shards_of(id)
     )
 }
 

@@ -4,18 +4,25 @@
 //! costs up to N resumes and O(N²) bytes. Here the coordinator awaits one awakeable instead:
 //!
 //! ```text
-//! worker/run ──send──► worker/runShard ×S ──call──► worker/runSubtask ×N
-//!     ▲                     │ (≤ SHARD_WIDTH calls each, awaited in order)
-//!     │                     └──send──► fanIn/record (Virtual Object, key = the run's id)
+//! worker/run ──send──► fanIn/start ──send──► worker/runShard ×S ──call──► worker/runSubtask ×N
+//!     ▲                 (Virtual Object,        │ (≤ SHARD_WIDTH subtasks each,
+//!     │                  key = the run's id)    │  ≤ window in flight, awaited in order)
+//!     │                        ▲                │
+//!     │                        └─ fanIn/record ◄┘ (stores the outcomes, starts the next
+//!     │                                            waiting shard)
 //!     └──── awakeable ◄──── resolved by the record that completes the last shard
 //! ```
 //!
 //! The coordinator is invoked to start (the split step and its acknowledgement), and once more
 //! when the awakeable carries every outcome back: at most 3 invocations. Each shard's journal
-//! is bounded by the shard width, and the ledger keeps each shard's outcomes under a key of its
-//! own with lazy state, so a record ships only what it touches: total bytes grow linearly with
-//! N. The cost is S = ⌈N / SHARD_WIDTH⌉ shard invocations and S ledger records on top of the
-//! subtasks.
+//! is bounded by the shard width, and the ledger keeps each shard's input and outcomes under
+//! keys of their own with lazy state, so a record ships only what it touches: total bytes grow
+//! linearly with N. The cost is S = ⌈N / SHARD_WIDTH⌉ shard invocations and S ledger records on
+//! top of the subtasks.
+//!
+//! The ledger is also the scheduler behind `max_concurrency`: it keeps at most `lanes` shards
+//! running, each with at most `window` subtasks in flight (`lanes × window ≤ max_concurrency`),
+//! and starts the next waiting shard when one reports.
 
 use crate::payload::Payload;
 use serde::{Deserialize, Serialize};
@@ -38,7 +45,22 @@ pub struct Shard<S> {
     /// messages that name a subtask as the user counts them).
     pub offset: usize,
     pub total: usize,
+    /// At most this many of the shard's subtasks in flight at once.
+    pub window: usize,
     pub subtasks: Vec<S>,
+}
+
+/// What the coordinator hands the ledger: every shard, and how many may run at once.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Plan<S> {
+    pub lanes: usize,
+    pub shards: Vec<Shard<S>>,
+}
+
+/// Shards running at once and subtasks in flight per shard for a cap of `max_concurrency`.
+pub fn lanes_and_window(max_concurrency: usize) -> (usize, usize) {
+    let window = SHARD_WIDTH.min(max_concurrency.max(1));
+    ((max_concurrency / window).max(1), window)
 }
 
 /// What a shard reports to the ledger.
@@ -59,19 +81,28 @@ pub enum ShardResult<O> {
 }
 
 /// The ledger key holding shard `index`'s outcomes.
-///
-/// The SDK's state getters take keys that outlive the handler's context, so the keys are
-/// made once for the widest possible run and shared.
 pub fn shard_key(index: usize) -> &'static str {
     static KEYS: OnceLock<Vec<String>> = OnceLock::new();
-    let keys = KEYS.get_or_init(|| {
+    key(&KEYS, "shard", index)
+}
+
+/// The ledger key holding shard `index`'s input while it waits for a free lane.
+pub fn input_key(index: usize) -> &'static str {
+    static KEYS: OnceLock<Vec<String>> = OnceLock::new();
+    key(&KEYS, "input", index)
+}
+
+/// The SDK's state getters take keys that outlive the handler's context, so the keys are made
+/// once for the widest possible run and shared.
+fn key(keys: &'static OnceLock<Vec<String>>, prefix: &str, index: usize) -> &'static str {
+    let keys = keys.get_or_init(|| {
         (0..crate::job::MAX_SUBTASKS.div_ceil(SHARD_WIDTH))
-            .map(|i| format!("shard-{i}"))
+            .map(|i| format!("{prefix}-{i}"))
             .collect()
     });
     keys.get(index)
         .map(String::as_str)
-        .unwrap_or("shard-out-of-range")
+        .unwrap_or("out-of-range")
 }
 
 /// Splits `subtasks` into shards of at most [`SHARD_WIDTH`].
@@ -79,6 +110,7 @@ pub fn shards<S>(
     subtasks: Vec<S>,
     ledger: &str,
     awakeable: &str,
+    window: usize,
 ) -> impl Iterator<Item = Shard<S>> {
     let total = subtasks.len();
     let shards = total.div_ceil(SHARD_WIDTH);
@@ -90,6 +122,7 @@ pub fn shards<S>(
         shards,
         offset: index * SHARD_WIDTH,
         total,
+        window,
         subtasks: rest.by_ref().take(SHARD_WIDTH).collect(),
     })
 }
@@ -104,7 +137,7 @@ mod tests {
     #[test]
     fn shards_cover_every_subtask_once_in_order() {
         let subtasks: Vec<usize> = (0..70).collect();
-        let shards: Vec<Shard<usize>> = shards(subtasks, "inv_1", "sign_1").collect();
+        let shards: Vec<Shard<usize>> = shards(subtasks, "inv_1", "sign_1", 32).collect();
         assert_eq!(shards.len(), 3);
         assert_eq!(shards[0].subtasks.len(), 32);
         assert_eq!(shards[2].subtasks, (64..70).collect::<Vec<_>>());
@@ -120,5 +153,18 @@ mod tests {
         let last = crate::job::MAX_SUBTASKS.div_ceil(SHARD_WIDTH) - 1;
         assert_eq!(shard_key(last), format!("shard-{last}"));
         assert!(std::ptr::eq(shard_key(3), shard_key(3)));
+        assert_eq!(input_key(2), "input-2");
+    }
+
+    #[test]
+    fn lanes_times_window_never_exceeds_the_cap() {
+        assert_eq!(lanes_and_window(1), (1, 1));
+        assert_eq!(lanes_and_window(10), (1, 10));
+        assert_eq!(lanes_and_window(32), (1, 32));
+        assert_eq!(lanes_and_window(100), (3, 32));
+        for cap in 1..2000 {
+            let (lanes, window) = lanes_and_window(cap);
+            assert!(lanes * window <= cap && lanes >= 1 && window >= 1, "{cap}");
+        }
     }
 }

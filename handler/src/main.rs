@@ -3,7 +3,7 @@
 
 use fanout_handler::logging::{self, LogFormat};
 use fanout_handler::plan::PayloadBudget;
-use fanout_handler::worker::FanInStrategy;
+use fanout_handler::worker::{self, FanInStrategy};
 use fanout_handler::{Chores, Worker, http_endpoint, lambda};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::process::ExitCode;
@@ -29,6 +29,8 @@ ENVIRONMENT:
     FANOUT_LAMBDA_PAYLOAD_LIMIT  response limit in bytes on Lambda (default 6291456; for tests)
     FANOUT_FAN_IN          how run waits: ledger (default; the coordinator wakes at most 3 times)
                            or in-order; a request header x-fanout-fan-in overrides it per run
+    FANOUT_MAX_CONCURRENCY most subtasks of one run in flight at once (default 500); a request
+                           header x-fanout-max-concurrency overrides it per run
     RUST_LOG               log filter (default info)
 ";
 
@@ -51,7 +53,16 @@ fn main() -> ExitCode {
             Err(message) => return fail(&format!("{}: {message}", FanInStrategy::ENV)),
         },
     };
-    let worker = Worker::new(job).with_fan_in(fan_in);
+    let max_concurrency = match std::env::var(worker::MAX_CONCURRENCY_ENV) {
+        Err(_) => worker::DEFAULT_MAX_CONCURRENCY,
+        Ok(raw) => match worker::parse_max_concurrency(&raw) {
+            Ok(cap) => cap,
+            Err(message) => return fail(&format!("{}: {message}", worker::MAX_CONCURRENCY_ENV)),
+        },
+    };
+    let worker = Worker::new(job)
+        .with_fan_in(fan_in)
+        .with_max_concurrency(max_concurrency);
     // On Lambda every resume ships the whole journal, so fan-outs that cannot fit are refused.
     let worker = if on_lambda {
         worker.with_payload_budget(PayloadBudget::LAMBDA)

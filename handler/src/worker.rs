@@ -41,11 +41,36 @@ impl FanInStrategy {
     }
 }
 
+/// The most subtasks of one run in flight at once, unless the run or the handler's
+/// environment says otherwise: half of Lambda's default regional concurrency, so one wide
+/// fan-out leaves room for everything else in the account.
+pub const DEFAULT_MAX_CONCURRENCY: usize = 500;
+
+/// The request header that caps one run's subtasks in flight.
+pub const MAX_CONCURRENCY_HEADER: &str = "x-fanout-max-concurrency";
+
+/// The env var that sets the handler's default cap.
+pub const MAX_CONCURRENCY_ENV: &str = "FANOUT_MAX_CONCURRENCY";
+
+/// Parses a concurrency cap: a whole number of at least 1.
+pub fn parse_max_concurrency(raw: &str) -> Result<usize, String> {
+    match raw.trim().parse::<i64>() {
+        Ok(n) if n >= 1 => Ok(n as usize),
+        Ok(n) => Err(format!(
+            "max concurrency {n} is impossible: at least 1 subtask must run at a time"
+        )),
+        Err(_) => Err(format!(
+            "max concurrency {raw:?} is not a whole number (e.g. 100)"
+        )),
+    }
+}
+
 /// The fan-out worker for a job `J`.
 pub struct Worker<J> {
     job: Arc<J>,
     budget: Option<PayloadBudget>,
     fan_in: FanInStrategy,
+    max_concurrency: usize,
 }
 
 impl<J: Job> Worker<J> {
@@ -54,6 +79,22 @@ impl<J: Job> Worker<J> {
             job: Arc::new(job),
             budget: None,
             fan_in: FanInStrategy::Ledger,
+            max_concurrency: DEFAULT_MAX_CONCURRENCY,
+        }
+    }
+
+    /// The cap runs use unless their request sets [`MAX_CONCURRENCY_HEADER`].
+    pub fn with_max_concurrency(mut self, max_concurrency: usize) -> Self {
+        self.max_concurrency = max_concurrency.max(1);
+        self
+    }
+
+    fn max_concurrency(&self, ctx: &Context<'_>) -> Result<usize, TerminalError> {
+        match ctx.headers().get(MAX_CONCURRENCY_HEADER) {
+            None => Ok(self.max_concurrency),
+            Some(raw) => parse_max_concurrency(raw).map_err(|e| {
+                TerminalError::new_with_code(400, format!("{MAX_CONCURRENCY_HEADER}: {e}"))
+            }),
         }
     }
 
@@ -161,16 +202,22 @@ impl<J: Job> Worker<J> {
             .await?;
 
         let width = subtasks.len();
+        let cap = self.max_concurrency(&ctx)?;
         let outcomes = match self.strategy(&ctx)? {
-            FanInStrategy::InOrder => call_in_order(&ctx, &*self.job, subtasks, 0, width).await?,
+            FanInStrategy::InOrder => {
+                call_in_order(&ctx, &*self.job, subtasks, 0, width, cap).await?
+            }
             FanInStrategy::Ledger => {
                 let (awakeable, all_reported) = ctx.awakeable::<fan_in::Outcomes<J::Outcome>>();
                 let ledger = ctx.invocation_id().to_owned();
-                for shard in fan_in::shards(subtasks, &ledger, &awakeable) {
-                    ctx.service_client::<WorkerClient<J>>()
-                        .run_shard(Payload(shard))
-                        .send();
-                }
+                let (lanes, window) = fan_in::lanes_and_window(cap);
+                let plan = fan_in::Plan {
+                    lanes,
+                    shards: fan_in::shards(subtasks, &ledger, &awakeable, window).collect(),
+                };
+                ctx.object_client::<FanInClient<J>>(ledger)
+                    .start(Payload(plan))
+                    .send();
                 all_reported.await?.0
             }
         };
@@ -198,9 +245,10 @@ impl<J: Job> Worker<J> {
             shards,
             offset,
             total,
+            window,
             subtasks,
         } = shard.0;
-        let result = match call_in_order(&ctx, &*self.job, subtasks, offset, total).await {
+        let result = match call_in_order(&ctx, &*self.job, subtasks, offset, total, window).await {
             Ok(outcomes) => ShardResult::Done(outcomes),
             Err(failure) => ShardResult::Failed {
                 code: failure.code(),
@@ -234,29 +282,34 @@ impl<J: Job> Worker<J> {
     }
 }
 
-/// Calls `runSubtask` for every subtask, all in flight at once, and awaits them in index order
-/// (a wake of the caller takes every result that has arrived by then). The first failure ends
-/// the wait with a message naming the subtask as the user counts them (`offset` and `total`
-/// place a shard's subtasks in the whole task).
+/// Calls `runSubtask` for every subtask, at most `window` in flight at once (all of them when
+/// the window is as wide), and awaits them in index order (a wake of the caller takes every
+/// result that has arrived by then). The first failure ends the wait with a message naming the
+/// subtask as the user counts them (`offset` and `total` place a shard's subtasks in the whole
+/// task).
 async fn call_in_order<J: Job>(
     ctx: &Context<'_>,
     job: &J,
     subtasks: Vec<J::Subtask>,
     offset: usize,
     total: usize,
+    window: usize,
 ) -> Result<Vec<J::Outcome>, TerminalError> {
     let labels: Vec<String> = subtasks.iter().map(|s| job.subtask_label(s)).collect();
-    let calls: Vec<_> = subtasks
-        .into_iter()
-        .map(|subtask| {
-            ctx.service_client::<WorkerClient<J>>()
-                .run_subtask(Payload(subtask))
-                .call()
-        })
-        .collect();
-    let mut outcomes = Vec::with_capacity(calls.len());
-    for (index, call) in calls.into_iter().enumerate() {
-        let Payload(outcome) = call.await.map_err(|e| {
+    let call = |subtask| {
+        ctx.service_client::<WorkerClient<J>>()
+            .run_subtask(Payload(subtask))
+            .call()
+    };
+    let mut waiting = subtasks.into_iter();
+    // A sliding window in index order: the first `window` calls go out at once, and each
+    // result awaited lets the next call out.
+    let mut in_flight: std::collections::VecDeque<_> =
+        waiting.by_ref().take(window.max(1)).map(call).collect();
+    let mut outcomes = Vec::with_capacity(labels.len());
+    while let Some(next) = in_flight.pop_front() {
+        let index = outcomes.len();
+        let Payload(outcome) = next.await.map_err(|e| {
             TerminalError::new_with_code(
                 e.code(),
                 format!(
@@ -269,6 +322,9 @@ async fn call_in_order<J: Job>(
             )
         })?;
         outcomes.push(outcome);
+        if let Some(subtask) = waiting.next() {
+            in_flight.push_back(call(subtask));
+        }
     }
     Ok(outcomes)
 }
@@ -278,6 +334,30 @@ pub struct FanIn<J>(PhantomData<fn() -> J>);
 
 #[restate_sdk::object(name = "fanIn")]
 impl<J: Job> FanIn<J> {
+    /// Starts the first `lanes` shards and keeps the others' inputs until a lane frees up.
+    #[handler(name = "start")]
+    async fn start(
+        &self,
+        ctx: ObjectContext<'_>,
+        plan: Payload<fan_in::Plan<J::Subtask>>,
+    ) -> Result<(), HandlerError> {
+        let fan_in::Plan { lanes, shards } = plan.0;
+        let count = shards.len();
+        for shard in shards {
+            if shard.index < lanes {
+                ctx.service_client::<WorkerClient<J>>()
+                    .run_shard(Payload(shard))
+                    .send();
+            } else {
+                ctx.set(fan_in::input_key(shard.index), Payload(shard));
+            }
+        }
+        if lanes < count {
+            ctx.set("next", lanes as u64);
+        }
+        Ok(())
+    }
+
     /// Keeps a shard's outcomes; the report that completes the last shard resolves the
     /// coordinator's awakeable with every outcome in order. A failure rejects it at once.
     #[handler(name = "record")]
@@ -308,6 +388,20 @@ impl<J: Job> FanIn<J> {
         if done < shards {
             ctx.set(fan_in::shard_key(index), Payload(outcomes));
             ctx.set("done", done as u64);
+            // A lane is free: start the next waiting shard, if any.
+            if let Some(next) = ctx.get::<u64>("next").await? {
+                let next = next as usize;
+                if next < shards {
+                    let key = fan_in::input_key(next);
+                    if let Some(shard) = ctx.get::<Payload<Shard<J::Subtask>>>(key).await? {
+                        ctx.service_client::<WorkerClient<J>>()
+                            .run_shard(shard)
+                            .send();
+                    }
+                    ctx.clear(key);
+                    ctx.set("next", next as u64 + 1);
+                }
+            }
             return Ok(());
         }
         // Every other shard's outcomes, requested together so Restate sends them in one go.

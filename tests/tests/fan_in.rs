@@ -90,3 +90,96 @@ async fn an_unknown_strategy_is_refused_with_the_choices() {
     assert!(message.contains("\"ledger\" or \"in-order\""), "{message}");
     h.stop().await;
 }
+
+/// The most subtasks whose Lambda activity overlapped: each subtask spans from its first
+/// invocation's start to its last invocation's end, as the stand-in metered them.
+fn most_in_flight(records: &[fanout::standin::InvocationRecord]) -> usize {
+    let mut spans: std::collections::HashMap<&str, (f64, f64)> = Default::default();
+    for r in records {
+        if r.path.as_deref() != Some(fanout::report::SUBTASK_PATH) || r.outcome != "ok" {
+            continue;
+        }
+        let Some(id) = r.restate_invocation_id.as_deref() else {
+            continue;
+        };
+        let (start, end) = (
+            r.started_at_ms as f64,
+            r.started_at_ms as f64 + r.duration_ms,
+        );
+        let span = spans.entry(id).or_insert((start, end));
+        span.0 = span.0.min(start);
+        span.1 = span.1.max(end);
+    }
+    let mut edges: Vec<(f64, i32)> = spans
+        .values()
+        .flat_map(|&(start, end)| [(start, 1), (end, -1)])
+        .collect();
+    // Ends before starts at the same instant: touching spans do not overlap.
+    edges.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+    let (mut now, mut most) = (0, 0);
+    for (_, step) in edges {
+        now += step;
+        most = most.max(now);
+    }
+    most as usize
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_concurrency_cap_is_never_exceeded() {
+    let h = Harness::start(Mode::Lambda).await;
+    for (strategy, cap) in [("ledger", 5usize), ("ledger", 40), ("in-order", 3)] {
+        let before = h.records().len();
+        // 60 subtasks, each busy on its instance for a while, results in a jumbled order.
+        let items: Vec<String> = (1..=60)
+            .map(|i| format!("s{i}@{}", (i * 37) % 7 * 40))
+            .collect();
+        let response = reqwest::Client::new()
+            .post(format!("{}/worker/run", h.stack.ingress_url))
+            .header("x-fanout-fan-in", strategy)
+            .header("x-fanout-max-concurrency", cap.to_string())
+            .json(&json!({ "description": items.join(",") }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200, "{strategy} {cap}");
+        let records = h.records();
+        let most = most_in_flight(&records[before..]);
+        assert!(
+            most <= cap,
+            "{strategy}: {most} subtasks in flight with a cap of {cap}"
+        );
+        assert!(
+            most >= 2,
+            "{strategy}: the run never overlapped subtasks ({most})"
+        );
+        let subtasks = records[before..]
+            .iter()
+            .filter_map(|r| {
+                r.restate_invocation_id
+                    .as_deref()
+                    .filter(|_| r.path.as_deref() == Some(fanout::report::SUBTASK_PATH))
+            })
+            .collect::<std::collections::HashSet<_>>();
+        assert_eq!(subtasks.len(), 60, "every subtask ran once");
+    }
+    // Impossible caps are refused before anything starts.
+    for bad in ["0", "-3", "many"] {
+        let response = reqwest::Client::new()
+            .post(format!("{}/worker/run", h.stack.ingress_url))
+            .header("x-fanout-max-concurrency", bad)
+            .json(&json!({ "description": "a,b" }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 400, "{bad}");
+        let body: Value = response.json().await.unwrap();
+        assert!(
+            body["message"]
+                .as_str()
+                .unwrap()
+                .contains("max concurrency"),
+            "{body}"
+        );
+    }
+    h.stop().await;
+}

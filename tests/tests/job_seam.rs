@@ -99,7 +99,11 @@ async fn a_custom_job_runs_through_restate_unchanged_plumbing() {
         )
         .await
         .unwrap();
-    assert_eq!(deployment.services[0].name, "worker");
+    assert!(
+        deployment.services.iter().any(|s| s.name == "worker"),
+        "{:?}",
+        deployment.services
+    );
 
     let ingress = IngressClient::new(&server.ingress_url, None);
     let ok = ingress

@@ -355,12 +355,17 @@ async fn failures_get_clear_messages_and_distinct_exit_codes() {
     let sent = h.fanout(&["invoke", "a,b", "--send"]).await;
     assert_exit(&sent, 0);
     let id = sent.stdout.trim().to_owned();
+    let mut polls = 0;
     let child = loop {
+        polls += 1;
+        assert!(polls < 400, "no subtask of {id} appeared within 20 s");
         let rows = h
             .query(&format!(
                 "SELECT id FROM sys_invocation WHERE target = 'worker/runSubtask' AND \
-                 (invoked_by_id = '{id}' OR invoked_by_id IN \
-                 (SELECT id FROM sys_invocation WHERE invoked_by_id = '{id}')) LIMIT 1"
+                 (invoked_by_id = '{id}' OR invoked_by_id IN (SELECT id FROM sys_invocation \
+                 WHERE target = 'worker/runShard' AND invoked_by_id IN (SELECT id FROM \
+                 sys_invocation WHERE target_service_name = 'fanIn' AND \
+                 target_service_key = '{id}'))) LIMIT 1"
             ))
             .await;
         if let Some(row) = rows.first() {

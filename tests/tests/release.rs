@@ -74,9 +74,12 @@ async fn deploy_register_run_deploy_again_and_prune_only_what_is_drained() {
         v1.stdout.contains(&format!("function:{FUNCTION}:1")),
         "{v1:?}"
     );
+    let worker_line = v1
+        .stdout
+        .lines()
+        .find(|l| l.trim_start().starts_with("worker:"));
     assert!(
-        v1.stdout.contains("worker: run, runSubtask")
-            || v1.stdout.contains("worker: runSubtask, run"),
+        worker_line.is_some_and(|l| l.contains(" run") && l.contains("runSubtask")),
         "{v1:?}"
     );
     let v1_deployment = deployment_id(&v1);

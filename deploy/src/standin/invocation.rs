@@ -60,20 +60,21 @@ pub(crate) async fn run(shared: Arc<Shared>, invocation: Invocation) -> Invoked 
         payload,
         started_at,
     } = invocation;
-    let (path, request_encoding, request_body_bytes) = event_facts(&payload);
+    let facts = event_facts(&payload);
     let mut record = InvocationRecord {
         request_id: request_id.clone(),
         function: function.name.clone(),
         version: version.version.clone(),
-        path,
+        path: facts.path,
         cold: false,
         init_ms: None,
         duration_ms: 0.0,
         billed_ms: 0,
         request_bytes: payload.len(),
         response_bytes: 0,
-        request_encoding,
-        request_body_bytes,
+        request_encoding: facts.encoding,
+        request_body_bytes: facts.body_bytes,
+        restate_invocation_id: facts.invocation_id,
         response_encoding: None,
         peak_rss_kb: None,
         outcome: String::new(),

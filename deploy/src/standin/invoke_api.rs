@@ -107,6 +107,7 @@ async fn invoke(
                 response_bytes: body.to_string().len(),
                 request_encoding: None,
                 request_body_bytes: None,
+                restate_invocation_id: None,
                 response_encoding: None,
                 peak_rss_kb: None,
                 outcome: "too_large".into(),

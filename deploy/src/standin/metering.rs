@@ -29,6 +29,9 @@ pub struct InvocationRecord {
     /// `content-encoding` of the Restate request body (`zstd` when Restate compressed it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub request_encoding: Option<String>,
+    /// The Restate invocation this Lambda invocation served (`x-restate-invocation-id`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restate_invocation_id: Option<String>,
     /// The Restate request body as the handler sees it: base64- and zstd-decoded. With
     /// `request_bytes` it shows what compression saved.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -152,9 +155,13 @@ struct Envelope {
 
 impl Envelope {
     fn content_encoding(&self) -> Option<String> {
+        self.header("content-encoding")
+    }
+
+    fn header(&self, wanted: &str) -> Option<String> {
         self.headers
             .iter()
-            .find(|(name, _)| name.eq_ignore_ascii_case("content-encoding"))
+            .find(|(name, _)| name.eq_ignore_ascii_case(wanted))
             .and_then(|(_, value)| value.as_str().map(str::to_owned))
     }
 
@@ -184,15 +191,24 @@ pub(crate) fn content_encoding(document: &[u8]) -> Option<String> {
         .content_encoding()
 }
 
-/// A Restate event's path, body encoding and decoded body size, read in one parse.
-pub(crate) fn event_facts(event: &[u8]) -> (Option<String>, Option<String>, Option<usize>) {
+/// What metering reads from a Restate event, in one parse.
+#[derive(Default)]
+pub(crate) struct EventFacts {
+    pub path: Option<String>,
+    pub encoding: Option<String>,
+    pub body_bytes: Option<usize>,
+    pub invocation_id: Option<String>,
+}
+
+pub(crate) fn event_facts(event: &[u8]) -> EventFacts {
     match serde_json::from_slice::<Envelope>(event) {
-        Ok(envelope) => (
-            envelope.path.clone(),
-            envelope.content_encoding(),
-            envelope.decoded_body_len(),
-        ),
-        Err(_) => (None, None, None),
+        Ok(envelope) => EventFacts {
+            path: envelope.path.clone(),
+            encoding: envelope.content_encoding(),
+            body_bytes: envelope.decoded_body_len(),
+            invocation_id: envelope.header("x-restate-invocation-id"),
+        },
+        Err(_) => EventFacts::default(),
     }
 }
 
@@ -244,10 +260,10 @@ mod tests {
             "body": base64::engine::general_purpose::STANDARD.encode(&packed),
             "isBase64Encoded": true,
         });
-        let (path, encoding, body) = event_facts(event.to_string().as_bytes());
-        assert_eq!(path.as_deref(), Some("/invoke/worker/run"));
-        assert_eq!(encoding.as_deref(), Some("zstd"));
-        assert_eq!(body, Some(10_000));
+        let facts = event_facts(event.to_string().as_bytes());
+        assert_eq!(facts.path.as_deref(), Some("/invoke/worker/run"));
+        assert_eq!(facts.encoding.as_deref(), Some("zstd"));
+        assert_eq!(facts.body_bytes, Some(10_000));
     }
 
     #[test]
@@ -268,6 +284,7 @@ mod tests {
             response_bytes: 2,
             request_encoding: None,
             request_body_bytes: None,
+            restate_invocation_id: None,
             response_encoding: None,
             peak_rss_kb: None,
             outcome: "ok".into(),
