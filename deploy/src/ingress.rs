@@ -8,6 +8,8 @@ pub struct IngressClient {
     base: String,
     token: Option<String>,
     http: reqwest::Client,
+    /// Sent with every request, e.g. a run's options (`x-fanout-max-concurrency`).
+    headers: Vec<(String, String)>,
 }
 
 /// An ingress answer: status and JSON body (or the raw text when not JSON).
@@ -34,7 +36,14 @@ impl IngressClient {
             base: base.trim_end_matches('/').to_owned(),
             token,
             http: reqwest::Client::new(),
+            headers: Vec::new(),
         }
+    }
+
+    /// Adds a header to every request this client sends.
+    pub fn with_header(mut self, name: &str, value: impl Into<String>) -> Self {
+        self.headers.push((name.to_owned(), value.into()));
+        self
     }
 
     /// Waits at most `timeout` for an answer (a wide fan-out can take minutes).
@@ -63,6 +72,9 @@ impl IngressClient {
             .post(format!("{}{path}", self.base))
             .header("content-type", content_type)
             .body(body);
+        for (name, value) in &self.headers {
+            request = request.header(name, value);
+        }
         if let Some(token) = &self.token {
             request = request.bearer_auth(token);
         }

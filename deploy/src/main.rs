@@ -168,6 +168,14 @@ struct BenchArgs {
     /// Completion orders to run for each width, comma-separated (random, increasing, decreasing).
     #[arg(long, value_enum, value_delimiter = ',', default_value = "random")]
     orders: Vec<bench::Order>,
+    /// Fan-in strategies to compare, comma-separated (ledger, in-order).
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        default_value = "ledger,in-order"
+    )]
+    strategies: Vec<bench::Strategy>,
     /// Subtasks' completions spread over this many ms.
     #[arg(long, default_value_t = 1000)]
     max_subtask_ms: u64,
@@ -261,6 +269,13 @@ struct InvokeArgs {
     /// Start the run, print its invocation id and return; `fanout attach ID` waits for it.
     #[arg(long)]
     send: bool,
+    /// At most this many subtasks in flight at once (default: the handler's, 500).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    max_concurrency: Option<u32>,
+    /// How the coordinator waits: ledger (wakes at most 3 times) or in-order (default: the
+    /// handler's, ledger).
+    #[arg(long, value_parser = ["ledger", "in-order"])]
+    fan_in: Option<String>,
     #[command(flatten)]
     watch: WatchArgs,
     #[command(flatten)]
@@ -438,6 +453,7 @@ async fn dispatch(command: Command) -> anyhow::Result<u8> {
                 handler_binary,
                 sizes: args.sizes,
                 orders: args.orders,
+                strategies: args.strategies,
                 max_subtask_ms: args.max_subtask_ms,
                 concurrency_limit: args.concurrency_limit,
                 floor: !args.no_floor,
@@ -495,7 +511,16 @@ async fn dispatch(command: Command) -> anyhow::Result<u8> {
                 output,
                 display: args.watch.display(),
             };
-            Ok(invoke::run(&args.restate.endpoints(), options).await)
+            let mut endpoints = args.restate.endpoints();
+            if let Some(cap) = args.max_concurrency {
+                endpoints.ingress = endpoints
+                    .ingress
+                    .with_header("x-fanout-max-concurrency", cap.to_string());
+            }
+            if let Some(strategy) = args.fan_in {
+                endpoints.ingress = endpoints.ingress.with_header("x-fanout-fan-in", strategy);
+            }
+            Ok(invoke::run(&endpoints, options).await)
         }
         Command::Attach(args) => {
             let endpoints = args.restate.endpoints();

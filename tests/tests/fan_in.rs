@@ -183,3 +183,41 @@ async fn a_concurrency_cap_is_never_exceeded() {
     }
     h.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fanout_invoke_passes_the_cap_and_the_strategy() {
+    let h = Harness::start(Mode::Lambda).await;
+    let before = h.records().len();
+    let items: Vec<String> = (1..=12)
+        .map(|i| format!("s{i}@{}", (i * 53) % 5 * 50))
+        .collect();
+    let run = h
+        .fanout(&[
+            "invoke",
+            &items.join(","),
+            "--max-concurrency",
+            "2",
+            "--fan-in",
+            "ledger",
+            "--output",
+            "json",
+            "--progress",
+            "none",
+        ])
+        .await;
+    assert_eq!(run.code, Some(0), "{run:?}");
+    assert_eq!(run.json()["outcome"], "succeeded", "{run:?}");
+    let most = most_in_flight(&h.records()[before..]);
+    assert!(
+        (1..=2).contains(&most),
+        "{most} in flight with --max-concurrency 2"
+    );
+
+    let zero = h.fanout(&["invoke", "a,b", "--max-concurrency", "0"]).await;
+    assert_ne!(zero.code, Some(0));
+    assert!(zero.stderr.contains("--max-concurrency"), "{zero:?}");
+    let unknown = h.fanout(&["invoke", "a,b", "--fan-in", "fastest"]).await;
+    assert_ne!(unknown.code, Some(0));
+    assert!(unknown.stderr.contains("ledger"), "{unknown:?}");
+    h.stop().await;
+}

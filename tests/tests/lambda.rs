@@ -365,6 +365,8 @@ async fn fanout_bench_measures_every_width_from_the_metering() {
             json_path.to_str().unwrap(),
             "--orders",
             "random,decreasing",
+            "--strategies",
+            "ledger",
             "--plot",
             svg_path.to_str().unwrap(),
         ],

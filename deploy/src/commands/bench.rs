@@ -42,10 +42,30 @@ impl Order {
     }
 }
 
+/// How the coordinator waits (the handler's `x-fanout-fan-in` header).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum Strategy {
+    /// The fan-in ledger: at most 3 coordinator invocations.
+    Ledger,
+    /// Awaiting every call in index order: the baseline.
+    InOrder,
+}
+
+impl Strategy {
+    fn header(self) -> &'static str {
+        match self {
+            Strategy::Ledger => "ledger",
+            Strategy::InOrder => "in-order",
+        }
+    }
+}
+
 pub struct BenchOptions {
     pub handler_binary: PathBuf,
     pub sizes: Vec<usize>,
     pub orders: Vec<Order>,
+    pub strategies: Vec<Strategy>,
     /// Subtasks' completions spread over this window.
     pub max_subtask_ms: u64,
     pub concurrency_limit: usize,
@@ -58,6 +78,7 @@ pub struct BenchOptions {
 pub struct BenchRow {
     pub subtasks: usize,
     pub order: Order,
+    pub strategy: Strategy,
     pub wall_ms: u128,
     pub coordinator_invocations: usize,
     pub bytes_to_coordinator: usize,
@@ -87,6 +108,9 @@ pub struct BenchReport {
 pub async fn run(options: BenchOptions) -> Result<BenchReport> {
     if options.sizes.is_empty() || options.sizes.contains(&0) {
         bail!("--sizes needs one or more widths above 0, e.g. --sizes 10,100,1000");
+    }
+    if options.strategies.is_empty() {
+        bail!("--strategies needs at least one of ledger, in-order");
     }
     if options.orders.is_empty() {
         bail!("--orders needs at least one of random, increasing, decreasing");
@@ -129,12 +153,17 @@ async fn measure(stack: &LocalStack, options: &BenchOptions) -> Result<Vec<Bench
         .standin
         .as_ref()
         .expect("the bench stack runs in Lambda mode");
-    let ingress =
-        IngressClient::new(&stack.ingress_url, None).with_timeout(Duration::from_secs(3600));
     let mut rows = Vec::new();
     for &n in &options.sizes {
         let first_row = rows.len();
-        for &order in &options.orders {
+        for (&strategy, &order) in options
+            .strategies
+            .iter()
+            .flat_map(|s| options.orders.iter().map(move |o| (s, o)))
+        {
+            let ingress = IngressClient::new(&stack.ingress_url, None)
+                .with_timeout(Duration::from_secs(3600))
+                .with_header("x-fanout-fan-in", strategy.header());
             let before = standin.records().len();
             let started = Instant::now();
             let response = ingress
@@ -168,6 +197,7 @@ async fn measure(stack: &LocalStack, options: &BenchOptions) -> Result<Vec<Bench
             rows.push(BenchRow {
                 subtasks: n,
                 order,
+                strategy,
                 wall_ms: wall.as_millis(),
                 coordinator_invocations,
                 bytes_to_coordinator,
@@ -261,8 +291,9 @@ pub fn table(report: &BenchReport) -> String {
     );
     let _ = writeln!(
         out,
-        "{:>6} {:<10} {:>8} {:>9} {:>12} {:>8} {:>12} {:>10} {:>8} {:>6} {:>8} {:>6}",
+        "{:>6} {:<9} {:<10} {:>8} {:>9} {:>12} {:>8} {:>12} {:>10} {:>8} {:>6} {:>8} {:>6}",
         "N",
+        "strategy",
         "order",
         "wall ms",
         "coord inv",
@@ -286,8 +317,9 @@ pub fn table(report: &BenchReport) -> String {
         };
         let _ = writeln!(
             out,
-            "{:>6} {:<10} {:>8} {:>9} {:>12} {:>8} {:>12} {:>10} {:>8} {:>6} {:>8} {:>6}",
+            "{:>6} {:<9} {:<10} {:>8} {:>9} {:>12} {:>8} {:>12} {:>10} {:>8} {:>6} {:>8} {:>6}",
             r.subtasks,
+            r.strategy.header(),
             order,
             r.wall_ms,
             r.coordinator_invocations,
