@@ -168,6 +168,9 @@ struct BenchArgs {
     /// Completion orders to run for each width, comma-separated (random, increasing, decreasing).
     #[arg(long, value_enum, value_delimiter = ',', default_value = "random")]
     orders: Vec<bench::Order>,
+    /// Cap on each run's subtasks in flight (default: the handler's, 500).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    max_concurrency: Option<u32>,
     /// Fan-in strategies to compare, comma-separated (ledger, in-order).
     #[arg(
         long,
@@ -454,6 +457,7 @@ async fn dispatch(command: Command) -> anyhow::Result<u8> {
                 sizes: args.sizes,
                 orders: args.orders,
                 strategies: args.strategies,
+                max_concurrency: args.max_concurrency.map(|cap| cap as usize),
                 max_subtask_ms: args.max_subtask_ms,
                 concurrency_limit: args.concurrency_limit,
                 floor: !args.no_floor,

@@ -66,6 +66,8 @@ pub struct BenchOptions {
     pub sizes: Vec<usize>,
     pub orders: Vec<Order>,
     pub strategies: Vec<Strategy>,
+    /// The runs' cap on subtasks in flight (`None`: the handler's default).
+    pub max_concurrency: Option<usize>,
     /// Subtasks' completions spread over this window.
     pub max_subtask_ms: u64,
     pub concurrency_limit: usize,
@@ -164,6 +166,10 @@ async fn measure(stack: &LocalStack, options: &BenchOptions) -> Result<Vec<Bench
             let ingress = IngressClient::new(&stack.ingress_url, None)
                 .with_timeout(Duration::from_secs(3600))
                 .with_header("x-fanout-fan-in", strategy.header());
+            let ingress = match options.max_concurrency {
+                Some(cap) => ingress.with_header("x-fanout-max-concurrency", cap.to_string()),
+                None => ingress,
+            };
             let before = standin.records().len();
             let started = Instant::now();
             let response = ingress
@@ -222,48 +228,69 @@ async fn measure(stack: &LocalStack, options: &BenchOptions) -> Result<Vec<Bench
 }
 
 /// The floor: `n` independent `runSubtask` invocations of the same random-order subtasks,
-/// sent straight through the ingress, from the first send to the last result.
+/// sent straight through the ingress, all started before any is awaited, from the first send
+/// to the last result: no coordinator and no cap.
 async fn floor(ingress_url: &str, n: usize) -> Result<Duration> {
-    // Enough requests in flight to keep Restate busy without exhausting local sockets.
+    // Requests in flight at once: enough to keep Restate busy without exhausting sockets.
     const IN_FLIGHT: usize = 64;
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(3600))
         .build()?;
-    let permits = Arc::new(tokio::sync::Semaphore::new(IN_FLIGHT));
     let started = Instant::now();
-    let mut tasks = tokio::task::JoinSet::new();
-    for i in 1..=n {
-        let (http, permits) = (http.clone(), Arc::clone(&permits));
-        let base = ingress_url.to_owned();
-        tasks.spawn(async move {
-            let permit = Arc::clone(&permits).acquire_owned().await?;
+    let sends = (1..=n).map(|i| {
+        let http = http.clone();
+        let url = format!("{ingress_url}/worker/runSubtask/send");
+        async move {
             let sent: Value = http
-                .post(format!("{base}/worker/runSubtask/send"))
+                .post(url)
                 .json(&json!({ "description": format!("s{i}") }))
                 .send()
                 .await?
                 .json()
                 .await?;
-            let id = sent["invocationId"]
+            sent["invocationId"]
                 .as_str()
-                .context("the ingress returned no invocation id")?
-                .to_owned();
-            drop(permit);
-            let _permit = permits.acquire_owned().await?;
-            let done = http
-                .get(format!("{base}/restate/invocation/{id}/attach"))
-                .send()
-                .await?;
+                .map(str::to_owned)
+                .context("the ingress returned no invocation id")
+        }
+    });
+    let ids = bounded(sends, IN_FLIGHT).await?;
+    let attaches = ids.into_iter().map(|id| {
+        let http = http.clone();
+        let url = format!("{ingress_url}/restate/invocation/{id}/attach");
+        async move {
+            let done = http.get(url).send().await?;
             if !done.status().is_success() {
-                bail!("floor subtask {i} failed with HTTP {}", done.status());
+                bail!("floor subtask {id} failed with HTTP {}", done.status());
             }
-            Ok::<(), anyhow::Error>(())
+            Ok(())
+        }
+    });
+    bounded(attaches, IN_FLIGHT).await?;
+    Ok(started.elapsed())
+}
+
+/// Runs `tasks` with at most `limit` at once; the first error wins.
+async fn bounded<T: Send + 'static>(
+    tasks: impl Iterator<Item = impl std::future::Future<Output = Result<T>> + Send + 'static>,
+    limit: usize,
+) -> Result<Vec<T>> {
+    let permits = Arc::new(tokio::sync::Semaphore::new(limit));
+    let mut set = tokio::task::JoinSet::new();
+    for (index, task) in tasks.enumerate() {
+        let permit = Arc::clone(&permits).acquire_owned().await?;
+        set.spawn(async move {
+            let result = task.await;
+            drop(permit);
+            result.map(|value| (index, value))
         });
     }
-    while let Some(joined) = tasks.join_next().await {
-        joined.context("a floor request panicked")??;
+    let mut results = Vec::new();
+    while let Some(joined) = set.join_next().await {
+        results.push(joined.context("a floor request panicked")??);
     }
-    Ok(started.elapsed())
+    results.sort_by_key(|(index, _)| *index);
+    Ok(results.into_iter().map(|(_, value)| value).collect())
 }
 
 fn ms(value: Option<f64>) -> String {
