@@ -372,7 +372,12 @@ impl<J: Job> FanIn<J> {
             shards,
             result,
         } = report.0;
-        if ctx.get::<bool>("closed").await?.unwrap_or(false) {
+        // Requested together: on Lambda each lazy read that is awaited alone costs a round
+        // trip (a suspension and a fresh invocation).
+        let closed = ctx.get::<bool>("closed");
+        let done = ctx.get::<u64>("done");
+        let next = ctx.get::<u64>("next");
+        if closed.await?.unwrap_or(false) {
             return Ok(()); // the run already failed; later shards change nothing
         }
         let outcomes = match result {
@@ -384,12 +389,12 @@ impl<J: Job> FanIn<J> {
             }
             ShardResult::Done(outcomes) => outcomes,
         };
-        let done = ctx.get::<u64>("done").await?.unwrap_or(0) as usize + 1;
+        let done = done.await?.unwrap_or(0) as usize + 1;
         if done < shards {
             ctx.set(fan_in::shard_key(index), Payload(outcomes));
             ctx.set("done", done as u64);
             // A lane is free: start the next waiting shard, if any.
-            if let Some(next) = ctx.get::<u64>("next").await? {
+            if let Some(next) = next.await? {
                 let next = next as usize;
                 if next < shards {
                     let key = fan_in::input_key(next);
