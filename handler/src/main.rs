@@ -31,6 +31,9 @@ ENVIRONMENT:
                            or in-order; a request header x-fanout-fan-in overrides it per run
     FANOUT_MAX_CONCURRENCY most subtasks of one run in flight at once (default 500); a request
                            header x-fanout-max-concurrency overrides it per run
+    FANOUT_SUBTASK_RETRY_INITIAL_MS, FANOUT_SUBTASK_RETRY_FACTOR, FANOUT_SUBTASK_MAX_ATTEMPTS,
+    FANOUT_SUBTASK_AT_MAX_ATTEMPTS (pause|kill)
+                           how Restate retries a failing subtask (default: the server's policy)
     RUST_LOG               log filter (default info)
 ";
 
@@ -60,9 +63,14 @@ fn main() -> ExitCode {
             Err(message) => return fail(&format!("{}: {message}", worker::MAX_CONCURRENCY_ENV)),
         },
     };
+    let subtask_retry = match worker::SubtaskRetry::from_env() {
+        Ok(retry) => retry,
+        Err(message) => return fail(&message),
+    };
     let worker = Worker::new(job)
         .with_fan_in(fan_in)
-        .with_max_concurrency(max_concurrency);
+        .with_max_concurrency(max_concurrency)
+        .with_subtask_retry(subtask_retry);
     // On Lambda every resume ships the whole journal, so fan-outs that cannot fit are refused.
     let worker = if on_lambda {
         worker.with_payload_budget(PayloadBudget::LAMBDA)

@@ -221,3 +221,32 @@ async fn fanout_invoke_passes_the_cap_and_the_strategy() {
     assert!(unknown.stderr.contains("ledger"), "{unknown:?}");
     h.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subtask_killed_at_its_retry_limit_fails_the_run_naming_it() {
+    let mut options = Harness::options(Mode::Http);
+    for (name, value) in [
+        ("FANOUT_FLAKY_MS", "600000"),
+        ("FANOUT_SUBTASK_MAX_ATTEMPTS", "2"),
+        ("FANOUT_SUBTASK_RETRY_INITIAL_MS", "100"),
+        ("FANOUT_SUBTASK_AT_MAX_ATTEMPTS", "kill"),
+    ] {
+        options = Harness::with_env(options, name, value);
+    }
+    let h = Harness::start_with(options).await;
+    let response = h.run("a,flaky b,c").await;
+    assert_ne!(response.status, 200, "{:?}", response.body);
+    let message = response.message();
+    assert!(
+        message.contains("subtask 2 of 3 (flaky b) failed"),
+        "{message}"
+    );
+    let killed = h
+        .query(
+            "SELECT count(*) AS n FROM sys_invocation WHERE target = 'worker/runSubtask' \
+             AND completion_result = 'failure'",
+        )
+        .await;
+    assert_eq!(killed[0]["n"], json!(1), "only the flaky subtask failed");
+    h.stop().await;
+}

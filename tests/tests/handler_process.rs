@@ -74,6 +74,11 @@ fn bad_configuration_is_explained_not_panicked() {
     assert!(port.contains("not a port number"), "{port}");
     assert!(!port.contains("panicked"), "{port}");
 
+    let retry = run_failing(&[], &[("FANOUT_SUBTASK_AT_MAX_ATTEMPTS", "explode")]);
+    assert!(retry.contains("\"pause\" or \"kill\""), "{retry}");
+    let cap = run_failing(&[], &[("FANOUT_MAX_CONCURRENCY", "0")]);
+    assert!(cap.contains("impossible"), "{cap}");
+
     let max = run_failing(&[], &[("FANOUT_MAX_SUBTASK_MS", "soon")]);
     assert!(
         max.contains("FANOUT_MAX_SUBTASK_MS") && max.contains("whole number"),

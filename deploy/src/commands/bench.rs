@@ -172,11 +172,13 @@ async fn measure(stack: &LocalStack, options: &BenchOptions) -> Result<Vec<Bench
             };
             let before = standin.records().len();
             let started = Instant::now();
+            let description = order.description(n, options.max_subtask_ms);
+            let expected: Vec<String> = description
+                .split(',')
+                .map(|s| format!("{s}: DONE"))
+                .collect();
             let response = ingress
-                .run(
-                    &json!({ "description": order.description(n, options.max_subtask_ms) }),
-                    None,
-                )
+                .run(&json!({ "description": description }), None)
                 .await?;
             let wall = started.elapsed();
             if response.status != 200 {
@@ -185,6 +187,10 @@ async fn measure(stack: &LocalStack, options: &BenchOptions) -> Result<Vec<Bench
                     response.status,
                     response.message()
                 );
+            }
+            // Every one of the N results, in input order, or the figures mean nothing.
+            if response.body["description"].as_str() != Some(expected.join(",").as_str()) {
+                bail!("the fan-out of {n} ({order:?}, {strategy:?}) returned a wrong result");
             }
             // The last subtask's invocation may be metered a moment after the result is out.
             tokio::time::sleep(Duration::from_millis(200)).await;
