@@ -2,6 +2,7 @@
 //! with `cargo build -p fanout-handler`) deployed over Lambda's wire shapes, with reqwest and
 //! with aws-sdk-lambda pointed at the stand-in, then invoked through the Invoke API.
 
+use super::tests::Answer;
 use super::*;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
@@ -65,22 +66,7 @@ async fn start() -> StandIn {
     StandIn::start(StandInConfig::default()).await.unwrap()
 }
 
-struct Answer {
-    status: StatusCode,
-    headers: reqwest::header::HeaderMap,
-    body: Vec<u8>,
-}
-
 impl Answer {
-    fn json(&self) -> Value {
-        serde_json::from_slice(&self.body)
-            .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&self.body)))
-    }
-
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers.get(name).and_then(|v| v.to_str().ok())
-    }
-
     /// Asserts a Lambda error: status, `x-amzn-ErrorType`, `Type`; returns the message.
     fn error(&self, status: u16, kind: &str) -> String {
         assert_eq!(
