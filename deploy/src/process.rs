@@ -13,7 +13,6 @@ use tokio::process::{Child, Command};
 
 /// A running child, killed (with its process group) on drop.
 pub struct Managed {
-    name: String,
     child: Child,
 }
 
@@ -51,10 +50,7 @@ impl Managed {
         let child = command
             .spawn()
             .with_context(|| format!("cannot start {name}"))?;
-        Ok(Self {
-            name: name.to_owned(),
-            child,
-        })
+        Ok(Self { child })
     }
 
     pub fn pid(&self) -> Option<u32> {
@@ -80,10 +76,6 @@ impl Managed {
         // Whatever the leader left behind in its group goes with it.
         kill_group(pid);
         status
-    }
-
-    pub fn name(&self) -> &str {
-        &self.name
     }
 }
 

@@ -85,6 +85,7 @@ pub fn summary_text(summary: &Summary, wall: Duration) -> String {
     format!(
         "coordinator invocations: {}\n\
          subtask invocations:     {}\n\
+         fan-in invocations:      {} (shards and the ledger)\n\
          cold starts:             {}\n\
          bytes shipped:           {} (to the coordinator: {})\n\
          billed ms:               {} (coordinator: {} ms = {:.1}% of the {:.0} ms wall time)\n\
@@ -92,6 +93,7 @@ pub fn summary_text(summary: &Summary, wall: Duration) -> String {
          function errors:         {}\n",
         summary.coordinator_invocations,
         summary.subtask_invocations,
+        summary.other_invocations,
         summary.cold_starts,
         summary.bytes_total,
         summary.bytes_to_coordinator,

@@ -101,11 +101,7 @@ async fn call(standin: &StandIn, method: Method, path: &str, body: Option<Value>
             .body(body.to_string());
     }
     let response = request.send().await.unwrap();
-    Answer {
-        status: response.status(),
-        headers: response.headers().clone(),
-        body: response.bytes().await.unwrap().to_vec(),
-    }
+    Answer::read(response).await
 }
 
 async fn invoke(standin: &StandIn, function_name: &str) -> Answer {
@@ -116,11 +112,7 @@ async fn invoke(standin: &StandIn, function_name: &str) -> Answer {
         .send()
         .await
         .unwrap();
-    Answer {
-        status: response.status(),
-        headers: response.headers().clone(),
-        body: response.bytes().await.unwrap().to_vec(),
-    }
+    Answer::read(response).await
 }
 
 /// Discovery through the Invoke API answered 200 by the real handler, on `version`.

@@ -141,6 +141,15 @@ impl Answer {
             .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&self.body)))
     }
 
+    /// Reads a whole response.
+    pub(super) async fn read(response: reqwest::Response) -> Self {
+        Self {
+            status: response.status(),
+            headers: response.headers().clone(),
+            body: response.bytes().await.unwrap().to_vec(),
+        }
+    }
+
     pub(super) fn header(&self, name: &str) -> Option<&str> {
         self.headers.get(name).and_then(|v| v.to_str().ok())
     }
@@ -167,11 +176,7 @@ async fn invoke(standin: &StandIn, target: &str, payload: impl Into<Vec<u8>>) ->
         .send()
         .await
         .unwrap();
-    Answer {
-        status: response.status(),
-        headers: response.headers().clone(),
-        body: response.bytes().await.unwrap().to_vec(),
-    }
+    Answer::read(response).await
 }
 
 fn assert_function_error(answer: &Answer, error_type: &str) -> Value {
