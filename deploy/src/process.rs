@@ -136,3 +136,65 @@ where
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// A memory figure of a live process from `/proc/PID/status` (`VmRSS` now, `VmHWM` its peak),
+/// in KiB; `None` once the process is gone.
+pub fn status_kb(pid: u32, field: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    parse_status_kb(&status, field)
+}
+
+fn parse_status_kb(status: &str, field: &str) -> Option<u64> {
+    status.lines().find_map(|line| {
+        let rest = line.strip_prefix(field)?.strip_prefix(':')?;
+        rest.trim().trim_end_matches("kB").trim().parse().ok()
+    })
+}
+
+/// The largest resident set a process reaches while it is sampled (every 100 ms): the peak
+/// of one stretch of its life, where `VmHWM` is the peak since it started.
+pub struct RssSampler {
+    peak_kb: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl RssSampler {
+    pub fn start(pid: u32) -> Self {
+        let peak_kb = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let peak = std::sync::Arc::clone(&peak_kb);
+        let task = tokio::spawn(async move {
+            while let Some(kb) = status_kb(pid, "VmRSS") {
+                peak.fetch_max(kb, std::sync::atomic::Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        });
+        Self { peak_kb, task }
+    }
+
+    /// Stops sampling; the peak seen, if the process was ever sampled.
+    pub fn finish(self) -> Option<u64> {
+        self.task.abort();
+        let kb = self.peak_kb.load(std::sync::atomic::Ordering::Relaxed);
+        (kb > 0).then_some(kb)
+    }
+}
+
+#[cfg(test)]
+mod memory_tests {
+    use super::*;
+
+    #[test]
+    fn memory_figures_are_read_from_proc_status() {
+        let status = "Name:\tx\nVmPeak:\t  9000 kB\nVmHWM:\t    4242 kB\nVmRSS:\t 100 kB\n";
+        assert_eq!(parse_status_kb(status, "VmHWM"), Some(4242));
+        assert_eq!(parse_status_kb(status, "VmRSS"), Some(100));
+        assert_eq!(parse_status_kb("Name:\tx\n", "VmHWM"), None);
+    }
+
+    #[tokio::test]
+    async fn a_sampler_sees_this_process() {
+        let sampler = RssSampler::start(std::process::id());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(sampler.finish().unwrap() > 0);
+    }
+}

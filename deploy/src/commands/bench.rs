@@ -90,6 +90,10 @@ pub struct BenchRow {
     pub coordinator_billed_ms: u64,
     pub throttled: usize,
     pub cold_starts: usize,
+    /// restate-server's largest resident set during the fan-out (sampled every 100 ms).
+    pub server_rss_kb: Option<u64>,
+    /// The largest peak resident set of a Lambda instance that served the fan-out.
+    pub instance_rss_kb: Option<u64>,
     /// Wall time of the same width's subtasks sent straight through the ingress.
     pub floor_wall_ms: Option<u128>,
 }
@@ -103,6 +107,8 @@ pub struct BenchReport {
     pub cold_init_ms_median: Option<f64>,
     pub cold_init_ms_max: Option<f64>,
     pub instance_peak_rss_kb_max: Option<u64>,
+    /// restate-server's peak resident set over the whole benchmark (`VmHWM`).
+    pub server_peak_rss_kb: Option<u64>,
     pub max_subtask_ms: u64,
     pub rows: Vec<BenchRow>,
 }
@@ -125,6 +131,10 @@ pub async fn run(options: BenchOptions) -> Result<BenchReport> {
     ));
     let stack = LocalStack::start(stack_options).await?;
     let result = measure(&stack, &options).await;
+    let server_peak_rss_kb = stack
+        .server
+        .pid()
+        .and_then(|pid| crate::process::status_kb(pid, "VmHWM"));
     let records = stack
         .standin
         .as_ref()
@@ -145,6 +155,7 @@ pub async fn run(options: BenchOptions) -> Result<BenchReport> {
         cold_init_ms_median: inits.get(inits.len() / 2).copied(),
         cold_init_ms_max: inits.last().copied(),
         instance_peak_rss_kb_max: records.iter().filter_map(|r| r.peak_rss_kb).max(),
+        server_peak_rss_kb,
         max_subtask_ms: options.max_subtask_ms,
         rows,
     })
@@ -171,6 +182,7 @@ async fn measure(stack: &LocalStack, options: &BenchOptions) -> Result<Vec<Bench
                 None => ingress,
             };
             let before = standin.records().len();
+            let server_rss = stack.server.pid().map(crate::process::RssSampler::start);
             let started = Instant::now();
             let description = order.description(n, options.max_subtask_ms);
             let expected: Vec<String> = description
@@ -181,6 +193,7 @@ async fn measure(stack: &LocalStack, options: &BenchOptions) -> Result<Vec<Bench
                 .run(&json!({ "description": description }), None)
                 .await?;
             let wall = started.elapsed();
+            let server_rss_kb = server_rss.and_then(crate::process::RssSampler::finish);
             if response.status != 200 {
                 bail!(
                     "the fan-out of {n} ({order:?}) failed with HTTP {}: {}",
@@ -219,6 +232,8 @@ async fn measure(stack: &LocalStack, options: &BenchOptions) -> Result<Vec<Bench
                 coordinator_billed_ms,
                 throttled,
                 cold_starts,
+                server_rss_kb,
+                instance_rss_kb: records[before..].iter().filter_map(|r| r.peak_rss_kb).max(),
                 floor_wall_ms: None,
             });
         }
@@ -299,6 +314,10 @@ async fn bounded<T: Send + 'static>(
     Ok(results.into_iter().map(|(_, value)| value).collect())
 }
 
+fn mib(kb: Option<u64>) -> String {
+    kb.map_or_else(|| "-".into(), |kb| format!("{:.1}", kb as f64 / 1024.0))
+}
+
 fn ms(value: Option<f64>) -> String {
     value.map_or_else(|| "-".into(), |v| format!("{v:.1}"))
 }
@@ -309,7 +328,7 @@ pub fn table(report: &BenchReport) -> String {
         out,
         "handler: {} ({:.1} MiB); {} cold starts, init min {} / median {} / max {} ms \
          (instances start concurrently on this machine's cores); instance peak RSS {} KiB; \
-         subtasks complete within {} ms",
+         restate-server peak RSS {} KiB; subtasks complete within {} ms",
         report.handler_binary,
         report.handler_binary_bytes as f64 / (1024.0 * 1024.0),
         report.cold_starts,
@@ -320,11 +339,15 @@ pub fn table(report: &BenchReport) -> String {
             .instance_peak_rss_kb_max
             .map(|v| v.to_string())
             .unwrap_or("-".into()),
+        report
+            .server_peak_rss_kb
+            .map(|v| v.to_string())
+            .unwrap_or("-".into()),
         report.max_subtask_ms,
     );
     let _ = writeln!(
         out,
-        "{:>6} {:<9} {:<10} {:>8} {:>9} {:>12} {:>8} {:>12} {:>10} {:>8} {:>6} {:>8} {:>6}",
+        "{:>6} {:<9} {:<10} {:>8} {:>9} {:>12} {:>8} {:>12} {:>10} {:>8} {:>6} {:>8} {:>8} {:>8} {:>6}",
         "N",
         "strategy",
         "order",
@@ -336,6 +359,8 @@ pub fn table(report: &BenchReport) -> String {
         "billed ms",
         "c billed",
         "429s",
+        "srv MiB",
+        "inst MiB",
         "floor ms",
         "ratio"
     );
@@ -350,7 +375,7 @@ pub fn table(report: &BenchReport) -> String {
         };
         let _ = writeln!(
             out,
-            "{:>6} {:<9} {:<10} {:>8} {:>9} {:>12} {:>8} {:>12} {:>10} {:>8} {:>6} {:>8} {:>6}",
+            "{:>6} {:<9} {:<10} {:>8} {:>9} {:>12} {:>8} {:>12} {:>10} {:>8} {:>6} {:>8} {:>8} {:>8} {:>6}",
             r.subtasks,
             r.strategy.header(),
             order,
@@ -362,6 +387,8 @@ pub fn table(report: &BenchReport) -> String {
             r.billed_ms,
             r.coordinator_billed_ms,
             r.throttled,
+            mib(r.server_rss_kb),
+            mib(r.instance_rss_kb),
             floor,
             ratio
         );
@@ -373,7 +400,8 @@ pub fn table(report: &BenchReport) -> String {
 type Panel = (&'static str, fn(&BenchRow) -> f64);
 
 /// An SVG with two panels against N (log scale): coordinator invocations, and bytes shipped to
-/// the coordinator, one line per completion order.
+/// the coordinator, one line per strategy (solid: ledger, dashed: in-order) and completion
+/// order (colour).
 pub fn plot(report: &BenchReport) -> String {
     const W: f64 = 420.0;
     const H: f64 = 300.0;
@@ -430,25 +458,35 @@ pub fn plot(report: &BenchReport) -> String {
                 n.subtasks
             );
         }
-        for (i, (order, color)) in colors.iter().enumerate() {
+        let lines = [Strategy::Ledger, Strategy::InOrder]
+            .into_iter()
+            .flat_map(|strategy| colors.iter().map(move |c| (strategy, c)));
+        let mut legend = 0;
+        for (strategy, (order, color)) in lines {
             let points: Vec<String> = report
                 .rows
                 .iter()
-                .filter(|r| r.order == *order)
+                .filter(|r| r.order == *order && r.strategy == strategy)
                 .map(|r| format!("{:.1},{:.1}", x_of(r.subtasks as f64), y_of(value(r))))
                 .collect();
             if points.is_empty() {
                 continue;
             }
+            let dash = match strategy {
+                Strategy::Ledger => "",
+                Strategy::InOrder => " stroke-dasharray=\"6 4\"",
+            };
             let _ = writeln!(
                 svg,
-                "<polyline fill=\"none\" stroke=\"{color}\" stroke-width=\"2\" points=\"{}\"/>\
-                 <text x=\"{}\" y=\"{}\" fill=\"{color}\">{}</text>",
+                "<polyline fill=\"none\" stroke=\"{color}\" stroke-width=\"2\"{dash} points=\"{}\"/>\
+                 <text x=\"{}\" y=\"{}\" fill=\"{color}\">{} {}</text>",
                 points.join(" "),
-                W - PAD - 70.0,
-                PAD + 14.0 * i as f64,
+                W - PAD - 110.0,
+                PAD + 14.0 * legend as f64,
+                strategy.header(),
                 format!("{order:?}").to_lowercase()
             );
+            legend += 1;
         }
         svg.push_str("</g>\n");
     }
@@ -459,6 +497,54 @@ pub fn plot(report: &BenchReport) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn row(strategy: Strategy, order: Order, n: usize, invocations: usize) -> BenchRow {
+        BenchRow {
+            subtasks: n,
+            order,
+            strategy,
+            wall_ms: 1,
+            coordinator_invocations: invocations,
+            bytes_to_coordinator: 10 * invocations,
+            subtask_invocations: n,
+            bytes_total: 0,
+            billed_ms: 0,
+            coordinator_billed_ms: 0,
+            throttled: 0,
+            cold_starts: 0,
+            server_rss_kb: Some(2048),
+            instance_rss_kb: None,
+            floor_wall_ms: None,
+        }
+    }
+
+    #[test]
+    fn the_plot_draws_one_line_per_strategy_and_order() {
+        let report = BenchReport {
+            handler_binary: "h".into(),
+            handler_binary_bytes: 0,
+            cold_starts: 0,
+            cold_init_ms_min: None,
+            cold_init_ms_median: None,
+            cold_init_ms_max: None,
+            instance_peak_rss_kb_max: None,
+            server_peak_rss_kb: Some(4096),
+            max_subtask_ms: 0,
+            rows: vec![
+                row(Strategy::Ledger, Order::Random, 10, 3),
+                row(Strategy::InOrder, Order::Random, 10, 5),
+                row(Strategy::Ledger, Order::Random, 100, 3),
+                row(Strategy::InOrder, Order::Random, 100, 30),
+            ],
+        };
+        let svg = plot(&report);
+        // Two panels, each with a ledger line and a dashed in-order line.
+        assert_eq!(svg.matches("<polyline").count(), 4, "{svg}");
+        assert_eq!(svg.matches("stroke-dasharray").count(), 2, "{svg}");
+        let text = table(&report);
+        assert!(text.contains("restate-server peak RSS 4096 KiB"), "{text}");
+        assert!(text.contains("2.0"), "server RSS per row in MiB: {text}");
+    }
 
     #[test]
     fn orders_fix_when_each_subtask_finishes() {

@@ -123,15 +123,7 @@ pub(crate) fn epoch_ms(t: SystemTime) -> u64 {
 
 /// Peak resident set of a live process, as Lambda's `Max Memory Used` reports it.
 pub(crate) fn peak_rss_kb(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    parse_vm_hwm(&status)
-}
-
-fn parse_vm_hwm(status: &str) -> Option<u64> {
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix("VmHWM:"))
-        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
+    crate::process::status_kb(pid, "VmHWM")
 }
 
 /// The `path` of a Restate event, without materialising the (possibly multi-megabyte) body.
@@ -225,10 +217,7 @@ mod tests {
     }
 
     #[test]
-    fn vm_hwm_is_read_from_proc_status() {
-        let status = "Name:\tx\nVmPeak:\t  9000 kB\nVmHWM:\t    4242 kB\nVmRSS:\t 100 kB\n";
-        assert_eq!(parse_vm_hwm(status), Some(4242));
-        assert_eq!(parse_vm_hwm("Name:\tx\n"), None);
+    fn peak_rss_is_read_for_a_live_process() {
         assert!(peak_rss_kb(std::process::id()).unwrap() > 0);
     }
 
