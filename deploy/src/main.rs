@@ -279,6 +279,18 @@ struct InvokeArgs {
     /// handler's, ledger).
     #[arg(long, value_parser = ["ledger", "in-order"])]
     fan_in: Option<String>,
+    /// Let up to N subtasks (or P% of them, e.g. 10%) fail for good: the run still
+    /// aggregates, and its result lists every failure (default: the handler's, fail-fast).
+    #[arg(long, value_name = "N|P%", value_parser = invoke::parse_tolerance)]
+    tolerate_failures: Option<String>,
+    /// Succeed when at least N subtasks succeed; the result lists every failure.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..),
+          conflicts_with = "tolerate_failures")]
+    min_successful: Option<u32>,
+    /// Fail the run at its first failed subtask (the default unless the handler's
+    /// FANOUT_FAILURE_POLICY says otherwise).
+    #[arg(long, conflicts_with_all = ["tolerate_failures", "min_successful"])]
+    fail_fast: bool,
     #[command(flatten)]
     watch: WatchArgs,
     #[command(flatten)]
@@ -523,6 +535,18 @@ async fn dispatch(command: Command) -> anyhow::Result<u8> {
             }
             if let Some(strategy) = args.fan_in {
                 endpoints.ingress = endpoints.ingress.with_header("x-fanout-fan-in", strategy);
+            }
+            let failure_policy = match (args.fail_fast, args.tolerate_failures, args.min_successful)
+            {
+                (true, _, _) => Some("fail-fast".to_owned()),
+                (_, Some(tolerance), _) => Some(format!("tolerate:{tolerance}")),
+                (_, _, Some(n)) => Some(format!("min-successful:{n}")),
+                _ => None,
+            };
+            if let Some(policy) = failure_policy {
+                endpoints.ingress = endpoints
+                    .ingress
+                    .with_header("x-fanout-failure-policy", policy);
             }
             Ok(invoke::run(&endpoints, options).await)
         }

@@ -3,7 +3,7 @@
 //! `{"description": "shower,make coffee"}` → subtasks `shower`, `make coffee` →
 //! `{"description": "shower: DONE,make coffee: DONE"}`.
 
-use crate::job::{InvalidInput, Job, MAX_SUBTASKS};
+use crate::job::{InvalidInput, Job, MAX_SUBTASKS, SubtaskFailure};
 use restate_sdk::prelude::*;
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
@@ -33,6 +33,19 @@ pub const DEFAULT_MAX_SUBTASK: Duration = Duration::from_secs(5);
 pub struct Description {
     pub description: String,
 }
+
+/// What `worker/run` returns: the reference's `{"description": …}` and, when a run under a
+/// tolerant failure policy had failures, each failed chore with its error. A run without
+/// failures is exactly the reference payload.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Aggregate {
+    pub description: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub failed: Vec<SubtaskFailure>,
+}
+
+/// How a failed chore shows in the aggregated description.
+pub const FAILED_SUFFIX: &str = ": FAILED";
 
 /// The chores job.
 #[derive(Debug, Clone)]
@@ -177,7 +190,7 @@ impl Job for Chores {
     type Task = Description;
     type Subtask = Description;
     type Outcome = Description;
-    type Output = Description;
+    type Output = Aggregate;
 
     fn split(&self, task: Description) -> Result<Vec<Description>, InvalidInput> {
         Ok(split_description(&task.description)?
@@ -220,10 +233,32 @@ impl Job for Chores {
         })
     }
 
-    fn aggregate(&self, outcomes: Vec<Description>) -> Description {
-        Description {
+    fn aggregate(&self, outcomes: Vec<Description>) -> Aggregate {
+        Aggregate {
             description: join_results(outcomes.iter().map(|o| o.description.as_str())),
+            failed: Vec::new(),
         }
+    }
+
+    fn tolerates_failures(&self) -> bool {
+        true
+    }
+
+    fn aggregate_partial(
+        &self,
+        outcomes: Vec<Result<Description, SubtaskFailure>>,
+    ) -> Option<Aggregate> {
+        let shown: Vec<String> = outcomes
+            .iter()
+            .map(|outcome| match outcome {
+                Ok(done) => done.description.clone(),
+                Err(failure) => format!("{}{FAILED_SUFFIX}", failure.subtask),
+            })
+            .collect();
+        Some(Aggregate {
+            description: join_results(shown.iter().map(String::as_str)),
+            failed: outcomes.into_iter().filter_map(Result::err).collect(),
+        })
     }
 
     fn outcome_size_hint(&self, subtask_bytes: usize) -> usize {
@@ -234,7 +269,7 @@ impl Job for Chores {
         chore.description.clone()
     }
 
-    fn output_label(&self, output: &Description) -> String {
+    fn output_label(&self, output: &Aggregate) -> String {
         output.description.clone()
     }
 }
@@ -311,6 +346,34 @@ mod tests {
         assert_eq!(
             Chores::default().aggregate(outcomes.to_vec()).description,
             "b: DONE,a: DONE"
+        );
+    }
+
+    #[test]
+    fn a_partial_aggregate_shows_each_failure_in_place_and_lists_it() {
+        let failure = SubtaskFailure {
+            index: 1,
+            subtask: "flaky b".into(),
+            code: 500,
+            message: "broke".into(),
+        };
+        let done = |d: &str| {
+            Ok(Description {
+                description: format!("{d}: DONE"),
+            })
+        };
+        let aggregate = Chores::default()
+            .aggregate_partial(vec![done("a"), Err(failure.clone()), done("c")])
+            .unwrap();
+        assert_eq!(aggregate.description, "a: DONE,flaky b: FAILED,c: DONE");
+        assert_eq!(aggregate.failed, vec![failure]);
+        // Without failures the payload is the reference's, field for field.
+        let clean = Chores::default()
+            .aggregate_partial(vec![done("a")])
+            .unwrap();
+        assert_eq!(
+            serde_json::to_value(clean).unwrap(),
+            serde_json::json!({"description": "a: DONE"})
         );
     }
 }

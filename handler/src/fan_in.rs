@@ -24,7 +24,9 @@
 //! running, each with at most `window` subtasks in flight (`lanes × window ≤ max_concurrency`),
 //! and starts the next waiting shard when one reports.
 
+use crate::job::SubtaskFailure;
 use crate::payload::Payload;
+use restate_sdk::prelude::TerminalError;
 use serde::{Deserialize, Serialize};
 use std::sync::OnceLock;
 
@@ -47,6 +49,8 @@ pub struct Shard<S> {
     pub total: usize,
     /// At most this many of the shard's subtasks in flight at once.
     pub window: usize,
+    /// How many of the run's subtasks may fail (0: fail-fast).
+    pub tolerated: usize,
     pub subtasks: Vec<S>,
 }
 
@@ -69,15 +73,94 @@ pub struct ShardReport<O> {
     pub awakeable: String,
     pub index: usize,
     pub shards: usize,
+    pub total: usize,
+    pub tolerated: usize,
     pub result: ShardResult<O>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
 pub enum ShardResult<O> {
     /// Every subtask's outcome, in order.
-    Done(Vec<O>),
-    /// The first subtask that failed for good, with the status to fail the run with.
-    Failed { code: u16, message: String },
+    Done(Gathered<O>),
+    /// More of the shard's subtasks failed than the whole run tolerates; the shard stopped.
+    TooManyFailures(TooManyFailures),
+}
+
+/// The outcomes of consecutive subtasks: what succeeded, in order, and what failed, with the
+/// positions that place it among them. Failures take no room in a run that has none.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Gathered<O> {
+    pub outcomes: Vec<O>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub failures: Vec<SubtaskFailure>,
+}
+
+impl<O> Default for Gathered<O> {
+    fn default() -> Self {
+        Self {
+            outcomes: Vec::new(),
+            failures: Vec::new(),
+        }
+    }
+}
+
+impl<O> Gathered<O> {
+    pub fn len(&self) -> usize {
+        self.outcomes.len() + self.failures.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Appends the outcomes of the subtasks that follow.
+    pub fn append(&mut self, next: Self) {
+        self.outcomes.extend(next.outcomes);
+        self.failures.extend(next.failures);
+    }
+
+    /// Every subtask's outcome in order, each failure at its index.
+    pub fn into_results(self) -> Vec<Result<O, SubtaskFailure>> {
+        let total = self.len();
+        let mut outcomes = self.outcomes.into_iter();
+        let mut failures = self.failures.into_iter().peekable();
+        (0..total)
+            .filter_map(|i| match failures.next_if(|f| f.index == i) {
+                Some(failure) => Some(Err(failure)),
+                None => outcomes.next().map(Ok),
+            })
+            .collect()
+    }
+}
+
+/// More subtasks failed than the run tolerates.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct TooManyFailures {
+    /// The failure that went over the limit.
+    pub failure: SubtaskFailure,
+    /// How many subtasks had failed by then.
+    pub failed: usize,
+}
+
+impl TooManyFailures {
+    /// The error that fails the run: it names the subtask as the user counts them and, when
+    /// some failures were tolerated, how many failed.
+    pub fn into_error(self, total: usize, tolerated: usize) -> TerminalError {
+        let f = self.failure;
+        let mut message = format!(
+            "subtask {} of {total} ({}) failed: {}",
+            f.index + 1,
+            f.subtask,
+            f.message
+        );
+        if tolerated > 0 {
+            message += &format!(
+                "; {} of {total} subtasks failed, more than the {tolerated} tolerated",
+                self.failed
+            );
+        }
+        TerminalError::new_with_code(f.code, message)
+    }
 }
 
 /// The ledger key holding shard `index`'s outcomes.
@@ -111,6 +194,7 @@ pub fn shards<S>(
     ledger: &str,
     awakeable: &str,
     window: usize,
+    tolerated: usize,
 ) -> impl Iterator<Item = Shard<S>> {
     let total = subtasks.len();
     let shards = total.div_ceil(SHARD_WIDTH);
@@ -123,12 +207,13 @@ pub fn shards<S>(
         offset: index * SHARD_WIDTH,
         total,
         window,
+        tolerated,
         subtasks: rest.by_ref().take(SHARD_WIDTH).collect(),
     })
 }
 
 /// Outcomes as the ledger stores and returns them.
-pub type Outcomes<O> = Payload<Vec<O>>;
+pub type Outcomes<O> = Payload<Gathered<O>>;
 
 #[cfg(test)]
 mod tests {
@@ -137,7 +222,7 @@ mod tests {
     #[test]
     fn shards_cover_every_subtask_once_in_order() {
         let subtasks: Vec<usize> = (0..70).collect();
-        let shards: Vec<Shard<usize>> = shards(subtasks, "inv_1", "sign_1", 32).collect();
+        let shards: Vec<Shard<usize>> = shards(subtasks, "inv_1", "sign_1", 32, 0).collect();
         assert_eq!(shards.len(), 3);
         assert_eq!(shards[0].subtasks.len(), 32);
         assert_eq!(shards[2].subtasks, (64..70).collect::<Vec<_>>());
@@ -154,6 +239,64 @@ mod tests {
         assert_eq!(shard_key(last), format!("shard-{last}"));
         assert!(std::ptr::eq(shard_key(3), shard_key(3)));
         assert_eq!(input_key(2), "input-2");
+    }
+
+    fn failure(index: usize) -> SubtaskFailure {
+        SubtaskFailure {
+            index,
+            subtask: format!("s{index}"),
+            code: 500,
+            message: "broke".into(),
+        }
+    }
+
+    #[test]
+    fn gathered_outcomes_put_each_failure_at_its_index() {
+        let mut all = Gathered {
+            outcomes: vec!["a", "c"],
+            failures: vec![failure(1)],
+        };
+        all.append(Gathered {
+            outcomes: vec!["e"],
+            failures: vec![failure(3), failure(5)],
+        });
+        let results = all.into_results();
+        assert_eq!(results.len(), 6);
+        assert_eq!(results[0], Ok("a"));
+        assert_eq!(results[1].as_ref().unwrap_err().index, 1);
+        assert_eq!(results[2], Ok("c"));
+        assert_eq!(results[3].as_ref().unwrap_err().index, 3);
+        assert_eq!(results[4], Ok("e"));
+        assert_eq!(results[5].as_ref().unwrap_err().subtask, "s5");
+    }
+
+    #[test]
+    fn a_run_without_failures_ships_no_failure_field() {
+        let none: Gathered<u8> = Gathered {
+            outcomes: vec![1, 2],
+            failures: vec![],
+        };
+        assert_eq!(
+            serde_json::to_string(&none).unwrap(),
+            r#"{"outcomes":[1,2]}"#
+        );
+    }
+
+    #[test]
+    fn too_many_failures_names_the_subtask_and_the_tally() {
+        let error = |tolerated| {
+            TooManyFailures {
+                failure: failure(4),
+                failed: 3,
+            }
+            .into_error(10, tolerated)
+        };
+        assert_eq!(error(0).message(), "subtask 5 of 10 (s4) failed: broke");
+        assert_eq!(
+            error(2).message(),
+            "subtask 5 of 10 (s4) failed: broke; 3 of 10 subtasks failed, more than the 2 tolerated"
+        );
+        assert_eq!(error(2).code(), 500);
     }
 
     #[test]

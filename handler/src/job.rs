@@ -6,8 +6,8 @@
 //! your own job means implementing this trait and handing it to [`crate::worker::Worker::new`].
 
 use restate_sdk::prelude::{Context, HandlerError};
-use serde::Serialize;
 use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
 use std::future::Future;
 
 /// The widest fan-out the worker accepts. Every subtask is one Restate call and one journal
@@ -49,6 +49,24 @@ pub trait Job: Send + Sync + 'static {
     /// Folds the outcomes, given in the order [`Job::split`] returned the subtasks.
     fn aggregate(&self, outcomes: Vec<Self::Outcome>) -> Self::Output;
 
+    /// Whether the job can aggregate a run in which some subtasks failed
+    /// ([`Job::aggregate_partial`]). A run with a tolerant failure policy of a job that says
+    /// no is refused before it starts.
+    fn tolerates_failures(&self) -> bool {
+        false
+    }
+
+    /// Folds every subtask's outcome, success or failure, for a run under a tolerant failure
+    /// policy, in the order [`Job::split`] returned the subtasks. Implement it together with
+    /// [`Job::tolerates_failures`]; `None` fails the run.
+    fn aggregate_partial(
+        &self,
+        outcomes: Vec<Result<Self::Outcome, SubtaskFailure>>,
+    ) -> Option<Self::Output> {
+        let _ = outcomes;
+        None
+    }
+
     /// About how many bytes the outcome of a subtask of `subtask_bytes` serialized bytes
     /// takes; the journal planner uses it to size the coordinator's journal before fanning
     /// out on Lambda. Err on the large side.
@@ -74,4 +92,17 @@ impl InvalidInput {
     pub fn new(message: impl Into<String>) -> Self {
         Self(message.into())
     }
+}
+
+/// A subtask that failed for good (after Restate's retries), as a tolerant run's aggregate
+/// sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SubtaskFailure {
+    /// Its position in the task, from 0.
+    pub index: usize,
+    /// The subtask as [`Job::subtask_label`] names it.
+    pub subtask: String,
+    /// The terminal error's status code and message.
+    pub code: u16,
+    pub message: String,
 }

@@ -12,6 +12,7 @@
 //! | [`chores`] | the reference job: comma-separated chores, each a short durable sleep |
 //! | [`fan_in`] | the fan-in ledger: shards and the ledger that wakes the coordinator once |
 //! | [`worker`] | the Restate service `worker` with `run` and `runSubtask`, generic over the job |
+//! | [`policy`] | how a run behaves: fan-in strategy, concurrency cap, failure policy, retries |
 //! | [`plan`] | the journal planner: refuses a fan-out whose journal cannot fit Lambda's payload limit |
 //! | [`payload`] | JSON on the wire with errors that say what was wrong |
 //! | [`logging`] | the reference log lines, replay-aware, human or JSON |
@@ -29,8 +30,9 @@ pub mod lambda;
 pub mod logging;
 pub mod payload;
 pub mod plan;
+pub mod policy;
 pub mod worker;
 
 pub use chores::Chores;
-pub use job::{InvalidInput, Job};
+pub use job::{InvalidInput, Job, SubtaskFailure};
 pub use worker::Worker;

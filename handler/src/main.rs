@@ -3,7 +3,7 @@
 
 use fanout_handler::logging::{self, LogFormat};
 use fanout_handler::plan::PayloadBudget;
-use fanout_handler::worker::{self, FanInStrategy};
+use fanout_handler::policy::{self, FailurePolicy, FanInStrategy};
 use fanout_handler::{Chores, Worker, http_endpoint, lambda};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::process::ExitCode;
@@ -31,6 +31,9 @@ ENVIRONMENT:
                            or in-order; a request header x-fanout-fan-in overrides it per run
     FANOUT_MAX_CONCURRENCY most subtasks of one run in flight at once (default 500); a request
                            header x-fanout-max-concurrency overrides it per run
+    FANOUT_FAILURE_POLICY  what failed subtasks do to a run: fail-fast (default), tolerate:N,
+                           tolerate:P% or min-successful:N; a request header
+                           x-fanout-failure-policy overrides it per run
     FANOUT_SUBTASK_RETRY_INITIAL_MS, FANOUT_SUBTASK_RETRY_FACTOR, FANOUT_SUBTASK_MAX_ATTEMPTS,
     FANOUT_SUBTASK_AT_MAX_ATTEMPTS (pause|kill)
                            how Restate retries a failing subtask (default: the server's policy)
@@ -56,20 +59,28 @@ fn main() -> ExitCode {
             Err(message) => return fail(&format!("{}: {message}", FanInStrategy::ENV)),
         },
     };
-    let max_concurrency = match std::env::var(worker::MAX_CONCURRENCY_ENV) {
-        Err(_) => worker::DEFAULT_MAX_CONCURRENCY,
-        Ok(raw) => match worker::parse_max_concurrency(&raw) {
+    let max_concurrency = match std::env::var(policy::MAX_CONCURRENCY_ENV) {
+        Err(_) => policy::DEFAULT_MAX_CONCURRENCY,
+        Ok(raw) => match policy::parse_max_concurrency(&raw) {
             Ok(cap) => cap,
-            Err(message) => return fail(&format!("{}: {message}", worker::MAX_CONCURRENCY_ENV)),
+            Err(message) => return fail(&format!("{}: {message}", policy::MAX_CONCURRENCY_ENV)),
         },
     };
-    let subtask_retry = match worker::SubtaskRetry::from_env() {
+    let failure_policy = match std::env::var(FailurePolicy::ENV) {
+        Err(_) => FailurePolicy::FailFast,
+        Ok(raw) => match FailurePolicy::parse(&raw) {
+            Ok(policy) => policy,
+            Err(message) => return fail(&format!("{}: {message}", FailurePolicy::ENV)),
+        },
+    };
+    let subtask_retry = match policy::SubtaskRetry::from_env() {
         Ok(retry) => retry,
         Err(message) => return fail(&message),
     };
     let worker = Worker::new(job)
         .with_fan_in(fan_in)
         .with_max_concurrency(max_concurrency)
+        .with_failure_policy(failure_policy)
         .with_subtask_retry(subtask_retry);
     // On Lambda every resume ships the whole journal, so fan-outs that cannot fit are refused.
     let worker = if on_lambda {

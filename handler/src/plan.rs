@@ -7,6 +7,14 @@
 //! advertises it, and the event is base64 inside JSON. A fan-out whose final journal cannot
 //! fit would fail on its last resume and be retried forever, so it is refused up front, before
 //! any subtask starts, with the numbers that explain why.
+//!
+//! Why it sizes one journal and does not choose between shapes: under the fan-in ledger the
+//! coordinator's journal holds the task, its split, the shard plan and every outcome, and every
+//! other invocation of the run (a shard, a ledger record, a subtask) ships a subset of that.
+//! So when the coordinator fits, a shard of any width fits too, and when it does not, no tree
+//! of shards helps: the split (journaled by `run`, as the contract says) and the aggregated
+//! outcomes must pass through the coordinator whatever the shape. Flat in-order waiting
+//! journals the same bytes, in more requests.
 
 use crate::job::InvalidInput;
 

@@ -4,141 +4,18 @@
 //! The names on the wire are the reference contract and never change. What the handlers do
 //! with the data is the [`Job`]'s business; this module only owns the durable choreography.
 
-use crate::fan_in::{self, Shard, ShardReport, ShardResult};
-use crate::job::{InvalidInput, Job, MAX_SUBTASKS};
+use crate::fan_in::{self, Gathered, Shard, ShardReport, ShardResult, TooManyFailures};
+use crate::job::{InvalidInput, Job, MAX_SUBTASKS, SubtaskFailure};
 use crate::logging::InvocationLog;
 use crate::payload::Payload;
 use crate::plan::{self, PayloadBudget};
+use crate::policy::{
+    DEFAULT_MAX_CONCURRENCY, FailurePolicy, FanInStrategy, MAX_CONCURRENCY_HEADER, SubtaskRetry,
+    parse_max_concurrency,
+};
 use restate_sdk::prelude::*;
 use std::marker::PhantomData;
 use std::sync::Arc;
-
-/// How the coordinator waits for its subtasks.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FanInStrategy {
-    /// Await every call in index order: simple, but on Lambda each resume replays the whole
-    /// journal, and resumes grow with the width and the completion order.
-    InOrder,
-    /// Shards report to a ledger that resolves one awakeable: at most 3 coordinator
-    /// invocations for any width (see [`crate::fan_in`]).
-    Ledger,
-}
-
-impl FanInStrategy {
-    /// The request header that picks the strategy for one run.
-    pub const HEADER: &str = "x-fanout-fan-in";
-    /// The env var that sets the handler's default.
-    pub const ENV: &str = "FANOUT_FAN_IN";
-
-    pub fn parse(raw: &str) -> Result<Self, String> {
-        match raw.trim() {
-            "in-order" => Ok(Self::InOrder),
-            "ledger" => Ok(Self::Ledger),
-            other => Err(format!(
-                "unknown fan-in strategy {other:?}: use \"ledger\" or \"in-order\""
-            )),
-        }
-    }
-}
-
-/// The most subtasks of one run in flight at once, unless the run or the handler's
-/// environment says otherwise: half of Lambda's default regional concurrency, so one wide
-/// fan-out leaves room for everything else in the account.
-pub const DEFAULT_MAX_CONCURRENCY: usize = 500;
-
-/// The request header that caps one run's subtasks in flight.
-pub const MAX_CONCURRENCY_HEADER: &str = "x-fanout-max-concurrency";
-
-/// The env var that sets the handler's default cap.
-pub const MAX_CONCURRENCY_ENV: &str = "FANOUT_MAX_CONCURRENCY";
-
-/// Parses a concurrency cap: a whole number of at least 1.
-pub fn parse_max_concurrency(raw: &str) -> Result<usize, String> {
-    match raw.trim().parse::<i64>() {
-        Ok(n) if n >= 1 => Ok(n as usize),
-        Ok(n) => Err(format!(
-            "max concurrency {n} is impossible: at least 1 subtask must run at a time"
-        )),
-        Err(_) => Err(format!(
-            "max concurrency {raw:?} is not a whole number (e.g. 100)"
-        )),
-    }
-}
-
-/// How Restate retries a subtask that fails with a retryable error (unset fields: the
-/// server's defaults, 500 ms doubling up to 60 s, 70 attempts, then pause).
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct SubtaskRetry {
-    pub initial_interval: Option<std::time::Duration>,
-    pub factor: Option<f64>,
-    pub max_attempts: Option<u64>,
-    /// `true`: kill the subtask at the limit (the run then fails, naming it); `false`: pause
-    /// it for an operator to resume.
-    pub kill_at_limit: Option<bool>,
-}
-
-impl SubtaskRetry {
-    /// Reads `FANOUT_SUBTASK_RETRY_INITIAL_MS`, `FANOUT_SUBTASK_RETRY_FACTOR`,
-    /// `FANOUT_SUBTASK_MAX_ATTEMPTS` and `FANOUT_SUBTASK_AT_MAX_ATTEMPTS` (`pause`|`kill`).
-    pub fn from_env() -> Result<Self, String> {
-        fn var(name: &str) -> Option<String> {
-            std::env::var(name).ok().filter(|v| !v.trim().is_empty())
-        }
-        let number = |name: &str| -> Result<Option<f64>, String> {
-            var(name)
-                .map(|raw| {
-                    raw.trim()
-                        .parse::<f64>()
-                        .ok()
-                        .filter(|v| v.is_finite() && *v > 0.0)
-                        .ok_or_else(|| format!("{name}={raw:?} must be a number above 0"))
-                })
-                .transpose()
-        };
-        let kill_at_limit = match var("FANOUT_SUBTASK_AT_MAX_ATTEMPTS")
-            .as_deref()
-            .map(str::trim)
-        {
-            None => None,
-            Some("kill") => Some(true),
-            Some("pause") => Some(false),
-            Some(other) => {
-                return Err(format!(
-                    "FANOUT_SUBTASK_AT_MAX_ATTEMPTS={other:?} must be \"pause\" or \"kill\""
-                ));
-            }
-        };
-        let factor = number("FANOUT_SUBTASK_RETRY_FACTOR")?;
-        if factor.is_some_and(|f| f < 1.0) {
-            return Err("FANOUT_SUBTASK_RETRY_FACTOR must be at least 1".into());
-        }
-        Ok(Self {
-            initial_interval: number("FANOUT_SUBTASK_RETRY_INITIAL_MS")?
-                .map(|ms| std::time::Duration::from_millis(ms as u64)),
-            factor,
-            max_attempts: number("FANOUT_SUBTASK_MAX_ATTEMPTS")?.map(|n| n as u64),
-            kill_at_limit,
-        })
-    }
-
-    fn options(&self) -> HandlerOptions {
-        let mut options = HandlerOptions::new();
-        if let Some(interval) = self.initial_interval {
-            options = options.retry_policy_initial_interval(interval);
-        }
-        if let Some(factor) = self.factor {
-            options = options.retry_policy_exponentiation_factor(factor);
-        }
-        if let Some(attempts) = self.max_attempts {
-            options = options.retry_policy_max_attempts(attempts.max(1));
-        }
-        match self.kill_at_limit {
-            Some(true) => options.retry_policy_kill_on_max_attempts(),
-            Some(false) => options.retry_policy_pause_on_max_attempts(),
-            None => options,
-        }
-    }
-}
 
 /// The fan-out worker for a job `J`.
 pub struct Worker<J> {
@@ -146,6 +23,7 @@ pub struct Worker<J> {
     budget: Option<PayloadBudget>,
     fan_in: FanInStrategy,
     max_concurrency: usize,
+    failure_policy: FailurePolicy,
     subtask_retry: SubtaskRetry,
 }
 
@@ -156,8 +34,32 @@ impl<J: Job> Worker<J> {
             budget: None,
             fan_in: FanInStrategy::Ledger,
             max_concurrency: DEFAULT_MAX_CONCURRENCY,
+            failure_policy: FailurePolicy::FailFast,
             subtask_retry: SubtaskRetry::default(),
         }
+    }
+
+    /// The policy runs use unless their request sets [`FailurePolicy::HEADER`].
+    pub fn with_failure_policy(mut self, policy: FailurePolicy) -> Self {
+        self.failure_policy = policy;
+        self
+    }
+
+    /// The run's failure policy, refused up front if the job cannot aggregate failures.
+    fn failure_policy(&self, ctx: &Context<'_>) -> Result<FailurePolicy, TerminalError> {
+        let refuse = |message: String| TerminalError::new_with_code(400, message);
+        let policy = match ctx.headers().get(FailurePolicy::HEADER) {
+            None => self.failure_policy,
+            Some(raw) => FailurePolicy::parse(raw)
+                .map_err(|e| refuse(format!("{}: {e}", FailurePolicy::HEADER)))?,
+        };
+        if !policy.is_fail_fast() && !self.job.tolerates_failures() {
+            return Err(refuse(format!(
+                "failure policy {policy}: this job cannot aggregate failed subtasks \
+                 (Job::tolerates_failures is false); run it fail-fast"
+            )));
+        }
+        Ok(policy)
     }
 
     /// How Restate retries `runSubtask` (published in the deployment's discovery manifest).
@@ -276,6 +178,10 @@ impl<J: Job> Worker<J> {
         let log = InvocationLog::new("worker/run", ctx.invocation_id());
         let job = Arc::clone(&self.job);
         let budget = self.budget;
+        // How the run behaves comes from its headers: checked before anything is journaled.
+        let strategy = self.strategy(&ctx)?;
+        let cap = self.max_concurrency(&ctx)?;
+        let policy = self.failure_policy(&ctx)?;
 
         // Splitting and planning are journaled together: a fan-out that cannot finish is
         // refused once, before any subtask starts, and never re-planned on replay.
@@ -289,18 +195,21 @@ impl<J: Job> Worker<J> {
             .await?;
 
         let width = subtasks.len();
-        let cap = self.max_concurrency(&ctx)?;
-        let outcomes = match self.strategy(&ctx)? {
-            FanInStrategy::InOrder => {
-                call_in_order(&ctx, &*self.job, subtasks, 0, width, cap).await?
-            }
+        let tolerated = policy.tolerated(width).map_err(|e| {
+            TerminalError::new_with_code(400, format!("{}: {e}", FailurePolicy::HEADER))
+        })?;
+        let gathered = match strategy {
+            FanInStrategy::InOrder => call_in_order(&ctx, &*self.job, subtasks, 0, cap, tolerated)
+                .await
+                .map_err(|too_many| too_many.into_error(width, tolerated))?,
             FanInStrategy::Ledger => {
                 let (awakeable, all_reported) = ctx.awakeable::<fan_in::Outcomes<J::Outcome>>();
                 let ledger = ctx.invocation_id().to_owned();
                 let (lanes, window) = fan_in::lanes_and_window(cap);
                 let plan = fan_in::Plan {
                     lanes,
-                    shards: fan_in::shards(subtasks, &ledger, &awakeable, window).collect(),
+                    shards: fan_in::shards(subtasks, &ledger, &awakeable, window, tolerated)
+                        .collect(),
                 };
                 ctx.object_client::<FanInClient<J>>(ledger)
                     .start(Payload(plan))
@@ -309,7 +218,18 @@ impl<J: Job> Worker<J> {
             }
         };
 
-        let output = self.job.aggregate(outcomes);
+        let output = if policy.is_fail_fast() {
+            // Fail-fast never gets here with a failure: the first one failed the run.
+            self.job.aggregate(gathered.outcomes)
+        } else {
+            self.job
+                .aggregate_partial(gathered.into_results())
+                .ok_or_else(|| {
+                    TerminalError::new(
+                        "the job's aggregate_partial gave no result for a tolerant run",
+                    )
+                })?
+        };
         log.info(format_args!(
             "Aggregated result: {}",
             self.job.output_label(&output)
@@ -333,20 +253,21 @@ impl<J: Job> Worker<J> {
             offset,
             total,
             window,
+            tolerated,
             subtasks,
         } = shard.0;
-        let result = match call_in_order(&ctx, &*self.job, subtasks, offset, total, window).await {
-            Ok(outcomes) => ShardResult::Done(outcomes),
-            Err(failure) => ShardResult::Failed {
-                code: failure.code(),
-                message: failure.message().to_owned(),
-            },
-        };
+        let result =
+            match call_in_order(&ctx, &*self.job, subtasks, offset, window, tolerated).await {
+                Ok(gathered) => ShardResult::Done(gathered),
+                Err(too_many) => ShardResult::TooManyFailures(too_many),
+            };
         ctx.object_client::<FanInClient<J>>(ledger)
             .record(Payload(ShardReport {
                 awakeable,
                 index,
                 shards,
+                total,
+                tolerated,
                 result,
             }))
             .send();
@@ -371,17 +292,17 @@ impl<J: Job> Worker<J> {
 
 /// Calls `runSubtask` for every subtask, at most `window` in flight at once (all of them when
 /// the window is as wide), and awaits them in index order (a wake of the caller takes every
-/// result that has arrived by then). The first failure ends the wait with a message naming the
-/// subtask as the user counts them (`offset` and `total` place a shard's subtasks in the whole
-/// task).
+/// result that has arrived by then). Up to `tolerated` failures are gathered with the
+/// outcomes; the one after ends the wait, cancels the calls still in flight and never starts
+/// the rest. `offset` places these subtasks in the whole task.
 async fn call_in_order<J: Job>(
     ctx: &Context<'_>,
     job: &J,
     subtasks: Vec<J::Subtask>,
     offset: usize,
-    total: usize,
     window: usize,
-) -> Result<Vec<J::Outcome>, TerminalError> {
+    tolerated: usize,
+) -> Result<Gathered<J::Outcome>, TooManyFailures> {
     let labels: Vec<String> = subtasks.iter().map(|s| job.subtask_label(s)).collect();
     let call = |subtask| {
         ctx.service_client::<WorkerClient<J>>()
@@ -393,27 +314,38 @@ async fn call_in_order<J: Job>(
     // result awaited lets the next call out.
     let mut in_flight: std::collections::VecDeque<_> =
         waiting.by_ref().take(window.max(1)).map(call).collect();
-    let mut outcomes = Vec::with_capacity(labels.len());
+    let mut gathered = Gathered::default();
     while let Some(next) = in_flight.pop_front() {
-        let index = outcomes.len();
-        let Payload(outcome) = next.await.map_err(|e| {
-            TerminalError::new_with_code(
-                e.code(),
-                format!(
-                    "subtask {} of {} ({}) failed: {}",
-                    offset + index + 1,
-                    total,
-                    labels[index],
-                    e.message()
-                ),
-            )
-        })?;
-        outcomes.push(outcome);
+        let index = gathered.len();
+        match next.await {
+            Ok(Payload(outcome)) => gathered.outcomes.push(outcome),
+            Err(error) => {
+                let failure = SubtaskFailure {
+                    index: offset + index,
+                    subtask: labels[index].clone(),
+                    code: error.code(),
+                    message: error.message().to_owned(),
+                };
+                if gathered.failures.len() >= tolerated {
+                    // The run is lost: what is still running is work nobody will use.
+                    for call in &in_flight {
+                        if let Ok(handle) = call.invocation_handle().await {
+                            handle.cancel();
+                        }
+                    }
+                    return Err(TooManyFailures {
+                        failed: gathered.failures.len() + 1,
+                        failure,
+                    });
+                }
+                gathered.failures.push(failure);
+            }
+        }
         if let Some(subtask) = waiting.next() {
             in_flight.push_back(call(subtask));
         }
     }
-    Ok(outcomes)
+    Ok(gathered)
 }
 
 /// The ledger of one run's shards, keyed by the run's invocation id.
@@ -457,6 +389,8 @@ impl<J: Job> FanIn<J> {
             awakeable,
             index,
             shards,
+            total,
+            tolerated,
             result,
         } = report.0;
         // Requested together: on Lambda each lazy read that is awaited alone costs a round
@@ -464,21 +398,40 @@ impl<J: Job> FanIn<J> {
         let closed = ctx.get::<bool>("closed");
         let done = ctx.get::<u64>("done");
         let next = ctx.get::<u64>("next");
+        let failed = ctx.get::<u64>("failed");
         if closed.await?.unwrap_or(false) {
             return Ok(()); // the run already failed; later shards change nothing
         }
-        let outcomes = match result {
-            ShardResult::Failed { code, message } => {
-                ctx.reject_awakeable(&awakeable, TerminalError::new_with_code(code, message));
-                ctx.clear_all();
-                ctx.set("closed", true);
+        // Failing the run also drops the inputs of shards still waiting for a lane, so what
+        // has not started never starts.
+        let fail_run = |too_many: TooManyFailures| {
+            ctx.reject_awakeable(&awakeable, too_many.into_error(total, tolerated));
+            ctx.clear_all();
+            ctx.set("closed", true);
+        };
+        let failed_before = failed.await?.unwrap_or(0) as usize;
+        let gathered = match result {
+            ShardResult::TooManyFailures(mut too_many) => {
+                too_many.failed += failed_before;
+                fail_run(too_many);
                 return Ok(());
             }
-            ShardResult::Done(outcomes) => outcomes,
+            ShardResult::Done(gathered) => gathered,
         };
+        let failed = failed_before + gathered.failures.len();
+        if failed > tolerated {
+            // Under the limit before this report (or the run would be closed), so the
+            // failure that crossed it is in this report.
+            let failure = gathered.failures[tolerated - failed_before].clone();
+            fail_run(TooManyFailures { failure, failed });
+            return Ok(());
+        }
+        if failed > failed_before {
+            ctx.set("failed", failed as u64);
+        }
         let done = done.await?.unwrap_or(0) as usize + 1;
         if done < shards {
-            ctx.set(fan_in::shard_key(index), Payload(outcomes));
+            ctx.set(fan_in::shard_key(index), Payload(gathered));
             ctx.set("done", done as u64);
             // A lane is free: start the next waiting shard, if any.
             if let Some(next) = next.await? {
@@ -506,15 +459,15 @@ impl<J: Job> FanIn<J> {
                 )
             })
             .collect();
-        let mut by_shard: Vec<Option<Vec<J::Outcome>>> = (0..shards).map(|_| None).collect();
-        by_shard[index] = Some(outcomes);
+        let mut by_shard: Vec<Option<Gathered<J::Outcome>>> = (0..shards).map(|_| None).collect();
+        by_shard[index] = Some(gathered);
         for (j, stored) in others {
             by_shard[j] = stored.await?.map(|p| p.0);
         }
-        let mut all = Vec::new();
+        let mut all = Gathered::default();
         for (j, outcomes) in by_shard.into_iter().enumerate() {
             match outcomes {
-                Some(outcomes) => all.extend(outcomes),
+                Some(outcomes) => all.append(outcomes),
                 None => {
                     // Cannot happen while each shard reports once; fail loudly rather than
                     // hand the coordinator a result with holes.

@@ -71,6 +71,38 @@ impl Harness {
         self.run_json(&json!({ "description": description })).await
     }
 
+    /// Calls `worker/run` with `{"description": description}` and request headers that set
+    /// the run's options (`x-fanout-…`).
+    pub async fn run_with(&self, description: &str, headers: &[(&str, &str)]) -> IngressResponse {
+        let ingress = headers
+            .iter()
+            .fold(self.ingress.clone(), |ingress, (name, value)| {
+                ingress.with_header(name, *value)
+            });
+        ingress
+            .run(&json!({ "description": description }), None)
+            .await
+            .expect("the ingress answers")
+    }
+
+    /// Polls an introspection query until `done` accepts its rows (up to `within`), and
+    /// returns the last rows either way.
+    pub async fn query_until(
+        &self,
+        sql: &str,
+        within: std::time::Duration,
+        done: impl Fn(&[Value]) -> bool,
+    ) -> Vec<Value> {
+        let deadline = std::time::Instant::now() + within;
+        loop {
+            let rows = self.query(sql).await;
+            if done(&rows) || std::time::Instant::now() >= deadline {
+                return rows;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
+    }
+
     pub async fn run_json(&self, task: &Value) -> IngressResponse {
         self.ingress
             .run(task, None)

@@ -120,6 +120,22 @@ async fn a_custom_job_runs_through_restate_unchanged_plumbing() {
     assert_eq!(bad.status, 400);
     assert_eq!(bad.message(), "words must not be empty");
 
+    // This job never says it can aggregate failures, so a tolerant run is refused up front.
+    let tolerant = ingress
+        .clone()
+        .with_header("x-fanout-failure-policy", "tolerate:1")
+        .run(&json!({"words": ["a", "b"]}), None)
+        .await
+        .unwrap();
+    assert_eq!(tolerant.status, 400, "{:?}", tolerant.body);
+    assert!(
+        tolerant
+            .message()
+            .contains("this job cannot aggregate failed subtasks"),
+        "{}",
+        tolerant.message()
+    );
+
     server.stop().await;
     endpoint.abort();
 }

@@ -212,6 +212,14 @@ pub fn report(followed: &Followed, output: OutputFormat, previously_accepted: bo
                     p.total.unwrap_or(0),
                     observe::format_duration(followed.elapsed.as_millis() as u64)
                 );
+                // A tolerant run succeeds with failures in it; say so where a user looks.
+                if let Some(failed) = answer.body["failed"].as_array().filter(|f| !f.is_empty()) {
+                    eprintln!(
+                        "{id}: {} subtask(s) failed and the failure policy tolerated it; \
+                         each is listed under \"failed\" in the result",
+                        failed.len()
+                    );
+                }
             }
             Some(error) => eprintln!("error: {error}"),
         },

@@ -221,3 +221,43 @@ pub async fn run(endpoints: &Endpoints, options: InvokeOptions) -> u8 {
         }
     }
 }
+
+/// Checks a `--tolerate-failures` value: a whole number of subtasks (at least 1) or a share
+/// above 0% and at most 100%. Whether it fits the task's width is the handler's to say, once
+/// the task is split.
+pub fn parse_tolerance(raw: &str) -> Result<String, String> {
+    let raw = raw.trim();
+    if let Some(percent) = raw.strip_suffix('%') {
+        return match percent.trim().parse::<f64>() {
+            Ok(p) if p > 0.0 && p <= 100.0 => Ok(format!("{p}%")),
+            _ => Err(format!(
+                "{raw:?} is not a share of subtasks above 0% and at most 100% (e.g. 10%)"
+            )),
+        };
+    }
+    match raw.parse::<i64>() {
+        Ok(n) if n >= 1 => Ok(n.to_string()),
+        Ok(n) => Err(format!(
+            "{n} is impossible: tolerate at least 1 failed subtask (leave the flag out for \
+             fail-fast)"
+        )),
+        Err(_) => Err(format!(
+            "{raw:?} is neither a number of subtasks (e.g. 3) nor a share (e.g. 10%)"
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tolerance_tests {
+    use super::parse_tolerance;
+
+    #[test]
+    fn tolerances_are_counts_or_shares() {
+        assert_eq!(parse_tolerance("3").unwrap(), "3");
+        assert_eq!(parse_tolerance("12.5%").unwrap(), "12.5%");
+        assert_eq!(parse_tolerance("100%").unwrap(), "100%");
+        for bad in ["0", "-1", "0%", "101%", "-5%", "some"] {
+            assert!(parse_tolerance(bad).is_err(), "{bad}");
+        }
+    }
+}

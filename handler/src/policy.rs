@@ -1,0 +1,283 @@
+//! How a run behaves, as a handler's environment sets it and a request may override it: how
+//! the coordinator waits ([`FanInStrategy`]), how many subtasks run at once
+//! ([`parse_max_concurrency`]), how many may fail ([`FailurePolicy`]) and how Restate retries
+//! one that fails ([`SubtaskRetry`]).
+//!
+//! Every value is validated where it enters (env at startup, header at the start of a run), so
+//! an impossible setting is refused with a message before any subtask starts.
+
+use restate_sdk::prelude::HandlerOptions;
+
+/// How the coordinator waits for its subtasks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FanInStrategy {
+    /// Await every call in index order: simple, but on Lambda each resume replays the whole
+    /// journal, and resumes grow with the width and the completion order.
+    InOrder,
+    /// Shards report to a ledger that resolves one awakeable: at most 3 coordinator
+    /// invocations for any width (see [`crate::fan_in`]).
+    Ledger,
+}
+
+impl FanInStrategy {
+    /// The request header that picks the strategy for one run.
+    pub const HEADER: &str = "x-fanout-fan-in";
+    /// The env var that sets the handler's default.
+    pub const ENV: &str = "FANOUT_FAN_IN";
+
+    pub fn parse(raw: &str) -> Result<Self, String> {
+        match raw.trim() {
+            "in-order" => Ok(Self::InOrder),
+            "ledger" => Ok(Self::Ledger),
+            other => Err(format!(
+                "unknown fan-in strategy {other:?}: use \"ledger\" or \"in-order\""
+            )),
+        }
+    }
+}
+
+/// The most subtasks of one run in flight at once, unless the run or the handler's
+/// environment says otherwise: half of Lambda's default regional concurrency, so one wide
+/// fan-out leaves room for everything else in the account.
+pub const DEFAULT_MAX_CONCURRENCY: usize = 500;
+
+/// The request header that caps one run's subtasks in flight.
+pub const MAX_CONCURRENCY_HEADER: &str = "x-fanout-max-concurrency";
+
+/// The env var that sets the handler's default cap.
+pub const MAX_CONCURRENCY_ENV: &str = "FANOUT_MAX_CONCURRENCY";
+
+/// Parses a concurrency cap: a whole number of at least 1.
+pub fn parse_max_concurrency(raw: &str) -> Result<usize, String> {
+    match raw.trim().parse::<i64>() {
+        Ok(n) if n >= 1 => Ok(n as usize),
+        Ok(n) => Err(format!(
+            "max concurrency {n} is impossible: at least 1 subtask must run at a time"
+        )),
+        Err(_) => Err(format!(
+            "max concurrency {raw:?} is not a whole number (e.g. 100)"
+        )),
+    }
+}
+
+/// How Restate retries a subtask that fails with a retryable error (unset fields: the
+/// server's defaults, 500 ms doubling up to 60 s, 70 attempts, then pause).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SubtaskRetry {
+    pub initial_interval: Option<std::time::Duration>,
+    pub factor: Option<f64>,
+    pub max_attempts: Option<u64>,
+    /// `true`: kill the subtask at the limit (the run then fails, naming it); `false`: pause
+    /// it for an operator to resume.
+    pub kill_at_limit: Option<bool>,
+}
+
+impl SubtaskRetry {
+    /// Reads `FANOUT_SUBTASK_RETRY_INITIAL_MS`, `FANOUT_SUBTASK_RETRY_FACTOR`,
+    /// `FANOUT_SUBTASK_MAX_ATTEMPTS` and `FANOUT_SUBTASK_AT_MAX_ATTEMPTS` (`pause`|`kill`).
+    pub fn from_env() -> Result<Self, String> {
+        fn var(name: &str) -> Option<String> {
+            std::env::var(name).ok().filter(|v| !v.trim().is_empty())
+        }
+        let number = |name: &str| -> Result<Option<f64>, String> {
+            var(name)
+                .map(|raw| {
+                    raw.trim()
+                        .parse::<f64>()
+                        .ok()
+                        .filter(|v| v.is_finite() && *v > 0.0)
+                        .ok_or_else(|| format!("{name}={raw:?} must be a number above 0"))
+                })
+                .transpose()
+        };
+        let kill_at_limit = match var("FANOUT_SUBTASK_AT_MAX_ATTEMPTS")
+            .as_deref()
+            .map(str::trim)
+        {
+            None => None,
+            Some("kill") => Some(true),
+            Some("pause") => Some(false),
+            Some(other) => {
+                return Err(format!(
+                    "FANOUT_SUBTASK_AT_MAX_ATTEMPTS={other:?} must be \"pause\" or \"kill\""
+                ));
+            }
+        };
+        let factor = number("FANOUT_SUBTASK_RETRY_FACTOR")?;
+        if factor.is_some_and(|f| f < 1.0) {
+            return Err("FANOUT_SUBTASK_RETRY_FACTOR must be at least 1".into());
+        }
+        Ok(Self {
+            initial_interval: number("FANOUT_SUBTASK_RETRY_INITIAL_MS")?
+                .map(|ms| std::time::Duration::from_millis(ms as u64)),
+            factor,
+            max_attempts: number("FANOUT_SUBTASK_MAX_ATTEMPTS")?.map(|n| n as u64),
+            kill_at_limit,
+        })
+    }
+
+    pub(crate) fn options(&self) -> HandlerOptions {
+        let mut options = HandlerOptions::new();
+        if let Some(interval) = self.initial_interval {
+            options = options.retry_policy_initial_interval(interval);
+        }
+        if let Some(factor) = self.factor {
+            options = options.retry_policy_exponentiation_factor(factor);
+        }
+        if let Some(attempts) = self.max_attempts {
+            options = options.retry_policy_max_attempts(attempts.max(1));
+        }
+        match self.kill_at_limit {
+            Some(true) => options.retry_policy_kill_on_max_attempts(),
+            Some(false) => options.retry_policy_pause_on_max_attempts(),
+            None => options,
+        }
+    }
+}
+
+/// What a run does when subtasks fail for good (after Restate's retries).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum FailurePolicy {
+    /// The first failure fails the run, naming the subtask; what has not started never starts.
+    FailFast,
+    /// Up to this many subtasks may fail; the aggregate sees every outcome.
+    TolerateFailures(usize),
+    /// Up to this percentage of the subtasks (rounded down) may fail.
+    ToleratePercent(f64),
+    /// At least this many subtasks must succeed.
+    MinSuccessful(usize),
+}
+
+impl FailurePolicy {
+    /// The request header that sets the policy for one run.
+    pub const HEADER: &str = "x-fanout-failure-policy";
+    /// The env var that sets the handler's default.
+    pub const ENV: &str = "FANOUT_FAILURE_POLICY";
+
+    /// Parses `fail-fast`, `tolerate:N`, `tolerate:P%` or `min-successful:N`.
+    pub fn parse(raw: &str) -> Result<Self, String> {
+        let raw = raw.trim();
+        let usage = "use fail-fast, tolerate:N, tolerate:P% or min-successful:N";
+        if raw == "fail-fast" {
+            return Ok(Self::FailFast);
+        }
+        let Some((kind, value)) = raw.split_once(':') else {
+            return Err(format!("unknown failure policy {raw:?}: {usage}"));
+        };
+        let value = value.trim();
+        let whole = |what: &str| -> Result<usize, String> {
+            match value.parse::<i64>() {
+                Ok(n) if n >= 1 => Ok(n as usize),
+                Ok(n) => Err(format!("{what} {n} is impossible: it must be at least 1")),
+                Err(_) => Err(format!("{what} {value:?} is not a whole number")),
+            }
+        };
+        match kind.trim() {
+            "tolerate" => match value.strip_suffix('%') {
+                Some(percent) => match percent.trim().parse::<f64>() {
+                    Ok(p) if p > 0.0 && p <= 100.0 => Ok(Self::ToleratePercent(p)),
+                    Ok(p) => Err(format!(
+                        "tolerating {p}% of failed subtasks is impossible: give a share above 0% \
+                         and at most 100%"
+                    )),
+                    Err(_) => Err(format!("tolerated share {value:?} is not a percentage")),
+                },
+                None => whole("tolerated failures")
+                    .map_err(|e| format!("{e} (fail-fast tolerates none)"))
+                    .map(Self::TolerateFailures),
+            },
+            "min-successful" => whole("min-successful")
+                .map_err(|e| {
+                    format!("{e} (to accept a run where every subtask fails, use tolerate:100%)")
+                })
+                .map(Self::MinSuccessful),
+            other => Err(format!("unknown failure policy {other:?}: {usage}")),
+        }
+    }
+
+    pub fn is_fail_fast(&self) -> bool {
+        matches!(self, Self::FailFast)
+    }
+
+    /// How many of `width` subtasks may fail, or why the policy cannot apply to that width.
+    pub fn tolerated(&self, width: usize) -> Result<usize, String> {
+        match *self {
+            Self::FailFast => Ok(0),
+            Self::TolerateFailures(n) if n > width => Err(format!(
+                "tolerating {n} failed subtasks is impossible: the task split into {width}"
+            )),
+            Self::TolerateFailures(n) => Ok(n),
+            Self::ToleratePercent(p) => Ok((width as f64 * p / 100.0).floor() as usize),
+            Self::MinSuccessful(n) if n > width => Err(format!(
+                "min-successful {n} is impossible: the task split into {width} subtasks"
+            )),
+            Self::MinSuccessful(n) => Ok(width - n),
+        }
+    }
+}
+
+impl std::fmt::Display for FailurePolicy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::FailFast => write!(f, "fail-fast"),
+            Self::TolerateFailures(n) => write!(f, "tolerate:{n}"),
+            Self::ToleratePercent(p) => write!(f, "tolerate:{p}%"),
+            Self::MinSuccessful(n) => write!(f, "min-successful:{n}"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failure_policies_parse_and_print_back() {
+        for raw in [
+            "fail-fast",
+            "tolerate:3",
+            "tolerate:12.5%",
+            "min-successful:95",
+        ] {
+            assert_eq!(FailurePolicy::parse(raw).unwrap().to_string(), raw);
+        }
+        assert_eq!(
+            FailurePolicy::parse(" tolerate: 10 % ").unwrap(),
+            FailurePolicy::ToleratePercent(10.0)
+        );
+    }
+
+    #[test]
+    fn impossible_failure_policies_say_why() {
+        for (raw, says) in [
+            ("tolerate:0", "at least 1"),
+            ("tolerate:-2", "at least 1"),
+            ("tolerate:0%", "above 0%"),
+            ("tolerate:101%", "at most 100%"),
+            ("tolerate:lots", "not a whole number"),
+            ("min-successful:0", "tolerate:100%"),
+            ("min-successful:-1", "at least 1"),
+            ("best-effort", "fail-fast, tolerate:N"),
+            ("never:1", "unknown failure policy"),
+        ] {
+            let error = FailurePolicy::parse(raw).unwrap_err();
+            assert!(error.contains(says), "{raw}: {error}");
+        }
+    }
+
+    #[test]
+    fn tolerance_is_checked_against_the_width() {
+        assert_eq!(FailurePolicy::FailFast.tolerated(10), Ok(0));
+        assert_eq!(FailurePolicy::TolerateFailures(10).tolerated(10), Ok(10));
+        assert!(
+            FailurePolicy::TolerateFailures(11)
+                .tolerated(10)
+                .unwrap_err()
+                .contains("split into 10")
+        );
+        assert_eq!(FailurePolicy::ToleratePercent(25.0).tolerated(10), Ok(2));
+        assert_eq!(FailurePolicy::ToleratePercent(100.0).tolerated(7), Ok(7));
+        assert_eq!(FailurePolicy::MinSuccessful(7).tolerated(10), Ok(3));
+        assert!(FailurePolicy::MinSuccessful(11).tolerated(10).is_err());
+    }
+}
