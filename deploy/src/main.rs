@@ -185,6 +185,10 @@ struct BenchArgs {
     /// Skip the floor (the same subtasks sent straight through the ingress).
     #[arg(long)]
     no_floor: bool,
+    /// Skip the unmeasured warm-up before each width (the floor's subtasks once), which
+    /// starts the instances so that no row pays for cold starts the others do not.
+    #[arg(long)]
+    no_warm_up: bool,
     /// Also write an SVG plot of invocations and bytes against N.
     #[arg(long)]
     plot: Option<PathBuf>,
@@ -473,6 +477,7 @@ async fn dispatch(command: Command) -> anyhow::Result<u8> {
                 max_subtask_ms: args.max_subtask_ms,
                 concurrency_limit: args.concurrency_limit,
                 floor: !args.no_floor,
+                warm_up: !args.no_warm_up,
             })
             .await?;
             print!("{}", bench::table(&report));

@@ -400,7 +400,15 @@ async fn fanout_bench_measures_every_width_from_the_metering() {
             "{row}"
         );
         assert!(row["bytes_to_coordinator"].as_u64().unwrap() > 0, "{row}");
+        // Memory of restate-server during the run, and of the instances that served it.
+        assert!(row["server_rss_kb"].as_u64().unwrap() > 1024, "{row}");
+        assert!(row["instance_rss_kb"].as_u64().unwrap() > 0, "{row}");
     }
+    assert!(
+        report["server_peak_rss_kb"].as_u64().unwrap()
+            >= rows[0]["server_rss_kb"].as_u64().unwrap(),
+        "{report}"
+    );
     assert!(run.stdout.contains("coord inv"), "{run:?}");
     let svg = std::fs::read_to_string(&svg_path).unwrap();
     assert!(

@@ -73,6 +73,9 @@ pub struct BenchOptions {
     pub concurrency_limit: usize,
     /// Also measure the floor for each width.
     pub floor: bool,
+    /// Send each width's subtasks once, unmeasured, before its fan-outs: the first row of a
+    /// width would otherwise pay for starting the instances the later rows and the floor reuse.
+    pub warm_up: bool,
 }
 
 /// One fan-out's figures.
@@ -169,6 +172,11 @@ async fn measure(stack: &LocalStack, options: &BenchOptions) -> Result<Vec<Bench
     let mut rows = Vec::new();
     for &n in &options.sizes {
         let first_row = rows.len();
+        if options.warm_up {
+            floor(&stack.ingress_url, n)
+                .await
+                .with_context(|| format!("the warm-up of {n} subtasks failed"))?;
+        }
         for (&strategy, &order) in options
             .strategies
             .iter()
