@@ -91,7 +91,8 @@ prune: build-local
 bench: tools
 	$(CARGO) build --release -p fanout-handler
 	$(CARGO) build -p fanout
-	$(FANOUT) bench --handler target/release/fanout-handler --orders random,increasing,decreasing \
+	$(FANOUT) bench --handler target/release/fanout-handler --sizes 10,100,1000,10000 \
+		--orders random,increasing,decreasing --strategies ledger,in-order \
 		--json target/bench.json --plot target/bench.svg
 
 demo: tools build-local

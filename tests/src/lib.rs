@@ -86,7 +86,8 @@ impl Harness {
     }
 
     /// Polls an introspection query until `done` accepts its rows (up to `within`), and
-    /// returns the last rows either way.
+    /// returns the last rows either way. Errors count as not done yet: right after the
+    /// server starts, its partitions may not answer queries for a moment.
     pub async fn query_until(
         &self,
         sql: &str,
@@ -95,11 +96,12 @@ impl Harness {
     ) -> Vec<Value> {
         let deadline = std::time::Instant::now() + within;
         loop {
-            let rows = self.query(sql).await;
-            if done(&rows) || std::time::Instant::now() >= deadline {
-                return rows;
+            let late = std::time::Instant::now() >= deadline;
+            match self.stack.admin.query(sql).await {
+                Ok(rows) if late || done(&rows) => return rows,
+                Err(e) if late => panic!("query failed: {e:#}\n{sql}"),
+                _ => tokio::time::sleep(std::time::Duration::from_millis(200)).await,
             }
-            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
         }
     }
 

@@ -200,8 +200,8 @@ async fn impossible_failure_policies_are_refused_before_any_subtask_starts() {
 async fn subtasks_once_settled(h: &Harness) -> (u64, u64) {
     let rows = h
         .query_until(
-            "SELECT count(*) AS n, sum(CASE WHEN status = 'completed' THEN 1 ELSE 0 END) AS ended, \
-             sum(CASE WHEN completion_result = 'success' THEN 1 ELSE 0 END) AS ok \
+            "SELECT count(*) AS n, count(CASE WHEN status = 'completed' THEN 1 END) AS ended, \
+             count(CASE WHEN completion_result = 'success' THEN 1 END) AS ok \
              FROM sys_invocation WHERE target = 'worker/runSubtask'",
             Duration::from_secs(20),
             |rows| rows[0]["n"] == rows[0]["ended"],
@@ -218,34 +218,46 @@ async fn subtasks_once_settled(h: &Harness) -> (u64, u64) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fail_fast_cancels_what_is_in_flight_and_never_starts_the_rest() {
-    for strategy in ["ledger", "in-order"] {
-        let h = start(Mode::Http).await;
-        // Three in flight: the flaky first one fails at once while the next two would take
-        // 8 s; the last three are waiting for a slot.
-        let response = h
-            .run_with(
-                "flaky a,b@8000,c@8000,d,e,f",
-                &[
-                    ("x-fanout-max-concurrency", "3"),
-                    ("x-fanout-fan-in", strategy),
-                ],
-            )
-            .await;
-        assert_eq!(response.status, 500, "{strategy}: {:?}", response.body);
-        let message = response.message();
-        assert!(
-            message.contains("subtask 1 of 6 (flaky a) failed"),
-            "{message}"
-        );
-        let (started, succeeded) = subtasks_once_settled(&h).await;
-        assert_eq!(
-            started, 3,
-            "{strategy}: the subtasks waiting for a slot started"
-        );
-        assert_eq!(
-            succeeded, 0,
-            "{strategy}: the subtasks in flight were not cancelled"
-        );
+    // 70 subtasks; the flaky first one fails at once while the others would take 8 s.
+    let mut wide: Vec<String> = vec!["flaky a".into()];
+    wide.extend((2..=70).map(|i| format!("s{i}@8000")));
+    let wide = wide.join(",");
+    for mode in [Mode::Http, Mode::Lambda] {
+        let h = start(mode).await;
+        for (strategy, cap, description, in_flight) in [
+            // One shard, three in flight: the last three wait for a slot in the shard.
+            ("ledger", 3, "flaky a,b@8000,c@8000,d,e,f", 3),
+            ("in-order", 3, "flaky a,b@8000,c@8000,d,e,f", 3),
+            // One lane of 32: the first shard's 32 are in flight, two shards wait for the
+            // lane in the ledger.
+            ("ledger", 32, wide.as_str(), 32),
+        ] {
+            let before = subtasks_once_settled(&h).await;
+            let case = format!("{mode:?} {strategy} cap {cap}");
+            let cap = cap.to_string();
+            let response = h
+                .run_with(
+                    description,
+                    &[
+                        ("x-fanout-max-concurrency", cap.as_str()),
+                        ("x-fanout-fan-in", strategy),
+                    ],
+                )
+                .await;
+            assert_eq!(response.status, 500, "{case}: {:?}", response.body);
+            let message = response.message();
+            assert!(message.contains("(flaky a) failed"), "{case}: {message}");
+            let after = subtasks_once_settled(&h).await;
+            assert_eq!(
+                after.0 - before.0,
+                in_flight,
+                "{case}: only the subtasks in flight when it failed ever started"
+            );
+            assert_eq!(
+                after.1, before.1,
+                "{case}: a subtask in flight was not cancelled and finished"
+            );
+        }
         h.stop().await;
     }
 }

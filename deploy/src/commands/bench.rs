@@ -407,7 +407,7 @@ pub fn table(report: &BenchReport) -> String {
 /// A plot's title and the figure it draws from a row.
 type Panel = (&'static str, fn(&BenchRow) -> f64);
 
-/// An SVG with two panels against N (log scale): coordinator invocations, and bytes shipped to
+/// An SVG with two log-log panels against N: coordinator invocations, and bytes shipped to
 /// the coordinator, one line per strategy (solid: ledger, dashed: in-order) and completion
 /// order (colour).
 pub fn plot(report: &BenchReport) -> String {
@@ -442,13 +442,14 @@ pub fn plot(report: &BenchReport) -> String {
     );
     for (panel, (title, value)) in panels.iter().enumerate() {
         let dx = panel as f64 * W;
-        let y_max = report.rows.iter().map(value).fold(1.0, f64::max);
-        let y_of = |v: f64| H - PAD - v / y_max * (H - 2.0 * PAD);
+        // Log scale on both axes: the baseline's bytes run 100× the ledger's at N=10,000.
+        let y_max = report.rows.iter().map(value).fold(10.0, f64::max);
+        let y_of = |v: f64| H - PAD - v.max(1.0).log10() / y_max.log10() * (H - 2.0 * PAD);
         let _ = writeln!(
             svg,
-            "<g transform=\"translate({dx},0)\"><text x=\"{}\" y=\"20\" text-anchor=\"middle\">{title} vs N (log)</text>\
+            "<g transform=\"translate({dx},0)\"><text x=\"{}\" y=\"20\" text-anchor=\"middle\">{title} vs N (log-log)</text>\
              <line x1=\"{PAD}\" y1=\"{}\" x2=\"{}\" y2=\"{}\" stroke=\"black\"/><line x1=\"{PAD}\" y1=\"{PAD}\" x2=\"{PAD}\" y2=\"{}\" stroke=\"black\"/>\
-             <text x=\"{}\" y=\"{}\" text-anchor=\"end\">{y_max:.0}</text>",
+             <text x=\"{}\" y=\"{}\" text-anchor=\"end\">{y_max:.0}</text><text x=\"{}\" y=\"{}\" text-anchor=\"end\">1</text>",
             W / 2.0,
             H - PAD,
             W - PAD,
@@ -456,6 +457,8 @@ pub fn plot(report: &BenchReport) -> String {
             H - PAD,
             PAD - 4.0,
             PAD + 4.0,
+            PAD - 4.0,
+            H - PAD,
         );
         for n in &report.rows {
             let x = x_of(n.subtasks as f64);
