@@ -215,8 +215,8 @@ pub fn report(followed: &Followed, output: OutputFormat, previously_accepted: bo
                 // A tolerant run succeeds with failures in it; say so where a user looks.
                 if let Some(failed) = answer.body["failed"].as_array().filter(|f| !f.is_empty()) {
                     eprintln!(
-                        "{id}: {} subtask(s) failed and the failure policy tolerated it; \
-                         each is listed under \"failed\" in the result",
+                        "{id}: {} subtask(s) failed, within what the failure policy \
+                         tolerates; each is listed under \"failed\" in the result",
                         failed.len()
                     );
                 }
