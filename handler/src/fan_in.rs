@@ -144,11 +144,17 @@ pub struct TooManyFailures {
 
 impl TooManyFailures {
     /// The error that fails the run: it names the subtask as the user counts them and, when
-    /// some failures were tolerated, how many failed.
+    /// some failures were tolerated, how many failed. Its status is always 500: the run did
+    /// start, and 400/413 tell a caller that a task was refused before any subtask ran, so a
+    /// subtask's own code goes in the message instead.
     pub fn into_error(self, total: usize, tolerated: usize) -> TerminalError {
         let f = self.failure;
+        let code = match f.code {
+            500 => String::new(),
+            other => format!(" (code {other})"),
+        };
         let mut message = format!(
-            "subtask {} of {total} ({}) failed: {}",
+            "subtask {} of {total} ({}) failed{code}: {}",
             f.index + 1,
             f.subtask,
             f.message
@@ -159,7 +165,7 @@ impl TooManyFailures {
                 self.failed
             );
         }
-        TerminalError::new_with_code(f.code, message)
+        TerminalError::new_with_code(500, message)
     }
 }
 
@@ -297,6 +303,20 @@ mod tests {
             "subtask 5 of 10 (s4) failed: broke; 3 of 10 subtasks failed, more than the 2 tolerated"
         );
         assert_eq!(error(2).code(), 500);
+        // A subtask's own 400 must not read as a task refused before it started.
+        let refused = TooManyFailures {
+            failure: SubtaskFailure {
+                code: 400,
+                ..failure(0)
+            },
+            failed: 1,
+        }
+        .into_error(10, 0);
+        assert_eq!(refused.code(), 500);
+        assert_eq!(
+            refused.message(),
+            "subtask 1 of 10 (s0) failed (code 400): broke"
+        );
     }
 
     #[test]
