@@ -91,6 +91,27 @@ async fn a_tolerated_failure_run_returns_the_failures_in_its_aggregate() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_handlers_policy_applies_unless_the_run_sets_its_own() {
+    let mut options = Harness::options(Mode::Http);
+    for (name, value) in [
+        ("FANOUT_FLAKY_MS", "600000"),
+        ("FANOUT_SUBTASK_MAX_ATTEMPTS", "1"),
+        ("FANOUT_SUBTASK_AT_MAX_ATTEMPTS", "kill"),
+        ("FANOUT_FAILURE_POLICY", "tolerate:1"),
+    ] {
+        options = Harness::with_env(options, name, value);
+    }
+    let h = Harness::start_with(options).await;
+    let tolerated = h.run("a,flaky b,c").await;
+    assert_eq!(tolerated.status, 200, "{:?}", tolerated.body);
+    assert_eq!(tolerated.body["failed"][0]["subtask"], "flaky b");
+    let strict = h.run_with("a,flaky b,c", &[(POLICY, "fail-fast")]).await;
+    assert_eq!(strict.status, 500, "{:?}", strict.body);
+    assert!(strict.message().contains("subtask 2 of 3 (flaky b) failed"));
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_failure_more_than_tolerated_fails_the_run_with_the_tally() {
     let h = start(Mode::Http).await;
     let (description, _) = task(&FLAKY);

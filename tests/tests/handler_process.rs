@@ -78,6 +78,11 @@ fn bad_configuration_is_explained_not_panicked() {
     assert!(retry.contains("\"pause\" or \"kill\""), "{retry}");
     let cap = run_failing(&[], &[("FANOUT_MAX_CONCURRENCY", "0")]);
     assert!(cap.contains("impossible"), "{cap}");
+    let policy = run_failing(&[], &[("FANOUT_FAILURE_POLICY", "tolerate:0%")]);
+    assert!(
+        policy.contains("FANOUT_FAILURE_POLICY") && policy.contains("above 0%"),
+        "{policy}"
+    );
 
     let max = run_failing(&[], &[("FANOUT_MAX_SUBTASK_MS", "soon")]);
     assert!(
