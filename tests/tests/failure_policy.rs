@@ -13,7 +13,8 @@ use std::time::Duration;
 
 const POLICY: &str = "x-fanout-failure-policy";
 
-async fn start(mode: HandlerMode) -> Harness {
+/// Options whose `flaky…` chores fail for good at once.
+fn flaky_options(mode: HandlerMode) -> fanout::stack::StackOptions {
     let mut options = Harness::options(mode);
     for (name, value) in [
         ("FANOUT_FLAKY_MS", "600000"),
@@ -22,7 +23,11 @@ async fn start(mode: HandlerMode) -> Harness {
     ] {
         options = Harness::with_env(options, name, value);
     }
-    Harness::start_with(options).await
+    options
+}
+
+async fn start(mode: HandlerMode) -> Harness {
+    Harness::start_with(flaky_options(mode)).await
 }
 
 /// 70 subtasks over three ledger shards; those at `flaky` (1-based) fail for good.
@@ -92,15 +97,11 @@ async fn a_tolerated_failure_run_returns_the_failures_in_its_aggregate() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_handlers_policy_applies_unless_the_run_sets_its_own() {
-    let mut options = Harness::options(Mode::Http);
-    for (name, value) in [
-        ("FANOUT_FLAKY_MS", "600000"),
-        ("FANOUT_SUBTASK_MAX_ATTEMPTS", "1"),
-        ("FANOUT_SUBTASK_AT_MAX_ATTEMPTS", "kill"),
-        ("FANOUT_FAILURE_POLICY", "tolerate:1"),
-    ] {
-        options = Harness::with_env(options, name, value);
-    }
+    let options = Harness::with_env(
+        flaky_options(Mode::Http),
+        "FANOUT_FAILURE_POLICY",
+        "tolerate:1",
+    );
     let h = Harness::start_with(options).await;
     let tolerated = h.run("a,flaky b,c").await;
     assert_eq!(tolerated.status, 200, "{:?}", tolerated.body);
