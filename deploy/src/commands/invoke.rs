@@ -42,7 +42,9 @@ pub mod exit {
     pub const HELP: &str = "Exit codes:
   0    success (status: the run succeeded or is still going)
   1    other errors
-  3    the run failed terminally (cancelled, or a subtask failed for good)
+  2    a bad flag or argument (nothing was sent)
+  3    the run failed terminally (cancelled, or a subtask failed for good: the first under \
+fail-fast, one more than the failure policy tolerates otherwise)
   4    rejected: bad input (unreadable --input, HTTP 4xx from the ingress, a task the handler \
 refused with 400/413 before any subtask started, a malformed invocation id) or a missing or \
 invalid token
