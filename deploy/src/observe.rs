@@ -63,7 +63,7 @@ pub struct Coordinator {
 
 impl Coordinator {
     pub fn is_finished(&self) -> bool {
-        matches!(self.status.as_str(), "completed" | "failed")
+        matches!(self.status.as_str(), "completed" | "failed" | "cancelled")
     }
 }
 
@@ -150,11 +150,15 @@ impl Observer {
             ))
             .await?;
         Ok(rows.first().map(|row| {
-            let status = status_name(text(row, "status"), text(row, "completion_result"));
+            let status = status_name(
+                text(row, "status"),
+                text(row, "completion_result"),
+                text(row, "completion_failure"),
+            );
             Coordinator {
                 invocation_id: text(row, "id").unwrap_or(id).to_owned(),
                 target: text(row, "target").unwrap_or_default().to_owned(),
-                failure: (status == "failed")
+                failure: matches!(status, "failed" | "cancelled")
                     .then(|| text(row, "completion_failure").map(str::to_owned))
                     .flatten(),
                 duration_ms: duration_ms(row),
@@ -197,7 +201,8 @@ impl Observer {
         for row in &groups {
             let n = row.get("n").and_then(Value::as_u64).unwrap_or(0) as usize;
             let failing = row.get("failing").and_then(Value::as_bool).unwrap_or(false);
-            let status = status_name(text(row, "status"), text(row, "completion_result"));
+            // Progress counts a cancelled subtask as failed; `fanout status` tells them apart.
+            let status = status_name(text(row, "status"), text(row, "completion_result"), None);
             *progress.bucket(status, failing) += n;
         }
         Ok(progress.with_total(total))
@@ -305,10 +310,20 @@ impl Progress {
     }
 }
 
-/// Restate's status names, with a completed failure as `failed` and the states before the first
+/// Restate's status names, with a completed failure as `failed` (or `cancelled`, when that is
+/// why it ended: fail-fast cancels the subtasks in flight) and the states before the first
 /// attempt (scheduled, inboxed, ready) as `pending`.
-fn status_name<'a>(status: Option<&'a str>, completion_result: Option<&str>) -> &'a str {
+fn status_name<'a>(
+    status: Option<&'a str>,
+    completion_result: Option<&str>,
+    completion_failure: Option<&str>,
+) -> &'a str {
     match (status, completion_result) {
+        (Some("completed"), Some("failure"))
+            if completion_failure.is_some_and(|f| f.starts_with("[409]")) =>
+        {
+            "cancelled"
+        }
         (Some("completed"), Some("failure")) => "failed",
         (Some("scheduled" | "inboxed" | "ready") | None, _) => "pending",
         (Some(status), _) => status,
@@ -489,7 +504,11 @@ fn subtask(
             last_error: None,
         };
     };
-    let status = status_name(text(row, "status"), text(row, "completion_result"));
+    let status = status_name(
+        text(row, "status"),
+        text(row, "completion_result"),
+        text(row, "completion_failure"),
+    );
     let attempts = (failed_attempts + current_attempt(status))
         .max(row.get("retry_count").and_then(Value::as_u64).unwrap_or(0));
     let last_error = text(row, "last_failure")
@@ -517,7 +536,7 @@ fn subtask(
 fn current_attempt(status: &str) -> u64 {
     u64::from(matches!(
         status,
-        "running" | "suspended" | "completed" | "failed"
+        "running" | "suspended" | "completed" | "failed" | "cancelled"
     ))
 }
 
@@ -587,6 +606,9 @@ pub fn subtask_table(subtasks: &[Subtask]) -> String {
 pub struct Totals {
     pub subtasks: usize,
     pub by_status: std::collections::BTreeMap<String, usize>,
+    /// Subtasks of the split that no one has called: not yet, or never (a failed run stops
+    /// calling; see [`Totals::with_split_total`]).
+    pub not_called: usize,
     /// Subtasks that needed more than one attempt.
     pub retried: usize,
     pub failed_attempts: u64,
@@ -606,17 +628,36 @@ pub fn totals(subtasks: &[Subtask]) -> Totals {
     totals
 }
 
+impl Totals {
+    /// Counts the subtasks of a split of `total` that were never called.
+    pub fn with_split_total(mut self, total: Option<usize>) -> Self {
+        if let Some(total) = total {
+            self.not_called = total.saturating_sub(self.subtasks);
+            self.subtasks = self.subtasks.max(total);
+        }
+        self
+    }
+}
+
 /// `4 subtasks: 3 completed, 1 running · 1 retried (2 failed attempts) · worker/run completed in 3.41 s`
 pub fn summary_line(coordinator: &Coordinator, totals: &Totals) -> String {
-    let states = if totals.by_status.is_empty() {
+    let mut states: Vec<String> = totals
+        .by_status
+        .iter()
+        .map(|(status, n)| format!("{n} {status}"))
+        .collect();
+    if totals.not_called > 0 {
+        let n = totals.not_called;
+        states.push(if coordinator.is_finished() {
+            format!("{n} never started")
+        } else {
+            format!("{n} not called yet")
+        });
+    }
+    let states = if states.is_empty() {
         "none called yet".to_owned()
     } else {
-        totals
-            .by_status
-            .iter()
-            .map(|(status, n)| format!("{n} {status}"))
-            .collect::<Vec<_>>()
-            .join(", ")
+        states.join(", ")
     };
     let plural = if totals.subtasks == 1 { "" } else { "s" };
     let mut line = format!("{} subtask{plural}: {states}", totals.subtasks);
@@ -997,11 +1038,25 @@ mod tests {
 
     #[test]
     fn statuses_are_named_for_users() {
-        assert_eq!(status_name(Some("completed"), Some("failure")), "failed");
-        assert_eq!(status_name(Some("completed"), Some("success")), "completed");
-        assert_eq!(status_name(Some("inboxed"), None), "pending");
-        assert_eq!(status_name(None, None), "pending");
-        assert_eq!(status_name(Some("backing-off"), None), "backing-off");
+        assert_eq!(
+            status_name(Some("completed"), Some("failure"), None),
+            "failed"
+        );
+        assert_eq!(
+            status_name(Some("completed"), Some("failure"), Some("[409] cancelled")),
+            "cancelled"
+        );
+        assert_eq!(
+            status_name(Some("completed"), Some("failure"), Some("[500] boom")),
+            "failed"
+        );
+        assert_eq!(
+            status_name(Some("completed"), Some("success"), None),
+            "completed"
+        );
+        assert_eq!(status_name(Some("inboxed"), None, None), "pending");
+        assert_eq!(status_name(None, None, None), "pending");
+        assert_eq!(status_name(Some("backing-off"), None, None), "backing-off");
     }
 
     #[test]
@@ -1084,6 +1139,24 @@ mod tests {
         assert_eq!(
             summary_line(&coordinator, &totals(&subtasks)),
             "1 subtask: 1 completed · 1 retried (2 failed attempts) · worker/run completed in 3.41 s"
+        );
+        // A run that failed before calling everything: what it never called is counted.
+        let failed = Coordinator {
+            status: "failed".into(),
+            ..coordinator.clone()
+        };
+        assert_eq!(
+            summary_line(&failed, &totals(&subtasks).with_split_total(Some(4))),
+            "4 subtasks: 1 completed, 3 never started · 1 retried (2 failed attempts) · \
+             worker/run failed in 3.41 s"
+        );
+        let running = Coordinator {
+            status: "suspended".into(),
+            ..coordinator
+        };
+        assert!(
+            summary_line(&running, &totals(&subtasks).with_split_total(Some(4)))
+                .contains("3 not called yet")
         );
     }
 

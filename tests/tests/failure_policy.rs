@@ -279,6 +279,31 @@ async fn fail_fast_cancels_what_is_in_flight_and_never_starts_the_rest() {
                 after.1, before.1,
                 "{case}: a subtask in flight was not cancelled and finished"
             );
+            // `fanout status` tells the failed subtask, the cancelled ones and those never
+            // started apart.
+            let run = h
+                .query(
+                    "SELECT id FROM sys_invocation WHERE target = 'worker/run' \
+                     ORDER BY created_at DESC LIMIT 1",
+                )
+                .await;
+            let id = run[0]["id"].as_str().unwrap();
+            let status = h.fanout(&["status", id, "--output", "json"]).await;
+            assert_eq!(status.code, Some(exit::RUN_FAILED as i32), "{status:?}");
+            let summary = &status.json()["summary"];
+            let width = description.split(',').count() as u64;
+            assert_eq!(summary["subtasks"], json!(width), "{case}: {summary}");
+            assert_eq!(summary["byStatus"]["failed"], json!(1), "{case}: {summary}");
+            assert_eq!(
+                summary["byStatus"]["cancelled"],
+                json!(in_flight - 1),
+                "{case}: {summary}"
+            );
+            assert_eq!(
+                summary["notCalled"],
+                json!(width - in_flight),
+                "{case}: {summary}"
+            );
         }
         h.stop().await;
     }

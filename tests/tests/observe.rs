@@ -399,7 +399,7 @@ async fn failures_get_clear_messages_and_distinct_exit_codes() {
             .as_array()
             .unwrap()
             .iter()
-            .any(|s| s["invocationId"] == child.as_str() && s["status"] == "failed"),
+            .any(|s| s["invocationId"] == child.as_str() && s["status"] == "cancelled"),
         "{status:#}"
     );
     h.stop().await;

@@ -44,7 +44,7 @@ pub async fn collect(observer: &Observer, id: &str) -> anyhow::Result<Option<Sta
         return Ok(None);
     };
     let subtasks = observer.subtasks(id).await?;
-    let totals = observe::totals(&subtasks);
+    let totals = observe::totals(&subtasks).with_split_total(observer.split_total(id).await?);
     Ok(Some(StatusReport {
         coordinator,
         subtasks,
@@ -72,7 +72,7 @@ pub async fn run(observer: &Observer, admin_url: &str, id: &str, output: OutputF
         OutputFormat::Text => print!("{}", report.text()),
         OutputFormat::Json => println!("{}", report.json()),
     }
-    if report.coordinator.status == "failed" {
+    if matches!(report.coordinator.status.as_str(), "failed" | "cancelled") {
         exit::RUN_FAILED
     } else {
         exit::OK
