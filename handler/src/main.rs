@@ -40,6 +40,40 @@ ENVIRONMENT:
     RUST_LOG               log filter (default info)
 ";
 
+/// A run option from env var `name`: `default` when unset, refused with the variable named
+/// when `parse` says no.
+fn option_from_env<T>(
+    name: &str,
+    default: T,
+    parse: impl FnOnce(&str) -> Result<T, String>,
+) -> Result<T, String> {
+    match std::env::var(name) {
+        Err(_) => Ok(default),
+        Ok(raw) => parse(&raw).map_err(|message| format!("{name}: {message}")),
+    }
+}
+
+/// The chores worker as the handler's environment configures it.
+fn worker_from_env() -> Result<Worker<Chores>, String> {
+    Ok(Worker::new(Chores::from_env()?)
+        .with_fan_in(option_from_env(
+            FanInStrategy::ENV,
+            FanInStrategy::Ledger,
+            FanInStrategy::parse,
+        )?)
+        .with_max_concurrency(option_from_env(
+            policy::MAX_CONCURRENCY_ENV,
+            policy::DEFAULT_MAX_CONCURRENCY,
+            policy::parse_max_concurrency,
+        )?)
+        .with_failure_policy(option_from_env(
+            FailurePolicy::ENV,
+            FailurePolicy::FailFast,
+            FailurePolicy::parse,
+        )?)
+        .with_subtask_retry(policy::SubtaskRetry::from_env()?))
+}
+
 fn main() -> ExitCode {
     let on_lambda = std::env::var_os(lambda::RUNTIME_API_ENV).is_some();
     logging::init(if on_lambda {
@@ -48,40 +82,10 @@ fn main() -> ExitCode {
         LogFormat::Human
     });
 
-    let job = match Chores::from_env() {
-        Ok(job) => job,
+    let worker = match worker_from_env() {
+        Ok(worker) => worker,
         Err(message) => return fail(&message),
     };
-    let fan_in = match std::env::var(FanInStrategy::ENV) {
-        Err(_) => FanInStrategy::Ledger,
-        Ok(raw) => match FanInStrategy::parse(&raw) {
-            Ok(strategy) => strategy,
-            Err(message) => return fail(&format!("{}: {message}", FanInStrategy::ENV)),
-        },
-    };
-    let max_concurrency = match std::env::var(policy::MAX_CONCURRENCY_ENV) {
-        Err(_) => policy::DEFAULT_MAX_CONCURRENCY,
-        Ok(raw) => match policy::parse_max_concurrency(&raw) {
-            Ok(cap) => cap,
-            Err(message) => return fail(&format!("{}: {message}", policy::MAX_CONCURRENCY_ENV)),
-        },
-    };
-    let failure_policy = match std::env::var(FailurePolicy::ENV) {
-        Err(_) => FailurePolicy::FailFast,
-        Ok(raw) => match FailurePolicy::parse(&raw) {
-            Ok(policy) => policy,
-            Err(message) => return fail(&format!("{}: {message}", FailurePolicy::ENV)),
-        },
-    };
-    let subtask_retry = match policy::SubtaskRetry::from_env() {
-        Ok(retry) => retry,
-        Err(message) => return fail(&message),
-    };
-    let worker = Worker::new(job)
-        .with_fan_in(fan_in)
-        .with_max_concurrency(max_concurrency)
-        .with_failure_policy(failure_policy)
-        .with_subtask_retry(subtask_retry);
     // On Lambda every resume ships the whole journal, so fan-outs that cannot fit are refused.
     let worker = if on_lambda {
         worker.with_payload_budget(PayloadBudget::LAMBDA)

@@ -847,14 +847,19 @@ async fn list_functions(
                     out.push(configuration(&shared, &function.name, &version, qualified).await);
                 }
             }
-            let mut body = json!({"Functions": out});
-            if let Some(next) = next {
-                body["NextMarker"] = json!(next);
-            }
-            Ok(answer(StatusCode::OK, body))
+            Ok(listing("Functions", out, next))
         }
         .await,
     )
+}
+
+/// One page of a List call: the items under `key`, and `NextMarker` when more follow.
+fn listing(key: &str, items: Vec<Value>, next: Option<String>) -> Response {
+    let mut body = json!({ key: items });
+    if let Some(next) = next {
+        body["NextMarker"] = json!(next);
+    }
+    answer(StatusCode::OK, body)
 }
 
 async fn get_function(
@@ -1083,11 +1088,7 @@ async fn list_versions_by_function(
             for version in &all {
                 out.push(configuration(&shared, &name, version, true).await);
             }
-            let mut body = json!({"Versions": out});
-            if let Some(next) = next {
-                body["NextMarker"] = json!(next);
-            }
-            Ok(answer(StatusCode::OK, body))
+            Ok(listing("Versions", out, next))
         }
         .await,
     )
