@@ -168,20 +168,35 @@ struct BenchArgs {
     /// Completion orders to run for each width, comma-separated (random, increasing, decreasing).
     #[arg(long, value_enum, value_delimiter = ',', default_value = "random")]
     orders: Vec<bench::Order>,
-    /// Cap on each run's subtasks in flight (default: the handler's, 500).
-    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
-    max_concurrency: Option<u32>,
-    /// Fan-in strategies to compare, comma-separated (ledger, in-order).
+    /// Caps on each run's subtasks in flight, comma-separated: a number, n (the width) or n/D
+    /// (a share of it); a cap at or above the width is run once.
+    #[arg(
+        long,
+        alias = "max-concurrency",
+        value_delimiter = ',',
+        value_parser = bench::Cap::parse,
+        default_value = "n,n/5"
+    )]
+    caps: Vec<bench::Cap>,
+    /// Fan-in strategies to compare, comma-separated (ledger, select-any, in-order).
     #[arg(
         long,
         value_enum,
         value_delimiter = ',',
-        default_value = "ledger,in-order"
+        default_value = "ledger,select-any,in-order"
     )]
     strategies: Vec<bench::Strategy>,
-    /// Subtasks' completions spread over this many ms.
-    #[arg(long, default_value_t = 1000)]
-    max_subtask_ms: u64,
+    /// How long subtasks take, comma-separated: 0-10s, 0-500ms, a number of ms, tail (0-1s
+    /// with 5 % of the subtasks 20 times longer) or tail:0-2s:5%x20. Each spread gets a
+    /// stack of its own.
+    #[arg(
+        long,
+        alias = "max-subtask-ms",
+        value_delimiter = ',',
+        value_parser = bench::Spread::parse,
+        default_value = "0-1s"
+    )]
+    spreads: Vec<bench::Spread>,
     /// Skip the floor (the same subtasks sent straight through the ingress).
     #[arg(long)]
     no_floor: bool,
@@ -279,9 +294,10 @@ struct InvokeArgs {
     /// At most this many subtasks in flight at once (default: the handler's, 500).
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
     max_concurrency: Option<u32>,
-    /// How the coordinator waits: ledger (wakes at most 3 times) or in-order (default: the
-    /// handler's, ledger).
-    #[arg(long, value_parser = ["ledger", "in-order"])]
+    /// How the coordinator waits: ledger (lanes keep the cap full, the coordinator wakes at
+    /// most 3 times), select-any (the coordinator keeps the cap full itself) or in-order
+    /// (default: the handler's, ledger).
+    #[arg(long, value_parser = ["ledger", "select-any", "in-order"])]
     fan_in: Option<String>,
     /// Let up to N subtasks (or P% of them, e.g. 10%) fail for good: the run still
     /// aggregates, and its result lists every failure (default: the handler's, fail-fast).
@@ -473,8 +489,8 @@ async fn dispatch(command: Command) -> anyhow::Result<u8> {
                 sizes: args.sizes,
                 orders: args.orders,
                 strategies: args.strategies,
-                max_concurrency: args.max_concurrency.map(|cap| cap as usize),
-                max_subtask_ms: args.max_subtask_ms,
+                caps: args.caps,
+                spreads: args.spreads,
                 concurrency_limit: args.concurrency_limit,
                 floor: !args.no_floor,
                 warm_up: !args.no_warm_up,

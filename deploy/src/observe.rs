@@ -212,39 +212,25 @@ impl Observer {
     pub async fn subtasks(&self, id: &str) -> Result<Vec<Subtask>> {
         let id_literal = sql_string(id);
         let of_run = subtasks_of(id);
-        // With the fan-in ledger the subtasks are called by the run's shards; a shard's input
-        // says where its subtasks start in the task, which orders their calls.
-        let shard_offsets: HashMap<String, i64> = self
-            .admin
-            .query(&format!(
-                "SELECT id, entry_json FROM sys_journal \
-                 WHERE entry_type = 'Command: Input' AND id IN ({})",
-                shards_of(id)
-            ))
-            .await?
-            .iter()
-            .filter_map(|row| {
-                let entry: Value = serde_json::from_str(text(row, "entry_json")?).ok()?;
-                let input = journal_bytes(entry.pointer("/Command/Input/payload")?)?;
-                let shard: Value = serde_json::from_slice(&input).ok()?;
-                Some((text(row, "id")?.to_owned(), shard.get("offset")?.as_i64()?))
-            })
-            .collect();
-        let mut calls = self
+        // With the fan-in ledger the subtasks are called by the run's lanes, each in the order
+        // it claimed them; every call carries its subtask's position in a header.
+        let mut calls: Vec<(usize, String, String)> = self
             .admin
             .query(&format!(
                 "SELECT id, index, entry_json FROM sys_journal \
                  WHERE entry_type = 'Command: Call' AND (id = {id_literal} OR id IN ({}))",
                 shards_of(id)
             ))
-            .await?;
-        calls.sort_by_key(|row| {
-            let caller = text(row, "id").unwrap_or_default();
-            (
-                shard_offsets.get(caller).copied().unwrap_or(-1),
-                int(row, "index").unwrap_or(0),
-            )
-        });
+            .await?
+            .iter()
+            .filter_map(|row| {
+                let (position, id, description) = parse_call(text(row, "entry_json")?)?;
+                // In-order calls have no header: their journal order is the input order.
+                let position = position.or_else(|| int(row, "index").map(|i| i as usize))?;
+                Some((position, id, description))
+            })
+            .collect();
+        calls.sort_by_key(|(position, _, _)| *position);
         let children = self
             .admin
             .query(&format!(
@@ -375,13 +361,38 @@ fn payload_label(payload: &[u8]) -> String {
 }
 
 /// The callee and input of a `Command: Call` journal entry.
-fn parse_call(entry_json: &str) -> Option<(String, String)> {
+/// A call to `runSubtask` in a journal: the position its `x-fanout-index` header gives (a
+/// lane's call), the callee's invocation id and the subtask's label. Other calls (a lane's
+/// claims from its ledger) are not subtasks.
+fn parse_call(entry_json: &str) -> Option<(Option<usize>, String, String)> {
     let entry: Value = serde_json::from_str(entry_json).ok()?;
     let request = entry.pointer("/Command/Call/request")?;
+    let handler = request
+        .pointer("/invocation_target/Service/handler")
+        .and_then(Value::as_str);
+    if handler != Some("runSubtask") {
+        return None;
+    }
     let id = request.get("invocation_id")?.as_str()?.to_owned();
     let payload = journal_bytes(request.get("parameter")?)?;
-    Some((id, payload_label(&payload)))
+    let position = request
+        .get("headers")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .find_map(|header| {
+            let (name, value) = match header {
+                Value::Object(h) => (h.get("name")?.as_str()?, h.get("value")?.as_str()?),
+                Value::Array(pair) => (pair.first()?.as_str()?, pair.get(1)?.as_str()?),
+                _ => return None,
+            };
+            (name == INDEX_HEADER).then(|| value.parse().ok())?
+        });
+    Some((position, id, payload_label(&payload)))
 }
+
+/// The header a lane puts on each call to `runSubtask` (see the handler's `fan_in` module).
+const INDEX_HEADER: &str = "x-fanout-index";
 
 fn completion_id(entry: &Value, path: &str) -> Option<u64> {
     entry.pointer(path)?.get("completion_id")?.as_u64()
@@ -433,7 +444,11 @@ struct Failures {
     last_message: Option<String>,
 }
 
-fn merge_subtasks(calls: &[Value], children: &[Value], events: &[Value]) -> Vec<Subtask> {
+fn merge_subtasks(
+    calls: &[(usize, String, String)],
+    children: &[Value],
+    events: &[Value],
+) -> Vec<Subtask> {
     let mut failures: HashMap<&str, Failures> = HashMap::new();
     for event in events {
         let Some(id) = text(event, "id") else {
@@ -460,12 +475,15 @@ fn merge_subtasks(calls: &[Value], children: &[Value], events: &[Value]) -> Vec<
         .collect();
 
     let mut subtasks = Vec::with_capacity(calls.len().max(children.len()));
-    let called = calls
-        .iter()
-        .filter_map(|call| parse_call(text(call, "entry_json")?));
-    for (id, description) in called {
+    for (_, id, description) in calls {
         let row = rows.remove(id.as_str());
-        subtasks.push(subtask(subtasks.len() + 1, id, description, row, &failures));
+        subtasks.push(subtask(
+            subtasks.len() + 1,
+            id.clone(),
+            description.clone(),
+            row,
+            &failures,
+        ));
     }
     // Children the journal no longer names (its retention is shorter than the invocations'):
     // still shown, in creation order.
@@ -999,11 +1017,36 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    fn call(id: &str, payload: &str) -> Value {
+    fn call_entry(id: &str, handler: &str, payload: &str, headers: Value) -> String {
         let bytes: Vec<u8> = payload.bytes().collect();
-        json!({ "entry_json": json!({"Command": {"Call": {"request": {
-            "invocation_id": id, "parameter": bytes
-        }}}}).to_string() })
+        json!({"Command": {"Call": {"request": {
+            "invocation_id": id, "parameter": bytes, "headers": headers,
+            "invocation_target": {"Service": {"name": "worker", "handler": handler}}
+        }}}})
+        .to_string()
+    }
+
+    /// A call as `subtasks` keeps it, in journal position `position`.
+    fn call(id: &str, payload: &str) -> (usize, String, String) {
+        let (position, id, description) =
+            parse_call(&call_entry(id, "runSubtask", payload, json!([]))).unwrap();
+        (position.unwrap_or(0), id, description)
+    }
+
+    #[test]
+    fn a_lanes_calls_carry_their_position_and_its_claims_are_no_subtasks() {
+        let headers = json!([{"name": "x-fanout-index", "value": "41"}]);
+        let (position, id, description) = parse_call(&call_entry(
+            "inv_x",
+            "runSubtask",
+            r#"{"description":"shower"}"#,
+            headers,
+        ))
+        .unwrap();
+        assert_eq!((position, id.as_str()), (Some(41), "inv_x"));
+        assert_eq!(description, "shower");
+        let claim = call_entry("inv_y", "claim", "{}", json!([]));
+        assert_eq!(parse_call(&claim), None);
     }
 
     #[test]

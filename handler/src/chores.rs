@@ -22,6 +22,10 @@ pub const SUBTASK_WORK_MS_ENV: &str = "FANOUT_SUBTASK_WORK_MS";
 /// demos). Unset: no chore ever fails.
 pub const FLAKY_MS_ENV: &str = "FANOUT_FLAKY_MS";
 
+/// Env var that gives the simulated work a heavy tail: `P%xF` makes P % of the chores (drawn
+/// from the seeded generator) sleep F times longer, e.g. `5%x20`. Unset: no tail.
+pub const TAIL_ENV: &str = "FANOUT_SUBTASK_TAIL";
+
 /// Chores whose description starts with this fail transiently while [`FLAKY_MS_ENV`] says so.
 pub const FLAKY_PREFIX: &str = "flaky";
 
@@ -59,6 +63,34 @@ pub struct Chores {
     /// Chores named `flaky…` fail with a retryable error until this long after their first
     /// attempt (`None`: never).
     pub flaky_for: Option<Duration>,
+    /// A share of the chores sleeps this many times longer: real work's heavy tail.
+    pub tail: Option<Tail>,
+}
+
+/// A heavy tail: `percent` % of the chores take `factor` times as long.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Tail {
+    pub percent: f64,
+    pub factor: u64,
+}
+
+impl Tail {
+    /// Parses `P%xF`, e.g. `5%x20`.
+    pub fn parse(raw: &str) -> Result<Self, String> {
+        let bad = || {
+            format!(
+                "{TAIL_ENV}={raw:?} is not a tail: write P%xF, e.g. 5%x20 (5 % of the chores \
+                 take 20 times as long), or unset it"
+            )
+        };
+        let (percent, factor) = raw.trim().split_once("%x").ok_or_else(bad)?;
+        let percent: f64 = percent.trim().parse().map_err(|_| bad())?;
+        let factor: u64 = factor.trim().parse().map_err(|_| bad())?;
+        if !(percent > 0.0 && percent <= 100.0) || factor < 1 {
+            return Err(bad());
+        }
+        Ok(Self { percent, factor })
+    }
 }
 
 impl Default for Chores {
@@ -67,6 +99,7 @@ impl Default for Chores {
             max_subtask: DEFAULT_MAX_SUBTASK,
             work: Duration::ZERO,
             flaky_for: None,
+            tail: None,
         }
     }
 }
@@ -82,6 +115,10 @@ impl Chores {
             flaky_for: match std::env::var_os(FLAKY_MS_ENV) {
                 None => None,
                 Some(_) => Some(millis_from_env(FLAKY_MS_ENV, Duration::ZERO)?),
+            },
+            tail: match std::env::var(TAIL_ENV) {
+                Ok(raw) if !raw.trim().is_empty() => Some(Tail::parse(&raw)?),
+                _ => None,
             },
         })
     }
@@ -216,7 +253,15 @@ impl Job for Chores {
         let sleep_ms = match fixed_sleep_ms(&chore.description) {
             Some(ms) => ms,
             None if max_ms == 0 => 0,
-            None => ctx.rand().random_range(0..max_ms),
+            None => {
+                let drawn = ctx.rand().random_range(0..max_ms);
+                match self.tail {
+                    Some(tail) if ctx.rand().random_range(0.0..100.0) < tail.percent => {
+                        drawn * tail.factor
+                    }
+                    _ => drawn,
+                }
+            }
         };
         ctx.sleep(Duration::from_millis(sleep_ms)).await?;
         if !self.work.is_zero() {
@@ -288,6 +333,22 @@ mod tests {
             chores("get out of bed,shower,make coffee,have breakfast").unwrap(),
             ["get out of bed", "shower", "make coffee", "have breakfast"]
         );
+    }
+
+    #[test]
+    fn tails_parse_and_impossible_ones_say_how_to_write_them() {
+        assert_eq!(
+            Tail::parse("5%x20").unwrap(),
+            Tail {
+                percent: 5.0,
+                factor: 20
+            }
+        );
+        assert_eq!(Tail::parse(" 0.5%x3 ").unwrap().percent, 0.5);
+        for bad in ["5x20", "0%x20", "101%x2", "5%x0", "a%x2", ""] {
+            let message = Tail::parse(bad).unwrap_err();
+            assert!(message.contains("P%xF, e.g. 5%x20"), "{bad}: {message}");
+        }
     }
 
     #[test]

@@ -1,28 +1,39 @@
-//! The fan-in ledger: a coordinator that wakes at most three times, whatever the width.
+//! The fan-in ledger: a coordinator that wakes at most three times, whatever the width, while
+//! the run's concurrency cap stays full.
 //!
 //! On Lambda every resume of the coordinator replays its whole journal, so awaiting N calls
-//! costs up to N resumes and O(N²) bytes. Here the coordinator awaits one awakeable instead:
+//! costs up to N resumes and O(N²) bytes. Here the coordinator awaits one awakeable instead,
+//! and *lanes* do the waiting:
 //!
 //! ```text
-//! worker/run ──send──► fanIn/start ──send──► worker/runShard ×S ──call──► worker/runSubtask ×N
-//!     ▲                 (Virtual Object,        │ (≤ SHARD_WIDTH subtasks each,
-//!     │                  key = the run's id)    │  ≤ window in flight, awaited in order)
-//!     │                        ▲                │
-//!     │                        └─ fanIn/record ◄┘ (stores the outcomes, starts the next
-//!     │                                            waiting shard)
-//!     └──── awakeable ◄──── resolved by the record that completes the last shard
+//! worker/run ──send──► fanIn/start ──send──► worker/runShard ×L ──call──► worker/runSubtask ×N
+//!     ▲                 (Virtual Object,       │  (a lane: up to `window` subtasks in flight,
+//!     │                  key = the run's id)   │   the next one started on any completion)
+//!     │                        ▲   ▲            │
+//!     │                        │   └─ fanIn/claim ◄─┤ (more subtasks when the lane runs low)
+//!     │                        └──── fanIn/record ◄─┘ (outcomes; a lane that has started enough
+//!     │                                               hands its in-flight calls to a fresh
+//!     │                                               invocation through the ledger)
+//!     └──── awakeable ◄──── resolved by the record that brings the last outcome
 //! ```
 //!
-//! The coordinator is invoked to start (the split step and its acknowledgement), and once more
-//! when the awakeable carries every outcome back: at most 3 invocations. Each shard's journal
-//! is bounded by the shard width, and the ledger keeps each shard's input and outcomes under
-//! keys of their own with lazy state, so a record ships only what it touches: total bytes grow
-//! linearly with N. The cost is S = ⌈N / SHARD_WIDTH⌉ shard invocations and S ledger records on
-//! top of the subtasks.
+//! Why lanes: the cap is a number of *subtasks* in flight, so a slot must be refilled the moment
+//! its subtask finishes, wherever the next pending subtask sits. A lane awaits its calls with a
+//! select on any and starts the next pending subtask on each completion; the windows of all
+//! lanes add up to the cap, so the cap is full while work remains and never exceeded.
 //!
-//! The ledger is also the scheduler behind `max_concurrency`: it keeps at most `lanes` shards
-//! running, each with at most `window` subtasks in flight (`lanes × window ≤ max_concurrency`),
-//! and starts the next waiting shard when one reports.
+//! Why claims: a lane that owned a fixed slice would idle at the end of it while other lanes
+//! still had work. Lanes instead claim subtasks from the ledger in index order, in grants that
+//! shrink as the run nears its end (guided self-scheduling), so the last subtasks go to
+//! whichever lane frees first.
+//!
+//! Why hand-overs: every resume of a lane on Lambda replays its journal, which grows with each
+//! call. After [`HAND_OVER_AFTER`] calls a lane reports its outcomes and passes its pending
+//! subtasks and the invocation ids of its calls still in flight to a fresh lane invocation,
+//! which attaches to them: journals stay bounded and no slot waits for a drain.
+//!
+//! The ledger keeps unclaimed inputs and reported outcomes under keys of their own, with lazy
+//! state, so a claim or a record ships only what it touches.
 
 use crate::job::SubtaskFailure;
 use crate::payload::Payload;
@@ -30,67 +41,137 @@ use restate_sdk::prelude::TerminalError;
 use serde::{Deserialize, Serialize};
 use std::sync::OnceLock;
 
-/// Subtasks per shard: bounds a shard's journal (it awaits its calls in order) while keeping
-/// the number of ledger records, which run one at a time per run, small.
-pub const SHARD_WIDTH: usize = 32;
+/// Most subtasks one lane keeps in flight: bounds the journal a lane replays on each resume.
+pub const LANE_WIDTH: usize = 32;
 
-/// One shard of a fan-out, as `worker/runShard` receives it.
-#[derive(Debug, Serialize, Deserialize)]
-pub struct Shard<S> {
+/// Calls a lane invocation makes before it hands over to a fresh one.
+pub const HAND_OVER_AFTER: usize = 2 * LANE_WIDTH;
+
+/// The header on a lane's call to `runSubtask` that gives the subtask's position in the task.
+pub const INDEX_HEADER: &str = "x-fanout-index";
+
+/// A subtask (or its outcome) with its position in the whole task.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Indexed<T> {
+    #[serde(rename = "i")]
+    pub index: usize,
+    #[serde(rename = "v")]
+    pub item: T,
+}
+
+/// A call a lane handed over: the subtask's position, its label (for messages) and the
+/// invocation to attach to.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct InFlight {
+    pub index: usize,
+    pub label: String,
+    pub invocation: String,
+}
+
+/// What identifies a run to its lanes and its ledger.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Run {
     /// The ledger's key: the coordinator's invocation id.
     pub ledger: String,
     /// The awakeable the coordinator waits on.
     pub awakeable: String,
-    pub index: usize,
-    pub shards: usize,
-    /// Position of this shard's first subtask in the whole task, and the task's width (for
-    /// messages that name a subtask as the user counts them).
-    pub offset: usize,
+    /// The task's width.
     pub total: usize,
-    /// At most this many of the shard's subtasks in flight at once.
-    pub window: usize,
     /// How many of the run's subtasks may fail (0: fail-fast).
     pub tolerated: usize,
+}
+
+/// One lane invocation, as `worker/runShard` receives it.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Lane<S> {
+    pub run: Run,
+    pub lane: usize,
+    /// At most this many subtasks in flight, handed-over ones included.
+    pub window: usize,
+    /// Claimed subtasks not started yet, in index order.
+    pub pending: Vec<Indexed<S>>,
+    /// Calls started by an earlier invocation of this lane.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub in_flight: Vec<InFlight>,
+    /// The ledger has nothing left to claim.
+    pub exhausted: bool,
+}
+
+/// What the coordinator hands the ledger: the subtasks and each lane's window.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Plan<S> {
+    pub run: Run,
+    pub windows: Vec<usize>,
     pub subtasks: Vec<S>,
 }
 
-/// What the coordinator hands the ledger: every shard, and how many may run at once.
-#[derive(Debug, Serialize, Deserialize)]
-pub struct Plan<S> {
-    pub lanes: usize,
-    pub shards: Vec<Shard<S>>,
+/// The lanes' windows for `width` subtasks under a cap of `max_concurrency`: they add up to
+/// the cap (or the width, if smaller), each at most [`LANE_WIDTH`], as even as can be.
+pub fn windows(width: usize, max_concurrency: usize) -> Vec<usize> {
+    let slots = width.min(max_concurrency).max(1);
+    let lanes = slots.div_ceil(LANE_WIDTH);
+    (0..lanes)
+        .map(|lane| slots / lanes + usize::from(lane < slots % lanes))
+        .collect()
 }
 
-/// Shards running at once and subtasks in flight per shard for a cap of `max_concurrency`.
-pub fn lanes_and_window(max_concurrency: usize) -> (usize, usize) {
-    let window = SHARD_WIDTH.min(max_concurrency.max(1));
-    ((max_concurrency / window).max(1), window)
+/// How many subtasks a lane is granted when it claims: shrinking grants as the run nears its
+/// end, so no lane sits on pending work while another has free slots.
+pub fn grant(remaining: usize, lanes: usize, window: usize) -> usize {
+    remaining
+        .div_ceil(2 * lanes.max(1))
+        .clamp(1, window.max(1))
+        .min(remaining)
 }
 
-/// What a shard reports to the ledger.
+/// A lane claims more once its pending subtasks drop to this many.
+pub fn low_water(window: usize) -> usize {
+    window / 4
+}
+
+/// A lane's request for more subtasks.
 #[derive(Debug, Serialize, Deserialize)]
-pub struct ShardReport<O> {
-    pub awakeable: String,
-    pub index: usize,
-    pub shards: usize,
-    pub total: usize,
-    pub tolerated: usize,
-    pub result: ShardResult<O>,
+pub struct ClaimRequest {
+    pub lane: usize,
+    pub window: usize,
+}
+
+/// The ledger's answer to a claim.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Claim<S> {
+    /// The next subtasks in index order; empty when none are left.
+    pub subtasks: Vec<Indexed<S>>,
+    /// The run already failed: stop and cancel what is in flight.
+    pub closed: bool,
+}
+
+/// What a lane reports to the ledger: the outcomes it gathered, and either its successor (a
+/// hand-over) or nothing (the lane is done).
+#[derive(Debug, Serialize, Deserialize)]
+pub struct LaneReport<S, O> {
+    pub run: Run,
+    pub result: LaneResult<O>,
+    #[serde(default = "none", skip_serializing_if = "Option::is_none")]
+    pub successor: Option<Lane<S>>,
+}
+
+fn none<T>() -> Option<T> {
+    None
 }
 
 #[derive(Debug, Serialize, Deserialize)]
-pub enum ShardResult<O> {
-    /// Every subtask's outcome, in order.
+pub enum LaneResult<O> {
+    /// Outcomes of subtasks that finished, each with its index.
     Done(Gathered<O>),
-    /// More of the shard's subtasks failed than the whole run tolerates; the shard stopped.
+    /// More of the lane's subtasks failed than the whole run tolerates; the lane stopped.
     TooManyFailures(TooManyFailures),
 }
 
-/// The outcomes of consecutive subtasks: what succeeded, in order, and what failed, with the
-/// positions that place it among them. Failures take no room in a run that has none.
+/// The outcomes of a set of subtasks: what succeeded, with positions, and what failed. Failures
+/// take no room in a run that has none.
 #[derive(Debug, Serialize, Deserialize)]
 pub struct Gathered<O> {
-    pub outcomes: Vec<O>,
+    pub outcomes: Vec<Indexed<O>>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub failures: Vec<SubtaskFailure>,
 }
@@ -113,16 +194,17 @@ impl<O> Gathered<O> {
         self.len() == 0
     }
 
-    /// Appends the outcomes of the subtasks that follow.
-    pub fn append(&mut self, next: Self) {
-        self.outcomes.extend(next.outcomes);
-        self.failures.extend(next.failures);
+    /// Adds the outcomes of other subtasks.
+    pub fn append(&mut self, other: Self) {
+        self.outcomes.extend(other.outcomes);
+        self.failures.extend(other.failures);
     }
 
-    /// Every subtask's outcome in order, each failure at its index.
-    pub fn into_results(self) -> Vec<Result<O, SubtaskFailure>> {
+    /// Every subtask's outcome in index order, each failure at its index.
+    pub fn into_results(mut self) -> Vec<Result<O, SubtaskFailure>> {
+        self.sort();
         let total = self.len();
-        let mut outcomes = self.outcomes.into_iter();
+        let mut outcomes = self.outcomes.into_iter().map(|o| o.item);
         let mut failures = self.failures.into_iter().peekable();
         (0..total)
             .filter_map(|i| match failures.next_if(|f| f.index == i) {
@@ -130,6 +212,17 @@ impl<O> Gathered<O> {
                 None => outcomes.next().map(Ok),
             })
             .collect()
+    }
+
+    /// The outcomes alone, in index order (a run without failures).
+    pub fn into_outcomes(mut self) -> Vec<O> {
+        self.sort();
+        self.outcomes.into_iter().map(|o| o.item).collect()
+    }
+
+    fn sort(&mut self) {
+        self.outcomes.sort_by_key(|o| o.index);
+        self.failures.sort_by_key(|f| f.index);
     }
 }
 
@@ -169,23 +262,24 @@ impl TooManyFailures {
     }
 }
 
-/// The ledger key holding shard `index`'s outcomes.
-pub fn shard_key(index: usize) -> &'static str {
-    static KEYS: OnceLock<Vec<String>> = OnceLock::new();
-    key(&KEYS, "shard", index)
-}
-
-/// The ledger key holding shard `index`'s input while it waits for a free lane.
+/// The ledger key holding subtask `index`'s input until a lane claims it.
 pub fn input_key(index: usize) -> &'static str {
     static KEYS: OnceLock<Vec<String>> = OnceLock::new();
     key(&KEYS, "input", index)
 }
 
+/// The ledger key holding the `index`th report's outcomes.
+pub fn report_key(index: usize) -> &'static str {
+    static KEYS: OnceLock<Vec<String>> = OnceLock::new();
+    key(&KEYS, "report", index)
+}
+
 /// The SDK's state getters take keys that outlive the handler's context, so the keys are made
-/// once for the widest possible run and shared.
+/// once for the widest possible run and shared. A report holds at least one outcome, so there
+/// are never more reports than subtasks.
 fn key(keys: &'static OnceLock<Vec<String>>, prefix: &str, index: usize) -> &'static str {
     let keys = keys.get_or_init(|| {
-        (0..crate::job::MAX_SUBTASKS.div_ceil(SHARD_WIDTH))
+        (0..crate::job::MAX_SUBTASKS)
             .map(|i| format!("{prefix}-{i}"))
             .collect()
     });
@@ -194,58 +288,12 @@ fn key(keys: &'static OnceLock<Vec<String>>, prefix: &str, index: usize) -> &'st
         .unwrap_or("out-of-range")
 }
 
-/// Splits `subtasks` into shards of at most [`SHARD_WIDTH`].
-pub fn shards<S>(
-    subtasks: Vec<S>,
-    ledger: &str,
-    awakeable: &str,
-    window: usize,
-    tolerated: usize,
-) -> impl Iterator<Item = Shard<S>> {
-    let total = subtasks.len();
-    let shards = total.div_ceil(SHARD_WIDTH);
-    let mut rest = subtasks.into_iter();
-    (0..shards).map(move |index| Shard {
-        ledger: ledger.to_owned(),
-        awakeable: awakeable.to_owned(),
-        index,
-        shards,
-        offset: index * SHARD_WIDTH,
-        total,
-        window,
-        tolerated,
-        subtasks: rest.by_ref().take(SHARD_WIDTH).collect(),
-    })
-}
-
 /// Outcomes as the ledger stores and returns them.
 pub type Outcomes<O> = Payload<Gathered<O>>;
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn shards_cover_every_subtask_once_in_order() {
-        let subtasks: Vec<usize> = (0..70).collect();
-        let shards: Vec<Shard<usize>> = shards(subtasks, "inv_1", "sign_1", 32, 0).collect();
-        assert_eq!(shards.len(), 3);
-        assert_eq!(shards[0].subtasks.len(), 32);
-        assert_eq!(shards[2].subtasks, (64..70).collect::<Vec<_>>());
-        assert!(shards.iter().all(|s| s.shards == 3 && s.total == 70));
-        assert_eq!(shards[2].offset, 64);
-        let flat: Vec<usize> = shards.into_iter().flat_map(|s| s.subtasks).collect();
-        assert_eq!(flat, (0..70).collect::<Vec<_>>());
-    }
-
-    #[test]
-    fn keys_are_stable_and_cover_the_widest_run() {
-        assert_eq!(shard_key(0), "shard-0");
-        let last = crate::job::MAX_SUBTASKS.div_ceil(SHARD_WIDTH) - 1;
-        assert_eq!(shard_key(last), format!("shard-{last}"));
-        assert!(std::ptr::eq(shard_key(3), shard_key(3)));
-        assert_eq!(input_key(2), "input-2");
-    }
 
     fn failure(index: usize) -> SubtaskFailure {
         SubtaskFailure {
@@ -257,14 +305,23 @@ mod tests {
     }
 
     #[test]
-    fn gathered_outcomes_put_each_failure_at_its_index() {
+    fn keys_are_stable_and_cover_the_widest_run() {
+        assert_eq!(input_key(0), "input-0");
+        let last = crate::job::MAX_SUBTASKS - 1;
+        assert_eq!(report_key(last), format!("report-{last}"));
+        assert!(std::ptr::eq(input_key(3), input_key(3)));
+    }
+
+    #[test]
+    fn gathered_outcomes_come_back_in_index_order_with_each_failure_in_place() {
+        let at = |index, item| Indexed { index, item };
         let mut all = Gathered {
-            outcomes: vec!["a", "c"],
-            failures: vec![failure(1)],
+            outcomes: vec![at(2, "c"), at(0, "a")],
+            failures: vec![failure(5)],
         };
         all.append(Gathered {
-            outcomes: vec!["e"],
-            failures: vec![failure(3), failure(5)],
+            outcomes: vec![at(4, "e")],
+            failures: vec![failure(3), failure(1)],
         });
         let results = all.into_results();
         assert_eq!(results.len(), 6);
@@ -274,17 +331,54 @@ mod tests {
         assert_eq!(results[3].as_ref().unwrap_err().index, 3);
         assert_eq!(results[4], Ok("e"));
         assert_eq!(results[5].as_ref().unwrap_err().subtask, "s5");
+        let ordered = Gathered {
+            outcomes: vec![at(1, "b"), at(0, "a")],
+            failures: vec![],
+        };
+        assert_eq!(ordered.into_outcomes(), vec!["a", "b"]);
+    }
+
+    #[test]
+    fn windows_add_up_to_the_cap_or_the_width_and_stay_even() {
+        assert_eq!(windows(1, 500), vec![1]);
+        assert_eq!(windows(100, 100), vec![25, 25, 25, 25]);
+        assert_eq!(windows(70, 3), vec![3]);
+        assert_eq!(windows(1000, 1000).len(), 32);
+        for width in [1, 5, 31, 32, 33, 100, 999, 1000, 10_000] {
+            for cap in [1, 2, 10, 31, 32, 33, 100, 500, 1000, 1024, 20_000] {
+                let w = windows(width, cap);
+                assert_eq!(w.iter().sum::<usize>(), width.min(cap), "{width} {cap}");
+                assert!(w.iter().all(|&x| (1..=LANE_WIDTH).contains(&x)), "{w:?}");
+                let (lo, hi) = (w.iter().min().unwrap(), w.iter().max().unwrap());
+                assert!(hi - lo <= 1, "{w:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn grants_shrink_towards_the_end_and_never_exceed_what_is_left() {
+        assert_eq!(grant(10_000, 16, 32), 32);
+        assert_eq!(grant(100, 16, 32), 4);
+        assert_eq!(grant(3, 16, 32), 1);
+        assert_eq!(grant(1, 1, 32), 1);
+        assert_eq!(grant(5, 1, 32), 3);
+        for remaining in 1..500 {
+            for lanes in [1, 2, 16, 32] {
+                let g = grant(remaining, lanes, 8);
+                assert!((1..=8).contains(&g) && g <= remaining, "{remaining} {lanes}");
+            }
+        }
     }
 
     #[test]
     fn a_run_without_failures_ships_no_failure_field() {
         let none: Gathered<u8> = Gathered {
-            outcomes: vec![1, 2],
+            outcomes: vec![Indexed { index: 0, item: 1 }],
             failures: vec![],
         };
         assert_eq!(
             serde_json::to_string(&none).unwrap(),
-            r#"{"outcomes":[1,2]}"#
+            r#"{"outcomes":[{"i":0,"v":1}]}"#
         );
     }
 
@@ -317,17 +411,5 @@ mod tests {
             refused.message(),
             "subtask 1 of 10 (s0) failed (code 400): broke"
         );
-    }
-
-    #[test]
-    fn lanes_times_window_never_exceeds_the_cap() {
-        assert_eq!(lanes_and_window(1), (1, 1));
-        assert_eq!(lanes_and_window(10), (1, 10));
-        assert_eq!(lanes_and_window(32), (1, 32));
-        assert_eq!(lanes_and_window(100), (3, 32));
-        for cap in 1..2000 {
-            let (lanes, window) = lanes_and_window(cap);
-            assert!(lanes * window <= cap && lanes >= 1 && window >= 1, "{cap}");
-        }
     }
 }

@@ -25,10 +25,13 @@ ENVIRONMENT:
     FANOUT_MAX_SUBTASK_MS  longest simulated subtask in ms (default 5000)
     FANOUT_SUBTASK_WORK_MS time each subtask then works in a journaled step (default 0)
     FANOUT_FLAKY_MS        chores named flaky… fail (retryably) this long after their first try
+    FANOUT_SUBTASK_TAIL    a heavy tail, P%xF: P % of the chores sleep F times longer (e.g. 5%x20)
     (a chore written name@MS sleeps exactly MS ms instead of a random time)
     FANOUT_LAMBDA_PAYLOAD_LIMIT  response limit in bytes on Lambda (default 6291456; for tests)
-    FANOUT_FAN_IN          how run waits: ledger (default; the coordinator wakes at most 3 times)
-                           or in-order; a request header x-fanout-fan-in overrides it per run
+    FANOUT_FAN_IN          how run waits: ledger (default; lanes keep the cap full and the
+                           coordinator wakes at most 3 times), select-any (the coordinator keeps
+                           the cap full itself, waking about once per subtask) or in-order; a
+                           request header x-fanout-fan-in overrides it per run
     FANOUT_MAX_CONCURRENCY most subtasks of one run in flight at once (default 500); a request
                            header x-fanout-max-concurrency overrides it per run
     FANOUT_FAILURE_POLICY  what failed subtasks do to a run: fail-fast (default), tolerate:N,

@@ -14,9 +14,13 @@ pub enum FanInStrategy {
     /// Await every call in index order: simple, but on Lambda each resume replays the whole
     /// journal, and resumes grow with the width and the completion order.
     InOrder,
-    /// Shards report to a ledger that resolves one awakeable: at most 3 coordinator
-    /// invocations for any width (see [`crate::fan_in`]).
+    /// Lanes keep the cap full and report to a ledger that resolves one awakeable: at most 3
+    /// coordinator invocations for any width (see [`crate::fan_in`]).
     Ledger,
+    /// The coordinator itself keeps the cap full and waits with a select on any, as the
+    /// reference TypeScript code does: as fast as a fan-out gets, but on Lambda the coordinator
+    /// wakes about once per subtask and replays its whole journal each time.
+    SelectAny,
 }
 
 impl FanInStrategy {
@@ -29,8 +33,9 @@ impl FanInStrategy {
         match raw.trim() {
             "in-order" => Ok(Self::InOrder),
             "ledger" => Ok(Self::Ledger),
+            "select-any" => Ok(Self::SelectAny),
             other => Err(format!(
-                "unknown fan-in strategy {other:?}: use \"ledger\" or \"in-order\""
+                "unknown fan-in strategy {other:?}: use \"ledger\", \"select-any\" or \"in-order\""
             )),
         }
     }

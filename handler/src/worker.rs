@@ -4,7 +4,10 @@
 //! The names on the wire are the reference contract and never change. What the handlers do
 //! with the data is the [`Job`]'s business; this module only owns the durable choreography.
 
-use crate::fan_in::{self, Gathered, Shard, ShardReport, ShardResult, TooManyFailures};
+use crate::fan_in::{
+    self, Claim, ClaimRequest, Gathered, InFlight, Indexed, Lane, LaneReport, LaneResult,
+    TooManyFailures,
+};
 use crate::job::{InvalidInput, Job, MAX_SUBTASKS, SubtaskFailure};
 use crate::logging::InvocationLog;
 use crate::payload::Payload;
@@ -13,7 +16,9 @@ use crate::policy::{
     DEFAULT_MAX_CONCURRENCY, FailurePolicy, FanInStrategy, MAX_CONCURRENCY_HEADER, SubtaskRetry,
     parse_max_concurrency,
 };
+use restate_sdk::context::macro_support::SealedDurableFuture;
 use restate_sdk::prelude::*;
+use std::collections::VecDeque;
 use std::marker::PhantomData;
 use std::sync::Arc;
 
@@ -199,17 +204,41 @@ impl<J: Job> Worker<J> {
             TerminalError::new_with_code(400, format!("{}: {e}", FailurePolicy::HEADER))
         })?;
         let gathered = match strategy {
-            FanInStrategy::InOrder => call_in_order(&ctx, &*self.job, subtasks, 0, cap, tolerated)
+            FanInStrategy::InOrder => call_in_order(&ctx, &*self.job, subtasks, cap, tolerated)
                 .await
                 .map_err(|too_many| too_many.into_error(width, tolerated))?,
+            FanInStrategy::SelectAny => {
+                let pending = subtasks
+                    .into_iter()
+                    .enumerate()
+                    .map(|(index, item)| Indexed { index, item })
+                    .collect();
+                let lane = LaneSetup::alone(pending, cap, tolerated);
+                match run_lane(&ctx, &*self.job, lane).await? {
+                    LaneEnd::Finished(gathered) => gathered,
+                    LaneEnd::TooManyFailures(too_many) => {
+                        return Err(too_many.into_error(width, tolerated).into());
+                    }
+                    LaneEnd::HandOver(_) | LaneEnd::Closed => {
+                        return Err(TerminalError::new(
+                            "a lane without a ledger cannot hand over or be closed",
+                        )
+                        .into());
+                    }
+                }
+            }
             FanInStrategy::Ledger => {
                 let (awakeable, all_reported) = ctx.awakeable::<fan_in::Outcomes<J::Outcome>>();
                 let ledger = ctx.invocation_id().to_owned();
-                let (lanes, window) = fan_in::lanes_and_window(cap);
                 let plan = fan_in::Plan {
-                    lanes,
-                    shards: fan_in::shards(subtasks, &ledger, &awakeable, window, tolerated)
-                        .collect(),
+                    run: fan_in::Run {
+                        ledger: ledger.clone(),
+                        awakeable,
+                        total: width,
+                        tolerated,
+                    },
+                    windows: fan_in::windows(width, cap),
+                    subtasks,
                 };
                 ctx.object_client::<FanInClient<J>>(ledger)
                     .start(Payload(plan))
@@ -220,7 +249,7 @@ impl<J: Job> Worker<J> {
 
         let output = if policy.is_fail_fast() {
             // Fail-fast never gets here with a failure: the first one failed the run.
-            self.job.aggregate(gathered.outcomes)
+            self.job.aggregate(gathered.into_outcomes())
         } else {
             self.job
                 .aggregate_partial(gathered.into_results())
@@ -237,38 +266,54 @@ impl<J: Job> Worker<J> {
         Ok(Payload(output))
     }
 
-    /// One shard of a ledger fan-out: calls its subtasks, then reports to the run's ledger.
-    /// Internal (not reachable from the ingress).
+    /// One lane of a ledger fan-out: keeps its window of subtasks in flight, claiming more
+    /// from the ledger, then reports to it (handing over to a fresh invocation when it has
+    /// made enough calls). Internal (not reachable from the ingress).
     #[handler(name = "runShard")]
     async fn run_shard(
         &self,
         ctx: Context<'_>,
-        shard: Payload<Shard<J::Subtask>>,
+        lane: Payload<Lane<J::Subtask>>,
     ) -> Result<(), HandlerError> {
-        let Shard {
-            ledger,
-            awakeable,
-            index,
-            shards,
-            offset,
-            total,
+        let Lane {
+            run,
+            lane,
             window,
-            tolerated,
-            subtasks,
-        } = shard.0;
-        let result =
-            match call_in_order(&ctx, &*self.job, subtasks, offset, window, tolerated).await {
-                Ok(gathered) => ShardResult::Done(gathered),
-                Err(too_many) => ShardResult::TooManyFailures(too_many),
-            };
-        ctx.object_client::<FanInClient<J>>(ledger)
-            .record(Payload(ShardReport {
-                awakeable,
-                index,
-                shards,
-                total,
-                tolerated,
+            pending,
+            in_flight,
+            exhausted,
+        } = lane.0;
+        let setup = LaneSetup {
+            pending,
+            in_flight,
+            window,
+            tolerated: run.tolerated,
+            claim_from: Some((&run.ledger, lane)),
+            exhausted,
+            hand_over_after: Some(fan_in::HAND_OVER_AFTER),
+        };
+        let (result, successor) = match run_lane(&ctx, &*self.job, setup).await? {
+            LaneEnd::Finished(gathered) => (LaneResult::Done(gathered), None),
+            LaneEnd::HandOver(hand_over) => {
+                let successor = Lane {
+                    run: run.clone(),
+                    lane,
+                    window,
+                    pending: hand_over.pending,
+                    in_flight: hand_over.in_flight,
+                    exhausted: hand_over.exhausted,
+                };
+                (LaneResult::Done(hand_over.gathered), Some(successor))
+            }
+            LaneEnd::TooManyFailures(too_many) => (LaneResult::TooManyFailures(too_many), None),
+            // The run failed elsewhere; the ledger needs nothing more from this lane.
+            LaneEnd::Closed => return Ok(()),
+        };
+        ctx.object_client::<FanInClient<J>>(run.ledger.clone())
+            .record(Payload(LaneReport {
+                run,
                 result,
+                successor,
             }))
             .send();
         Ok(())
@@ -294,12 +339,11 @@ impl<J: Job> Worker<J> {
 /// the window is as wide), and awaits them in index order (a wake of the caller takes every
 /// result that has arrived by then). Up to `tolerated` failures are gathered with the
 /// outcomes; the one after ends the wait, cancels the calls still in flight and never starts
-/// the rest. `offset` places these subtasks in the whole task.
+/// the rest.
 async fn call_in_order<J: Job>(
     ctx: &Context<'_>,
     job: &J,
     subtasks: Vec<J::Subtask>,
-    offset: usize,
     window: usize,
     tolerated: usize,
 ) -> Result<Gathered<J::Outcome>, TooManyFailures> {
@@ -318,10 +362,10 @@ async fn call_in_order<J: Job>(
     while let Some(next) = in_flight.pop_front() {
         let index = gathered.len();
         match next.await {
-            Ok(Payload(outcome)) => gathered.outcomes.push(outcome),
+            Ok(Payload(item)) => gathered.outcomes.push(Indexed { index, item }),
             Err(error) => {
                 let failure = SubtaskFailure {
-                    index: offset + index,
+                    index,
                     subtask: labels[index].clone(),
                     code: error.code(),
                     message: error.message().to_owned(),
@@ -348,139 +392,411 @@ async fn call_in_order<J: Job>(
     Ok(gathered)
 }
 
-/// The ledger of one run's shards, keyed by the run's invocation id.
+/// What a lane starts with.
+struct LaneSetup<'a, S> {
+    /// Claimed subtasks not started yet, in index order.
+    pending: Vec<Indexed<S>>,
+    /// Calls handed over by an earlier invocation of the lane: attached to, not made again.
+    in_flight: Vec<InFlight>,
+    window: usize,
+    tolerated: usize,
+    /// The ledger to claim more subtasks from (its key) and this lane's number.
+    claim_from: Option<(&'a str, usize)>,
+    /// The ledger has nothing left to claim.
+    exhausted: bool,
+    /// Hand over to a fresh invocation after this many calls.
+    hand_over_after: Option<usize>,
+}
+
+impl<S> LaneSetup<'_, S> {
+    /// One lane with every subtask and nobody to claim from or hand over to: the select-any
+    /// strategy, run by the coordinator itself.
+    fn alone(pending: Vec<Indexed<S>>, window: usize, tolerated: usize) -> Self {
+        Self {
+            pending,
+            in_flight: Vec::new(),
+            window,
+            tolerated,
+            claim_from: None,
+            exhausted: true,
+            hand_over_after: None,
+        }
+    }
+}
+
+/// How a lane's invocation ended.
+enum LaneEnd<S, O> {
+    /// Every subtask it had, or could claim, finished.
+    Finished(Gathered<O>),
+    /// It made enough calls: the rest goes to a fresh invocation.
+    HandOver(HandOver<S, O>),
+    /// More subtasks failed than the run tolerates; what was in flight is cancelled.
+    TooManyFailures(TooManyFailures),
+    /// The ledger says the run already failed; what was in flight is cancelled.
+    Closed,
+}
+
+struct HandOver<S, O> {
+    gathered: Gathered<O>,
+    pending: Vec<Indexed<S>>,
+    in_flight: Vec<InFlight>,
+    exhausted: bool,
+}
+
+/// Keeps up to `window` subtasks in flight and starts the next pending one the moment any
+/// finishes (a select on any, not an in-order wait, so a slow subtask holds only its own
+/// slot). Pending subtasks run in index order; a lane claims more from its ledger while it
+/// still has some, so a claim's round trip never leaves a slot empty.
+///
+/// The calls, the attaches to handed-over calls and the claim are different future types, so
+/// the select is made over their notification handles (what the SDK's
+/// `DurableFuturesUnordered` does inside); keeping each call's own future is what lets the
+/// lane read its invocation id to hand it over or cancel it.
+async fn run_lane<J: Job>(
+    ctx: &Context<'_>,
+    job: &J,
+    setup: LaneSetup<'_, J::Subtask>,
+) -> Result<LaneEnd<J::Subtask, J::Outcome>, TerminalError> {
+    let LaneSetup {
+        pending,
+        in_flight,
+        window,
+        tolerated,
+        claim_from,
+        mut exhausted,
+        hand_over_after,
+    } = setup;
+    let window = window.max(1);
+    // The index travels as a header so that `fanout status` can put a lane's calls, made in
+    // the order they were claimed, back in input order.
+    let call = |index: usize, subtask| {
+        ctx.service_client::<WorkerClient<J>>()
+            .run_subtask(Payload(subtask))
+            .header(fan_in::INDEX_HEADER.to_owned(), index.to_string())
+            .call()
+    };
+    let mut pending: VecDeque<_> = pending.into();
+    let mut calls = Vec::new();
+    let mut attached: Vec<_> = in_flight
+        .into_iter()
+        .map(|flight| {
+            let attach = ctx
+                .invocation_handle(flight.invocation.clone())
+                .attach::<Payload<J::Outcome>>();
+            (flight, attach)
+        })
+        .collect();
+    let mut claim = None;
+    let mut made = 0;
+    let mut gathered = Gathered::default();
+    loop {
+        // Once the lane has made enough calls, it makes no more: a fresh invocation (whose
+        // journal starts empty) takes over as soon as no claim is outstanding.
+        let hand_over_due = hand_over_after.is_some_and(|limit| made >= limit);
+        let more_to_start = !pending.is_empty() || !exhausted;
+        if hand_over_due && claim.is_none() && more_to_start {
+            let mut in_flight: Vec<InFlight> = attached.into_iter().map(|(f, _)| f).collect();
+            in_flight.extend(in_flight_calls(&calls).await?);
+            return Ok(LaneEnd::HandOver(HandOver {
+                gathered,
+                pending: pending.into(),
+                in_flight,
+                exhausted,
+            }));
+        }
+        while !hand_over_due && calls.len() + attached.len() < window {
+            let Some(Indexed { index, item }) = pending.pop_front() else {
+                break;
+            };
+            let label = job.subtask_label(&item);
+            calls.push((index, label, call(index, item)));
+            made += 1;
+        }
+        if let Some((ledger, lane)) = claim_from
+            && claim.is_none()
+            && !hand_over_due
+            && !exhausted
+            && pending.len() <= fan_in::low_water(window)
+        {
+            claim = Some(
+                ctx.object_client::<FanInClient<J>>(ledger)
+                    .claim(Payload(ClaimRequest { lane, window }))
+                    .call(),
+            );
+        }
+        let handles: Vec<_> = calls
+            .iter()
+            .map(|(_, _, c)| (c.handle(), c.inner_context()))
+            .chain(
+                attached
+                    .iter()
+                    .map(|(_, a)| (a.handle(), a.inner_context())),
+            )
+            .chain(claim.iter().map(|c| (c.handle(), c.inner_context())))
+            .collect();
+        let Some(context) = handles.first().map(|(_, context)| context.clone()) else {
+            return Ok(LaneEnd::Finished(gathered));
+        };
+        let handles = handles.into_iter().map(|(handle, _)| handle).collect();
+        let position = context.select(handles).await?;
+        let (index, label, result) = if position < calls.len() {
+            let (index, label, call) = calls.swap_remove(position);
+            (index, label, call.await)
+        } else if position < calls.len() + attached.len() {
+            let (flight, attach) = attached.swap_remove(position - calls.len());
+            (flight.index, flight.label, attach.await)
+        } else {
+            let answer = claim.take().expect("the claim was selected").await?.0;
+            if answer.closed {
+                cancel_all(ctx, &calls, attached).await?;
+                return Ok(LaneEnd::Closed);
+            }
+            exhausted = answer.subtasks.is_empty();
+            pending.extend(answer.subtasks);
+            continue;
+        };
+        match result {
+            Ok(Payload(item)) => gathered.outcomes.push(Indexed { index, item }),
+            Err(error) => {
+                let failure = SubtaskFailure {
+                    index,
+                    subtask: label,
+                    code: error.code(),
+                    message: error.message().to_owned(),
+                };
+                if gathered.failures.len() >= tolerated {
+                    // The run is lost: what is still running is work nobody will use.
+                    cancel_all(ctx, &calls, attached).await?;
+                    return Ok(LaneEnd::TooManyFailures(TooManyFailures {
+                        failed: gathered.failures.len() + 1,
+                        failure,
+                    }));
+                }
+                gathered.failures.push(failure);
+            }
+        }
+    }
+}
+
+/// A lane's own calls in flight, as a successor can attach to them.
+async fn in_flight_calls<C: CallFuture>(
+    calls: &[(usize, String, C)],
+) -> Result<Vec<InFlight>, TerminalError> {
+    let mut in_flight = Vec::with_capacity(calls.len());
+    for (index, label, call) in calls {
+        let handle = call.invocation_handle().await?;
+        in_flight.push(InFlight {
+            index: *index,
+            label: label.clone(),
+            invocation: handle.invocation_id().to_owned(),
+        });
+    }
+    Ok(in_flight)
+}
+
+/// Cancels a lane's calls in flight, made by it or handed over to it.
+async fn cancel_all<C: CallFuture, A>(
+    ctx: &Context<'_>,
+    calls: &[(usize, String, C)],
+    attached: Vec<(InFlight, A)>,
+) -> Result<(), TerminalError> {
+    for (_, _, call) in calls {
+        call.invocation_handle().await?.cancel();
+    }
+    for (flight, _) in attached {
+        ctx.invocation_handle(flight.invocation).cancel();
+    }
+    Ok(())
+}
+
+/// The ledger of one run, keyed by the run's invocation id: unclaimed inputs, the lanes'
+/// reports, and the tallies that tell when the run is done or lost.
 pub struct FanIn<J>(PhantomData<fn() -> J>);
 
 #[restate_sdk::object(name = "fanIn")]
 impl<J: Job> FanIn<J> {
-    /// Starts the first `lanes` shards and keeps the others' inputs until a lane frees up.
+    /// Fills every lane's window at once and keeps the other inputs for claims.
     #[handler(name = "start")]
     async fn start(
         &self,
         ctx: ObjectContext<'_>,
         plan: Payload<fan_in::Plan<J::Subtask>>,
     ) -> Result<(), HandlerError> {
-        let fan_in::Plan { lanes, shards } = plan.0;
-        let count = shards.len();
-        for shard in shards {
-            if shard.index < lanes {
-                ctx.service_client::<WorkerClient<J>>()
-                    .run_shard(Payload(shard))
-                    .send();
-            } else {
-                ctx.set(fan_in::input_key(shard.index), Payload(shard));
-            }
+        let fan_in::Plan {
+            run,
+            windows,
+            subtasks,
+        } = plan.0;
+        let total = subtasks.len();
+        let mut subtasks = subtasks
+            .into_iter()
+            .enumerate()
+            .map(|(index, item)| Indexed { index, item });
+        let lanes: Vec<Vec<_>> = windows
+            .iter()
+            .map(|&window| subtasks.by_ref().take(window).collect())
+            .collect();
+        let started: usize = lanes.iter().map(Vec::len).sum();
+        for Indexed { index, item } in subtasks {
+            ctx.set(fan_in::input_key(index), Payload(item));
         }
-        if lanes < count {
-            ctx.set("next", lanes as u64);
+        ctx.set("next", started as u64);
+        ctx.set("total", total as u64);
+        ctx.set("lanes", windows.len() as u64);
+        for (lane, (pending, window)) in lanes.into_iter().zip(windows).enumerate() {
+            ctx.service_client::<WorkerClient<J>>()
+                .run_shard(Payload(Lane {
+                    run: run.clone(),
+                    lane,
+                    window,
+                    pending,
+                    in_flight: Vec::new(),
+                    exhausted: started == total,
+                }))
+                .send();
         }
         Ok(())
     }
 
-    /// Keeps a shard's outcomes; the report that completes the last shard resolves the
-    /// coordinator's awakeable with every outcome in order. A failure rejects it at once.
+    /// Grants a lane the next subtasks in index order: fewer as the run nears its end, none
+    /// once all are claimed, and a closed answer once the run has failed.
+    #[handler(name = "claim")]
+    async fn claim(
+        &self,
+        ctx: ObjectContext<'_>,
+        request: Payload<ClaimRequest>,
+    ) -> Result<Payload<Claim<J::Subtask>>, HandlerError> {
+        // Requested together: on Lambda each lazy read awaited alone costs a round trip.
+        let closed = ctx.get::<bool>("closed");
+        let next = ctx.get::<u64>("next");
+        let total = ctx.get::<u64>("total");
+        let lanes = ctx.get::<u64>("lanes");
+        let mut answer = Claim {
+            subtasks: Vec::new(),
+            closed: closed.await?.unwrap_or(false),
+        };
+        let next = next.await?.unwrap_or(0) as usize;
+        let total = total.await?.unwrap_or(0) as usize;
+        let lanes = lanes.await?.unwrap_or(1) as usize;
+        if answer.closed || next >= total {
+            return Ok(Payload(answer));
+        }
+        let granted = fan_in::grant(total - next, lanes, request.0.window);
+        let inputs: Vec<_> = (next..next + granted)
+            .map(|index| {
+                (
+                    index,
+                    ctx.get::<Payload<J::Subtask>>(fan_in::input_key(index)),
+                )
+            })
+            .collect();
+        for (index, input) in inputs {
+            if let Some(Payload(item)) = input.await? {
+                answer.subtasks.push(Indexed { index, item });
+            }
+            ctx.clear(fan_in::input_key(index));
+        }
+        ctx.set("next", (next + granted) as u64);
+        Ok(Payload(answer))
+    }
+
+    /// Keeps a lane's outcomes and starts its successor, if it handed over; the report that
+    /// brings the last outcome resolves the coordinator's awakeable with every outcome in
+    /// order. A failure over the limit rejects it at once.
     #[handler(name = "record")]
     async fn record(
         &self,
         ctx: ObjectContext<'_>,
-        report: Payload<ShardReport<J::Outcome>>,
+        report: Payload<LaneReport<J::Subtask, J::Outcome>>,
     ) -> Result<(), HandlerError> {
-        let ShardReport {
-            awakeable,
-            index,
-            shards,
-            total,
-            tolerated,
+        let LaneReport {
+            run,
             result,
+            successor,
         } = report.0;
-        // Requested together: on Lambda each lazy read that is awaited alone costs a round
-        // trip (a suspension and a fresh invocation).
         let closed = ctx.get::<bool>("closed");
         let done = ctx.get::<u64>("done");
-        let next = ctx.get::<u64>("next");
         let failed = ctx.get::<u64>("failed");
-        if closed.await?.unwrap_or(false) {
-            return Ok(()); // the run already failed; later shards change nothing
-        }
-        // Failing the run also drops the inputs of shards still waiting for a lane, so what
-        // has not started never starts.
+        let reports = ctx.get::<u64>("reports");
+        // Failing the run drops the unclaimed inputs, so what has not started never starts,
+        // and cancels what a hand-over would have carried on.
         let fail_run = |too_many: TooManyFailures| {
-            ctx.reject_awakeable(&awakeable, too_many.into_error(total, tolerated));
+            ctx.reject_awakeable(
+                &run.awakeable,
+                too_many.into_error(run.total, run.tolerated),
+            );
             ctx.clear_all();
             ctx.set("closed", true);
         };
+        let cancel_successor = |successor: Option<Lane<J::Subtask>>| {
+            for flight in successor.into_iter().flat_map(|s| s.in_flight) {
+                ctx.invocation_handle(flight.invocation).cancel();
+            }
+        };
+        if closed.await?.unwrap_or(false) {
+            cancel_successor(successor);
+            return Ok(()); // the run already failed; later reports change nothing
+        }
         let failed_before = failed.await?.unwrap_or(0) as usize;
         let gathered = match result {
-            ShardResult::TooManyFailures(mut too_many) => {
+            LaneResult::TooManyFailures(mut too_many) => {
                 too_many.failed += failed_before;
                 fail_run(too_many);
+                cancel_successor(successor);
                 return Ok(());
             }
-            ShardResult::Done(gathered) => gathered,
+            LaneResult::Done(gathered) => gathered,
         };
         let failed = failed_before + gathered.failures.len();
-        if failed > tolerated {
+        if failed > run.tolerated {
             // Under the limit before this report (or the run would be closed), so the
             // failure that crossed it is in this report.
-            let failure = gathered.failures[tolerated - failed_before].clone();
+            let mut failures = gathered.failures;
+            failures.sort_by_key(|f| f.index);
+            let failure = failures[run.tolerated - failed_before].clone();
             fail_run(TooManyFailures { failure, failed });
+            cancel_successor(successor);
             return Ok(());
         }
         if failed > failed_before {
             ctx.set("failed", failed as u64);
         }
-        let done = done.await?.unwrap_or(0) as usize + 1;
-        if done < shards {
-            ctx.set(fan_in::shard_key(index), Payload(gathered));
+        let done = done.await?.unwrap_or(0) as usize + gathered.len();
+        let reports = reports.await?.unwrap_or(0) as usize;
+        if done < run.total {
+            if !gathered.is_empty() {
+                ctx.set(fan_in::report_key(reports), Payload(gathered));
+                ctx.set("reports", reports as u64 + 1);
+            }
             ctx.set("done", done as u64);
-            // A lane is free: start the next waiting shard, if any.
-            if let Some(next) = next.await? {
-                let next = next as usize;
-                if next < shards {
-                    let key = fan_in::input_key(next);
-                    if let Some(shard) = ctx.get::<Payload<Shard<J::Subtask>>>(key).await? {
-                        ctx.service_client::<WorkerClient<J>>()
-                            .run_shard(shard)
-                            .send();
-                    }
-                    ctx.clear(key);
-                    ctx.set("next", next as u64 + 1);
-                }
+            if let Some(successor) = successor {
+                ctx.service_client::<WorkerClient<J>>()
+                    .run_shard(Payload(successor))
+                    .send();
             }
             return Ok(());
         }
-        // Every other shard's outcomes, requested together so Restate sends them in one go.
-        let others: Vec<_> = (0..shards)
-            .filter(|&j| j != index)
-            .map(|j| {
-                (
-                    j,
-                    ctx.get::<fan_in::Outcomes<J::Outcome>>(fan_in::shard_key(j)),
-                )
-            })
+        // Every earlier report, requested together so Restate sends them in one go.
+        let earlier: Vec<_> = (0..reports)
+            .map(|r| ctx.get::<fan_in::Outcomes<J::Outcome>>(fan_in::report_key(r)))
             .collect();
-        let mut by_shard: Vec<Option<Gathered<J::Outcome>>> = (0..shards).map(|_| None).collect();
-        by_shard[index] = Some(gathered);
-        for (j, stored) in others {
-            by_shard[j] = stored.await?.map(|p| p.0);
-        }
-        let mut all = Gathered::default();
-        for (j, outcomes) in by_shard.into_iter().enumerate() {
-            match outcomes {
-                Some(outcomes) => all.append(outcomes),
+        let mut all = gathered;
+        for (r, stored) in earlier.into_iter().enumerate() {
+            match stored.await? {
+                Some(Payload(outcomes)) => all.append(outcomes),
                 None => {
-                    // Cannot happen while each shard reports once; fail loudly rather than
-                    // hand the coordinator a result with holes.
+                    // Cannot happen while every report is kept once; fail loudly rather
+                    // than hand the coordinator a result with holes.
                     ctx.reject_awakeable(
-                        &awakeable,
-                        TerminalError::new(format!("the ledger lost shard {j}'s outcomes")),
+                        &run.awakeable,
+                        TerminalError::new(format!("the ledger lost report {r}")),
                     );
                     ctx.clear_all();
                     return Ok(());
                 }
             }
         }
-        ctx.resolve_awakeable(&awakeable, Payload(all));
+        ctx.resolve_awakeable(&run.awakeable, Payload(all));
         ctx.clear_all();
         Ok(())
     }

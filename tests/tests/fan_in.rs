@@ -1,7 +1,9 @@
 //! The fan-in ledger on Lambda: the coordinator is invoked at most three times (start, the
 //! split step's acknowledgement, fan-in) whatever the width and the completion order, where
-//! awaiting in order costs a resume per straggling result.
+//! awaiting in order costs a resume per straggling result; and its lanes keep the cap full:
+//! a freed slot takes the next subtask at once, and the cap is never exceeded.
 
+use fanout::commands::bench::{schedule, subtask_intervals};
 use fanout::report::COORDINATOR_PATH;
 use fanout_tests::{Harness, Mode};
 use serde_json::{Value, json};
@@ -87,41 +89,17 @@ async fn an_unknown_strategy_is_refused_with_the_choices() {
     assert_eq!(response.status(), 400);
     let body: Value = response.json().await.unwrap();
     let message = body["message"].as_str().unwrap();
-    assert!(message.contains("\"ledger\" or \"in-order\""), "{message}");
+    assert!(
+        message.contains("\"ledger\", \"select-any\" or \"in-order\""),
+        "{message}"
+    );
     h.stop().await;
 }
 
 /// The most subtasks whose Lambda activity overlapped: each subtask spans from its first
 /// invocation's start to its last invocation's end, as the stand-in metered them.
 fn most_in_flight(records: &[fanout::standin::InvocationRecord]) -> usize {
-    let mut spans: std::collections::HashMap<&str, (f64, f64)> = Default::default();
-    for r in records {
-        if r.path.as_deref() != Some(fanout::report::SUBTASK_PATH) || r.outcome != "ok" {
-            continue;
-        }
-        let Some(id) = r.restate_invocation_id.as_deref() else {
-            continue;
-        };
-        let (start, end) = (
-            r.started_at_ms as f64,
-            r.started_at_ms as f64 + r.duration_ms,
-        );
-        let span = spans.entry(id).or_insert((start, end));
-        span.0 = span.0.min(start);
-        span.1 = span.1.max(end);
-    }
-    let mut edges: Vec<(f64, i32)> = spans
-        .values()
-        .flat_map(|&(start, end)| [(start, 1), (end, -1)])
-        .collect();
-    // Ends before starts at the same instant: touching spans do not overlap.
-    edges.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
-    let (mut now, mut most) = (0, 0);
-    for (_, step) in edges {
-        now += step;
-        most = most.max(now);
-    }
-    most as usize
+    schedule(&subtask_intervals(records), usize::MAX).max_in_flight
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -255,5 +233,137 @@ async fn a_subtask_killed_at_its_retry_limit_fails_the_run_naming_it() {
         1,
         "only the flaky subtask failed on its own: {failures:?}"
     );
+    h.stop().await;
+}
+
+async fn started_subtasks(h: &Harness) -> u64 {
+    let rows = h
+        .query("SELECT count(*) AS n FROM sys_invocation WHERE target = 'worker/runSubtask'")
+        .await;
+    rows[0]["n"].as_u64().unwrap()
+}
+
+/// How many subtasks completed before the one labelled `label` did (found by the invocation
+/// id on its log line).
+async fn subtasks_finished_before(h: &Harness, label: &str) -> u64 {
+    let line = h
+        .log_lines_with(&format!("Execution subtask finished: {label}"))
+        .pop()
+        .unwrap_or_else(|| panic!("no log line for {label}"));
+    // Human lines carry it in brackets, JSON lines (Lambda) in a field.
+    let start = line
+        .find("inv_")
+        .unwrap_or_else(|| panic!("no invocation id in {line}"));
+    let id: String = line[start..]
+        .chars()
+        .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+        .collect();
+    let rows = h
+        .query(&format!(
+            "SELECT count(*) AS n FROM sys_invocation WHERE target = 'worker/runSubtask' \
+             AND completed_at < (SELECT completed_at FROM sys_invocation WHERE id = '{id}')"
+        ))
+        .await;
+    rows[0]["n"].as_u64().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_freed_slot_starts_the_next_subtask_before_the_slowest_one_finishes() {
+    // Cap 4: one lane of 4. The first subtask takes 3 s, the 19 others 50-250 ms. Slots that
+    // waited for the slowest of their group (waves), or for the earliest subtask (an in-order
+    // window), would hold the 16 after the first four until it finished.
+    for mode in [Mode::Lambda, Mode::Http] {
+        let h = Harness::start(mode).await;
+        let mut items = vec!["slow@3000".to_owned()];
+        items.extend((2..=20).map(|i| format!("s{i}@{}", 50 + (i * 37) % 5 * 50)));
+        let expected: Vec<String> = items.iter().map(|i| format!("{i}: DONE")).collect();
+        let started = std::time::Instant::now();
+        let response = h
+            .run_with(&items.join(","), &[("x-fanout-max-concurrency", "4")])
+            .await;
+        let wall = started.elapsed();
+        assert_eq!(response.status, 200, "{mode:?}: {}", response.message());
+        assert_eq!(
+            response.body,
+            json!({ "description": expected.join(",") }),
+            "{mode:?}: every result, in input order"
+        );
+        let finished_before_slow = subtasks_finished_before(&h, "slow@3000").await;
+        assert_eq!(
+            finished_before_slow, 19,
+            "{mode:?}: every other subtask ran beside the slow one"
+        );
+        assert_eq!(started_subtasks(&h).await, 20, "{mode:?}");
+        // The 19 short ones take about 19 × 150 ms / 3 slots: all done before the slow one.
+        assert!(
+            wall < std::time::Duration::from_millis(3000 + 2500),
+            "{mode:?}: {wall:?}"
+        );
+        if mode == Mode::Lambda {
+            let records = h.records();
+            let timeline = schedule(&subtask_intervals(&records), 4);
+            assert!(timeline.max_in_flight <= 4, "{timeline:?}");
+            let coordinator = records
+                .iter()
+                .filter(|r| r.path.as_deref() == Some(COORDINATOR_PATH))
+                .count();
+            assert!(coordinator <= 3, "{coordinator} coordinator invocations");
+        }
+        h.stop().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lanes_hand_over_and_claim_without_losing_or_repeating_a_subtask() {
+    // 300 subtasks under a cap of 40: two lanes of 20, each handing over after 64 calls and
+    // claiming in shrinking grants; a jumbled completion order.
+    let h = Harness::start(Mode::Lambda).await;
+    let items: Vec<String> = (1..=300)
+        .map(|i| format!("s{i}@{}", (i * 37) % 11 * 20))
+        .collect();
+    let expected: Vec<String> = items.iter().map(|i| format!("{i}: DONE")).collect();
+    let before = h.records().len();
+    let response = h
+        .run_with(&items.join(","), &[("x-fanout-max-concurrency", "40")])
+        .await;
+    assert_eq!(response.status, 200, "{}", response.message());
+    assert_eq!(response.body, json!({ "description": expected.join(",") }));
+    let records = h.records();
+    let run = &records[before..];
+    let lanes = run
+        .iter()
+        .filter(|r| r.path.as_deref() == Some("/invoke/worker/runShard"))
+        .map(|r| r.restate_invocation_id.clone())
+        .collect::<std::collections::HashSet<_>>();
+    assert!(
+        lanes.len() >= 4,
+        "two lanes over 300 subtasks hand over at least once each: {} lane invocations",
+        lanes.len()
+    );
+    let timeline = schedule(&subtask_intervals(run), 40);
+    assert!(timeline.max_in_flight <= 40, "{timeline:?}");
+    assert_eq!(subtask_intervals(run).len(), 300, "each subtask ran once");
+    for i in [1, 150, 300] {
+        let finished = format!("Execution subtask finished: s{i}@");
+        assert_eq!(h.log_lines_with(&finished).len(), 1, "{finished}");
+    }
+    // `fanout status` puts a lane's calls back in input order.
+    let id = h
+        .query(
+            "SELECT id FROM sys_invocation WHERE target = 'worker/run' \
+             ORDER BY created_at DESC LIMIT 1",
+        )
+        .await[0]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let status = h.fanout(&["status", &id, "--output", "json"]).await;
+    let subtasks = status.json()["subtasks"].as_array().unwrap().clone();
+    let shown: Vec<&str> = subtasks
+        .iter()
+        .map(|s| s["description"].as_str().unwrap())
+        .collect();
+    let labels: Vec<&str> = items.iter().map(String::as_str).collect();
+    assert_eq!(shown, labels, "status lists the subtasks in input order");
     h.stop().await;
 }

@@ -46,9 +46,13 @@ impl Order {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
 pub enum Strategy {
-    /// The fan-in ledger: at most 3 coordinator invocations.
+    /// Lanes keep the cap full and a ledger wakes the coordinator: at most 3 coordinator
+    /// invocations.
     Ledger,
-    /// Awaiting every call in index order: the baseline.
+    /// The coordinator keeps the cap full itself and waits with a select on any: the peer
+    /// baseline, what the reference TypeScript code does.
+    SelectAny,
+    /// Awaiting every call in index order: the old baseline.
     InOrder,
 }
 
@@ -56,8 +60,111 @@ impl Strategy {
     fn header(self) -> &'static str {
         match self {
             Strategy::Ledger => "ledger",
+            Strategy::SelectAny => "select-any",
             Strategy::InOrder => "in-order",
         }
+    }
+}
+
+/// How long subtasks take: the handler's `FANOUT_MAX_SUBTASK_MS` and `FANOUT_SUBTASK_TAIL`.
+/// Written `0-10s`, `0-500ms`, a bare number of ms, `tail` (0-1s with 5 % of the subtasks
+/// 20 times longer) or `tail:0-2s:5%x20`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Spread {
+    pub max_ms: u64,
+    /// `P%xF`: P % of the subtasks take F times as long.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tail: Option<String>,
+}
+
+impl Spread {
+    pub fn parse(raw: &str) -> Result<Self, String> {
+        let uniform = |raw: &str| -> Result<u64, String> {
+            let raw = raw.trim();
+            let bound = raw.strip_prefix("0-").unwrap_or(raw);
+            let (digits, unit) = match bound.strip_suffix("ms") {
+                Some(digits) => (digits, 1),
+                None => match bound.strip_suffix('s') {
+                    Some(digits) => (digits, 1000),
+                    None => (bound, 1),
+                },
+            };
+            digits.parse::<u64>().map(|n| n * unit).map_err(|_| {
+                format!("spread {raw:?}: write 0-10s, 0-500ms, a number of ms, or tail")
+            })
+        };
+        match raw.trim().split(':').collect::<Vec<_>>().as_slice() {
+            ["tail"] => Ok(Self {
+                max_ms: 1000,
+                tail: Some("5%x20".into()),
+            }),
+            ["tail", bound, tail] if tail.contains("%x") => Ok(Self {
+                max_ms: uniform(bound)?,
+                tail: Some((*tail).to_owned()),
+            }),
+            [bound] => Ok(Self {
+                max_ms: uniform(bound)?,
+                tail: None,
+            }),
+            _ => Err(format!(
+                "spread {raw:?}: write 0-10s, 0-500ms, a number of ms, tail or tail:0-1s:5%x20"
+            )),
+        }
+    }
+
+    pub fn label(&self) -> String {
+        let bound = if self.max_ms % 1000 == 0 {
+            format!("0-{}s", self.max_ms / 1000)
+        } else {
+            format!("0-{}ms", self.max_ms)
+        };
+        match &self.tail {
+            Some(tail) => format!("{bound}+{tail}"),
+            None => bound,
+        }
+    }
+
+    fn handler_env(&self) -> Vec<(String, String)> {
+        let mut env = vec![("FANOUT_MAX_SUBTASK_MS".into(), self.max_ms.to_string())];
+        if let Some(tail) = &self.tail {
+            env.push(("FANOUT_SUBTASK_TAIL".into(), tail.clone()));
+        }
+        env
+    }
+}
+
+/// A run's cap on subtasks in flight: a number, `n` (the width) or `n/D` (a share of it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cap {
+    Fixed(usize),
+    WidthOver(usize),
+}
+
+impl Cap {
+    pub fn parse(raw: &str) -> Result<Self, String> {
+        let bad = || format!("cap {raw:?}: write a number (e.g. 1000), n (the width) or n/5");
+        match raw.trim() {
+            "n" => Ok(Cap::WidthOver(1)),
+            other => match other.strip_prefix("n/") {
+                Some(d) => match d.parse::<usize>() {
+                    Ok(d) if d >= 1 => Ok(Cap::WidthOver(d)),
+                    _ => Err(bad()),
+                },
+                None => match other.parse::<usize>() {
+                    Ok(k) if k >= 1 => Ok(Cap::Fixed(k)),
+                    _ => Err(bad()),
+                },
+            },
+        }
+    }
+
+    /// The cap for `n` subtasks; a cap above the width runs as the width does.
+    pub fn of(self, n: usize) -> usize {
+        match self {
+            Cap::Fixed(k) => k.min(n),
+            Cap::WidthOver(d) => n.div_ceil(d),
+        }
+        .max(1)
     }
 }
 
@@ -66,10 +173,8 @@ pub struct BenchOptions {
     pub sizes: Vec<usize>,
     pub orders: Vec<Order>,
     pub strategies: Vec<Strategy>,
-    /// The runs' cap on subtasks in flight (`None`: the handler's default).
-    pub max_concurrency: Option<usize>,
-    /// Subtasks' completions spread over this window.
-    pub max_subtask_ms: u64,
+    pub caps: Vec<Cap>,
+    pub spreads: Vec<Spread>,
     pub concurrency_limit: usize,
     /// Also measure the floor for each width.
     pub floor: bool,
@@ -78,16 +183,26 @@ pub struct BenchOptions {
     pub warm_up: bool,
 }
 
+/// The goals a row is held to (issue "Keep the cap full").
+pub const GOAL_VS_FLOOR: f64 = 1.10;
+pub const GOAL_VS_IDEAL: f64 = 1.15;
+pub const GOAL_UTILIZATION: f64 = 0.90;
+pub const GOAL_BYTES_PER_SUBTASK: f64 = 2048.0;
+
 /// One fan-out's figures.
 #[derive(Debug, Clone, Serialize)]
 pub struct BenchRow {
+    pub spread: String,
     pub subtasks: usize,
     pub order: Order,
     pub strategy: Strategy,
+    pub cap: usize,
     pub wall_ms: u128,
     pub coordinator_invocations: usize,
     pub bytes_to_coordinator: usize,
     pub subtask_invocations: usize,
+    /// Lane and ledger invocations.
+    pub fan_in_invocations: usize,
     pub bytes_total: usize,
     pub billed_ms: u64,
     pub coordinator_billed_ms: u64,
@@ -97,8 +212,156 @@ pub struct BenchRow {
     pub server_rss_kb: Option<u64>,
     /// The largest peak resident set of a Lambda instance that served the fan-out.
     pub instance_rss_kb: Option<u64>,
+    /// What the stand-in saw of the subtasks: the ideal schedule, the cap's use.
+    #[serde(flatten)]
+    pub schedule: Schedule,
     /// Wall time of the same width's subtasks sent straight through the ingress.
     pub floor_wall_ms: Option<u128>,
+}
+
+impl BenchRow {
+    pub fn bytes_per_subtask(&self) -> f64 {
+        self.bytes_total as f64 / self.subtasks.max(1) as f64
+    }
+
+    pub fn vs_floor(&self) -> Option<f64> {
+        self.floor_wall_ms
+            .map(|floor| self.wall_ms as f64 / floor.max(1) as f64)
+    }
+
+    pub fn vs_ideal(&self) -> f64 {
+        self.wall_ms as f64 / self.schedule.ideal_ms.max(1.0)
+    }
+
+    /// `None` where a goal does not apply (the ledger is held to all of them; the baselines
+    /// are there to compare with).
+    pub fn goals_met(&self) -> Option<bool> {
+        if self.strategy != Strategy::Ledger {
+            return None;
+        }
+        let speed = if self.cap >= self.subtasks {
+            self.vs_floor().is_none_or(|r| r <= GOAL_VS_FLOOR)
+        } else {
+            self.vs_ideal() <= GOAL_VS_IDEAL
+                && self
+                    .schedule
+                    .utilization
+                    .is_none_or(|u| u >= GOAL_UTILIZATION)
+        };
+        Some(
+            speed
+                && self.schedule.max_in_flight <= self.cap
+                && self.coordinator_invocations <= 3
+                && self.bytes_per_subtask() <= GOAL_BYTES_PER_SUBTASK,
+        )
+    }
+}
+
+/// What the subtasks' own timeline says, from the stand-in's metering: each subtask is in
+/// flight from the start of its first Lambda invocation to the end of its last (its durable
+/// sleeps included).
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Schedule {
+    /// The ideal `cap`-slot schedule of the same subtask durations: in the order they started
+    /// (index order), each on the first free slot, from the first start.
+    pub ideal_ms: f64,
+    /// Mean subtasks in flight over the cap, while at least `cap` subtasks remained (`None`
+    /// when the cap covers every subtask).
+    pub utilization: Option<f64>,
+    pub max_in_flight: usize,
+}
+
+/// The schedule of subtasks whose lifetimes are `intervals` (start, end in ms), under `cap`.
+pub fn schedule(intervals: &[(f64, f64)], cap: usize) -> Schedule {
+    let cap = cap.max(1);
+    let mut by_start: Vec<(f64, f64)> = intervals.to_vec();
+    by_start.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let Some(first) = by_start.first().map(|i| i.0) else {
+        return Schedule::default();
+    };
+    // Ideal: every slot takes the next subtask the moment it frees.
+    let mut slots = std::collections::BinaryHeap::new();
+    let mut ideal: f64 = 0.0;
+    for &(start, end) in &by_start {
+        let free_at = if slots.len() < cap {
+            0.0
+        } else {
+            let std::cmp::Reverse(Ms(t)) = slots.pop().expect("cap slots are taken");
+            t
+        };
+        let done = free_at + (end - start);
+        ideal = ideal.max(done);
+        slots.push(std::cmp::Reverse(Ms(done)));
+    }
+    // In flight over time, from start and end events (an end before a start at the same ms).
+    let mut events: Vec<(f64, i64)> = by_start
+        .iter()
+        .flat_map(|&(s, e)| [(s, 1), (e, -1)])
+        .collect();
+    events.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+    let total = by_start.len();
+    let (mut in_flight, mut max_in_flight, mut finished) = (0i64, 0i64, 0usize);
+    let (mut area, mut last) = (0.0, first);
+    let mut window_end = None;
+    for &(t, delta) in &events {
+        if window_end.is_none() {
+            area += in_flight as f64 * (t - last);
+        }
+        last = t;
+        in_flight += delta;
+        max_in_flight = max_in_flight.max(in_flight);
+        if delta < 0 {
+            finished += 1;
+            if window_end.is_none() && total - finished < cap {
+                window_end = Some(t);
+            }
+        }
+    }
+    let utilization = match window_end {
+        Some(end) if total > cap && end > first => Some(area / (end - first) / cap as f64),
+        _ => None,
+    };
+    Schedule {
+        ideal_ms: ideal,
+        utilization,
+        max_in_flight: max_in_flight.max(0) as usize,
+    }
+}
+
+/// Milliseconds ordered for the slot heap.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Ms(f64);
+impl Eq for Ms {}
+impl PartialOrd for Ms {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Ms {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.0.total_cmp(&other.0)
+    }
+}
+
+/// Each subtask's lifetime, from the records of its Lambda invocations.
+pub fn subtask_intervals(records: &[crate::standin::InvocationRecord]) -> Vec<(f64, f64)> {
+    let mut by_invocation: std::collections::HashMap<&str, (f64, f64)> = Default::default();
+    for r in records {
+        if r.path.as_deref() != Some(report::SUBTASK_PATH) || r.outcome == "throttled" {
+            continue;
+        }
+        let Some(id) = r.restate_invocation_id.as_deref() else {
+            continue;
+        };
+        let (start, end) = (
+            r.started_at_ms as f64,
+            r.started_at_ms as f64 + r.duration_ms,
+        );
+        let entry = by_invocation.entry(id).or_insert((start, end));
+        entry.0 = entry.0.min(start);
+        entry.1 = entry.1.max(end);
+    }
+    by_invocation.into_values().collect()
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -110,9 +373,8 @@ pub struct BenchReport {
     pub cold_init_ms_median: Option<f64>,
     pub cold_init_ms_max: Option<f64>,
     pub instance_peak_rss_kb_max: Option<u64>,
-    /// restate-server's peak resident set over the whole benchmark (`VmHWM`).
+    /// restate-server's peak resident set over each spread's stack (`VmHWM`), the largest.
     pub server_peak_rss_kb: Option<u64>,
-    pub max_subtask_ms: u64,
     pub rows: Vec<BenchRow>,
 }
 
@@ -121,30 +383,40 @@ pub async fn run(options: BenchOptions) -> Result<BenchReport> {
         bail!("--sizes needs one or more widths above 0, e.g. --sizes 10,100,1000");
     }
     if options.strategies.is_empty() {
-        bail!("--strategies needs at least one of ledger, in-order");
+        bail!("--strategies needs at least one of ledger, select-any, in-order");
     }
     if options.orders.is_empty() {
         bail!("--orders needs at least one of random, increasing, decreasing");
     }
-    let mut stack_options = StackOptions::new(HandlerMode::Lambda, options.handler_binary.clone());
-    stack_options.lambda.concurrency_limit = options.concurrency_limit;
-    stack_options.handler_env.push((
-        "FANOUT_MAX_SUBTASK_MS".into(),
-        options.max_subtask_ms.to_string(),
-    ));
-    let stack = LocalStack::start(stack_options).await?;
-    let result = measure(&stack, &options).await;
-    let server_peak_rss_kb = stack
-        .server
-        .pid()
-        .and_then(|pid| crate::process::status_kb(pid, "VmHWM"));
-    let records = stack
-        .standin
-        .as_ref()
-        .map(|s| s.records())
-        .unwrap_or_default();
-    stack.stop().await;
-    let rows = result?;
+    if options.caps.is_empty() || options.spreads.is_empty() {
+        bail!("--caps and --spreads need at least one value each");
+    }
+    let mut rows = Vec::new();
+    let mut records = Vec::new();
+    let mut server_peak_rss_kb = None;
+    // The spread is the handler's environment, so each spread gets a stack of its own.
+    for spread in &options.spreads {
+        let mut stack_options =
+            StackOptions::new(HandlerMode::Lambda, options.handler_binary.clone());
+        stack_options.lambda.concurrency_limit = options.concurrency_limit;
+        stack_options.handler_env.extend(spread.handler_env());
+        let stack = LocalStack::start(stack_options).await?;
+        let result = measure(&stack, &options, spread).await;
+        let peak = stack
+            .server
+            .pid()
+            .and_then(|pid| crate::process::status_kb(pid, "VmHWM"));
+        server_peak_rss_kb = server_peak_rss_kb.max(peak);
+        records.extend(
+            stack
+                .standin
+                .as_ref()
+                .map(|s| s.records())
+                .unwrap_or_default(),
+        );
+        stack.stop().await;
+        rows.extend(result?);
+    }
 
     let mut inits: Vec<f64> = records.iter().filter_map(|r| r.init_ms).collect();
     inits.sort_by(f64::total_cmp);
@@ -159,12 +431,15 @@ pub async fn run(options: BenchOptions) -> Result<BenchReport> {
         cold_init_ms_max: inits.last().copied(),
         instance_peak_rss_kb_max: records.iter().filter_map(|r| r.peak_rss_kb).max(),
         server_peak_rss_kb,
-        max_subtask_ms: options.max_subtask_ms,
         rows,
     })
 }
 
-async fn measure(stack: &LocalStack, options: &BenchOptions) -> Result<Vec<BenchRow>> {
+async fn measure(
+    stack: &LocalStack,
+    options: &BenchOptions,
+    spread: &Spread,
+) -> Result<Vec<BenchRow>> {
     let standin = stack
         .standin
         .as_ref()
@@ -177,73 +452,88 @@ async fn measure(stack: &LocalStack, options: &BenchOptions) -> Result<Vec<Bench
                 .await
                 .with_context(|| format!("the warm-up of {n} subtasks failed"))?;
         }
-        for (&strategy, &order) in options
-            .strategies
-            .iter()
-            .flat_map(|s| options.orders.iter().map(move |o| (s, o)))
-        {
-            let ingress = IngressClient::new(&stack.ingress_url, None)
-                .with_timeout(Duration::from_secs(3600))
-                .with_header("x-fanout-fan-in", strategy.header());
-            let ingress = match options.max_concurrency {
-                Some(cap) => ingress.with_header("x-fanout-max-concurrency", cap.to_string()),
-                None => ingress,
-            };
-            let before = standin.records().len();
-            let server_rss = stack.server.pid().map(crate::process::RssSampler::start);
-            let started = Instant::now();
-            let description = order.description(n, options.max_subtask_ms);
-            let expected: Vec<String> = description
-                .split(',')
-                .map(|s| format!("{s}: DONE"))
-                .collect();
-            let response = ingress
-                .run(&json!({ "description": description }), None)
-                .await?;
-            let wall = started.elapsed();
-            let server_rss_kb = server_rss.and_then(crate::process::RssSampler::finish);
-            if response.status != 200 {
-                bail!(
-                    "the fan-out of {n} ({order:?}) failed with HTTP {}: {}",
-                    response.status,
-                    response.message()
-                );
+        // Caps above the width run as the width does: measured once.
+        let mut caps: Vec<usize> = options.caps.iter().map(|c| c.of(n)).collect();
+        caps.dedup();
+        caps.sort_unstable_by(|a, b| b.cmp(a));
+        caps.dedup();
+        for &cap in &caps {
+            for (&strategy, &order) in options
+                .strategies
+                .iter()
+                .flat_map(|s| options.orders.iter().map(move |o| (s, o)))
+            {
+                let ingress = IngressClient::new(&stack.ingress_url, None)
+                    .with_timeout(Duration::from_secs(3600))
+                    .with_header("x-fanout-fan-in", strategy.header())
+                    .with_header("x-fanout-max-concurrency", cap.to_string());
+                let before = standin.records().len();
+                let server_rss = stack.server.pid().map(crate::process::RssSampler::start);
+                let started = Instant::now();
+                let description = order.description(n, spread.max_ms);
+                let expected: Vec<String> = description
+                    .split(',')
+                    .map(|s| format!("{s}: DONE"))
+                    .collect();
+                let response = ingress
+                    .run(&json!({ "description": description }), None)
+                    .await?;
+                let wall = started.elapsed();
+                let server_rss_kb = server_rss.and_then(crate::process::RssSampler::finish);
+                if response.status != 200 {
+                    bail!(
+                        "the fan-out of {n} ({order:?}, {strategy:?}, cap {cap}) failed with \
+                         HTTP {}: {}",
+                        response.status,
+                        response.message()
+                    );
+                }
+                // Every one of the N results, in input order, or the figures mean nothing.
+                if response.body["description"].as_str() != Some(expected.join(",").as_str()) {
+                    bail!(
+                        "the fan-out of {n} ({order:?}, {strategy:?}, cap {cap}) returned a \
+                         wrong result"
+                    );
+                }
+                // The last subtask's invocation may be metered a moment after the result is out.
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                let records = standin.records();
+                let run = &records[before..];
+                let Summary {
+                    coordinator_invocations,
+                    subtask_invocations,
+                    other_invocations,
+                    bytes_to_coordinator,
+                    bytes_total,
+                    billed_ms,
+                    coordinator_billed_ms,
+                    throttled,
+                    cold_starts,
+                    ..
+                } = report::summarize(run);
+                rows.push(BenchRow {
+                    spread: spread.label(),
+                    subtasks: n,
+                    order,
+                    strategy,
+                    cap,
+                    wall_ms: wall.as_millis(),
+                    coordinator_invocations,
+                    bytes_to_coordinator,
+                    subtask_invocations,
+                    fan_in_invocations: other_invocations,
+                    bytes_total,
+                    billed_ms,
+                    coordinator_billed_ms,
+                    throttled,
+                    cold_starts,
+                    server_rss_kb,
+                    instance_rss_kb: run.iter().filter_map(|r| r.peak_rss_kb).max(),
+                    schedule: schedule(&subtask_intervals(run), cap),
+                    floor_wall_ms: None,
+                });
+                eprintln!("{}", row_line(rows.last().expect("just pushed")));
             }
-            // Every one of the N results, in input order, or the figures mean nothing.
-            if response.body["description"].as_str() != Some(expected.join(",").as_str()) {
-                bail!("the fan-out of {n} ({order:?}, {strategy:?}) returned a wrong result");
-            }
-            // The last subtask's invocation may be metered a moment after the result is out.
-            tokio::time::sleep(Duration::from_millis(200)).await;
-            let records = standin.records();
-            let Summary {
-                coordinator_invocations,
-                subtask_invocations,
-                bytes_to_coordinator,
-                bytes_total,
-                billed_ms,
-                coordinator_billed_ms,
-                throttled,
-                cold_starts,
-                ..
-            } = report::summarize(&records[before..]);
-            rows.push(BenchRow {
-                subtasks: n,
-                order,
-                strategy,
-                wall_ms: wall.as_millis(),
-                coordinator_invocations,
-                bytes_to_coordinator,
-                subtask_invocations,
-                bytes_total,
-                billed_ms,
-                coordinator_billed_ms,
-                throttled,
-                cold_starts,
-                server_rss_kb,
-                instance_rss_kb: records[before..].iter().filter_map(|r| r.peak_rss_kb).max(),
-                floor_wall_ms: None,
-            });
         }
         // After the fan-outs, so the floor meets instances as warm as they did.
         if options.floor {
@@ -330,13 +620,58 @@ fn ms(value: Option<f64>) -> String {
     value.map_or_else(|| "-".into(), |v| format!("{v:.1}"))
 }
 
+fn ratio(value: Option<f64>) -> String {
+    value.map_or_else(|| "-".into(), |v| format!("{v:.2}"))
+}
+
+const HEADER: &str = "spread          N strategy     cap   wall s  floor s ×floor  ideal s ×ideal util% in-fl coord fan-in  B/sub  429s srv MiB goals";
+
+/// One row of the table.
+pub fn row_line(r: &BenchRow) -> String {
+    let seconds = |ms: f64| format!("{:.2}", ms / 1000.0);
+    let order = match r.order {
+        Order::Random => String::new(),
+        other => format!("/{}", format!("{other:?}").to_lowercase()),
+    };
+    let goals = match r.goals_met() {
+        Some(true) => "met",
+        Some(false) => "NOT met",
+        None => "-",
+    };
+    format!(
+        "{:<10} {:>6} {:<12} {:>5} {:>8} {:>8} {:>6} {:>8} {:>6} {:>5} {:>5} {:>5} {:>6} {:>6} {:>5} {:>7} {}",
+        r.spread,
+        r.subtasks,
+        format!("{}{order}", r.strategy.header()),
+        r.cap,
+        seconds(r.wall_ms as f64),
+        r.floor_wall_ms
+            .map_or_else(|| "-".into(), |f| seconds(f as f64)),
+        ratio(r.vs_floor()),
+        seconds(r.schedule.ideal_ms),
+        ratio(Some(r.vs_ideal())),
+        r.schedule
+            .utilization
+            .map_or_else(|| "-".into(), |u| format!("{:.0}", 100.0 * u)),
+        r.schedule.max_in_flight,
+        r.coordinator_invocations,
+        r.fan_in_invocations,
+        format!("{:.0}", r.bytes_per_subtask()),
+        r.throttled,
+        mib(r.server_rss_kb),
+        goals,
+    )
+    .trim_end()
+    .to_owned()
+}
+
 pub fn table(report: &BenchReport) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
         "handler: {} ({:.1} MiB); {} cold starts, init min {} / median {} / max {} ms \
          (instances start concurrently on this machine's cores); instance peak RSS {} KiB; \
-         restate-server peak RSS {} KiB; subtasks complete within {} ms",
+         restate-server peak RSS {} KiB",
         report.handler_binary,
         report.handler_binary_bytes as f64 / (1024.0 * 1024.0),
         report.cold_starts,
@@ -351,81 +686,69 @@ pub fn table(report: &BenchReport) -> String {
             .server_peak_rss_kb
             .map(|v| v.to_string())
             .unwrap_or("-".into()),
-        report.max_subtask_ms,
     );
     let _ = writeln!(
         out,
-        "{:>6} {:<9} {:<10} {:>8} {:>9} {:>12} {:>8} {:>12} {:>10} {:>8} {:>6} {:>8} {:>8} {:>8} {:>6}",
-        "N",
-        "strategy",
-        "order",
-        "wall ms",
-        "coord inv",
-        "coord bytes",
-        "sub inv",
-        "total bytes",
-        "billed ms",
-        "c billed",
-        "429s",
-        "srv MiB",
-        "inst MiB",
-        "floor ms",
-        "ratio"
+        "goals (ledger rows): cap >= N: wall <= {GOAL_VS_FLOOR}x floor; cap < N: wall <= \
+         {GOAL_VS_IDEAL}x ideal and util >= {:.0}%; in-fl <= cap; coord <= 3; B/sub <= {:.0}",
+        100.0 * GOAL_UTILIZATION,
+        GOAL_BYTES_PER_SUBTASK
     );
+    let _ = writeln!(out, "{HEADER}");
     for r in &report.rows {
-        let order = format!("{:?}", r.order).to_lowercase();
-        let (floor, ratio) = match r.floor_wall_ms {
-            Some(f) => (
-                f.to_string(),
-                format!("{:.2}", r.wall_ms as f64 / f.max(1) as f64),
-            ),
-            None => ("-".into(), "-".into()),
-        };
-        let _ = writeln!(
-            out,
-            "{:>6} {:<9} {:<10} {:>8} {:>9} {:>12} {:>8} {:>12} {:>10} {:>8} {:>6} {:>8} {:>8} {:>8} {:>6}",
-            r.subtasks,
-            r.strategy.header(),
-            order,
-            r.wall_ms,
-            r.coordinator_invocations,
-            r.bytes_to_coordinator,
-            r.subtask_invocations,
-            r.bytes_total,
-            r.billed_ms,
-            r.coordinator_billed_ms,
-            r.throttled,
-            mib(r.server_rss_kb),
-            mib(r.instance_rss_kb),
-            floor,
-            ratio
-        );
+        let _ = writeln!(out, "{}", row_line(r));
     }
     out
 }
 
-/// A plot's title and the figure it draws from a row.
-type Panel = (&'static str, fn(&BenchRow) -> f64);
+/// A plot's title and the figure it draws from a row (`None`: the row is not in the panel).
+type Panel = (&'static str, fn(&BenchRow) -> Option<f64>, bool);
 
-/// An SVG with two log-log panels against N: coordinator invocations, and bytes shipped to
-/// the coordinator, one line per strategy (solid: ledger, dashed: in-order) and completion
-/// order (colour).
+/// An SVG with three panels against N (log scale): wall over the floor where the cap covers
+/// every subtask, wall over the ideal schedule where it does not, and coordinator
+/// invocations; one line per strategy (colour) and spread (dash).
 pub fn plot(report: &BenchReport) -> String {
     const W: f64 = 420.0;
     const H: f64 = 300.0;
     const PAD: f64 = 50.0;
     let colors = [
-        (Order::Random, "#1f77b4"),
-        (Order::Increasing, "#d62728"),
-        (Order::Decreasing, "#2ca02c"),
+        (Strategy::Ledger, "#1f77b4"),
+        (Strategy::SelectAny, "#2ca02c"),
+        (Strategy::InOrder, "#d62728"),
     ];
-    let panels: [Panel; 2] = [
-        ("coordinator invocations", |r| {
-            r.coordinator_invocations as f64
-        }),
-        ("bytes to the coordinator", |r| {
-            r.bytes_to_coordinator as f64
-        }),
+    let mut spreads: Vec<&str> = report.rows.iter().map(|r| r.spread.as_str()).collect();
+    spreads.dedup();
+    spreads.sort_unstable();
+    spreads.dedup();
+    let dashes = ["", "6 4", "2 3", "10 3 2 3"];
+    // The smallest cap below N per line and width, so a line does not zig-zag between caps.
+    let smallest_cap = |r: &BenchRow| {
+        report
+            .rows
+            .iter()
+            .filter(|o| {
+                o.spread == r.spread && o.strategy == r.strategy && o.subtasks == r.subtasks
+            })
+            .map(|o| o.cap)
+            .min()
+            .unwrap_or(r.cap)
+    };
+    let panels: [Panel; 3] = [
+        (
+            "wall / floor, cap >= N",
+            |r| (r.cap >= r.subtasks).then(|| r.vs_floor()).flatten(),
+            false,
+        ),
+        (
+            "wall / ideal schedule, cap < N",
+            |r| (r.cap < r.subtasks).then(|| r.vs_ideal()),
+            false,
+        ),
+        (
+            "coordinator invocations",
+            |r| Some(r.coordinator_invocations as f64),
+            true,
+        ),
     ];
     let ns: Vec<f64> = report.rows.iter().map(|r| r.subtasks as f64).collect();
     let (n_min, n_max) = (
@@ -438,18 +761,31 @@ pub fn plot(report: &BenchReport) -> String {
     };
     let mut svg = format!(
         "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{}\" height=\"{H}\" font-family=\"sans-serif\" font-size=\"11\">\n",
-        2.0 * W
+        3.0 * W
     );
-    for (panel, (title, value)) in panels.iter().enumerate() {
+    for (panel, (title, value, log_y)) in panels.iter().enumerate() {
         let dx = panel as f64 * W;
-        // Log scale on both axes: the baseline's bytes run 100× the ledger's at N=10,000.
-        let y_max = report.rows.iter().map(value).fold(10.0, f64::max);
-        let y_of = |v: f64| H - PAD - v.max(1.0).log10() / y_max.log10() * (H - 2.0 * PAD);
+        let in_panel =
+            |r: &&BenchRow| value(r).is_some() && (r.cap >= r.subtasks || r.cap == smallest_cap(r));
+        let y_max = report
+            .rows
+            .iter()
+            .filter(in_panel)
+            .filter_map(value)
+            .fold(if *log_y { 10.0 } else { 2.0 }, f64::max);
+        let y_of = |v: f64| {
+            let share = if *log_y {
+                v.max(1.0).log10() / y_max.log10()
+            } else {
+                v / y_max
+            };
+            H - PAD - share * (H - 2.0 * PAD)
+        };
         let _ = writeln!(
             svg,
-            "<g transform=\"translate({dx},0)\"><text x=\"{}\" y=\"20\" text-anchor=\"middle\">{title} vs N (log-log)</text>\
+            "<g transform=\"translate({dx},0)\"><text x=\"{}\" y=\"20\" text-anchor=\"middle\">{title} vs N</text>\
              <line x1=\"{PAD}\" y1=\"{}\" x2=\"{}\" y2=\"{}\" stroke=\"black\"/><line x1=\"{PAD}\" y1=\"{PAD}\" x2=\"{PAD}\" y2=\"{}\" stroke=\"black\"/>\
-             <text x=\"{}\" y=\"{}\" text-anchor=\"end\">{y_max:.0}</text><text x=\"{}\" y=\"{}\" text-anchor=\"end\">1</text>",
+             <text x=\"{}\" y=\"{}\" text-anchor=\"end\">{y_max:.1}</text><text x=\"{}\" y=\"{}\" text-anchor=\"end\">{}</text>",
             W / 2.0,
             H - PAD,
             W - PAD,
@@ -459,45 +795,66 @@ pub fn plot(report: &BenchReport) -> String {
             PAD + 4.0,
             PAD - 4.0,
             H - PAD,
+            if *log_y { "1" } else { "0" },
         );
-        for n in &report.rows {
-            let x = x_of(n.subtasks as f64);
-            let _ = writeln!(
-                svg,
-                "<text x=\"{x}\" y=\"{}\" text-anchor=\"middle\">{}</text>",
-                H - PAD + 14.0,
-                n.subtasks
-            );
-        }
-        let lines = [Strategy::Ledger, Strategy::InOrder]
-            .into_iter()
-            .flat_map(|strategy| colors.iter().map(move |c| (strategy, c)));
-        let mut legend = 0;
-        for (strategy, (order, color)) in lines {
-            let points: Vec<String> = report
-                .rows
-                .iter()
-                .filter(|r| r.order == *order && r.strategy == strategy)
-                .map(|r| format!("{:.1},{:.1}", x_of(r.subtasks as f64), y_of(value(r))))
-                .collect();
-            if points.is_empty() {
-                continue;
-            }
-            let dash = match strategy {
-                Strategy::Ledger => "",
-                Strategy::InOrder => " stroke-dasharray=\"6 4\"",
+        if !*log_y {
+            // The goal line: 1.10 against the floor, 1.15 against the ideal.
+            let goal = if panel == 0 {
+                GOAL_VS_FLOOR
+            } else {
+                GOAL_VS_IDEAL
             };
             let _ = writeln!(
                 svg,
-                "<polyline fill=\"none\" stroke=\"{color}\" stroke-width=\"2\"{dash} points=\"{}\"/>\
-                 <text x=\"{}\" y=\"{}\" fill=\"{color}\">{} {}</text>",
-                points.join(" "),
-                W - PAD - 110.0,
-                PAD + 14.0 * legend as f64,
-                strategy.header(),
-                format!("{order:?}").to_lowercase()
+                "<line x1=\"{PAD}\" y1=\"{y:.1}\" x2=\"{}\" y2=\"{y:.1}\" stroke=\"#999\" stroke-dasharray=\"1 2\"/>\
+                 <text x=\"{}\" y=\"{:.1}\" fill=\"#999\">goal {goal}</text>",
+                W - PAD,
+                W - PAD + 2.0,
+                y_of(goal) + 4.0,
+                y = y_of(goal),
             );
-            legend += 1;
+        }
+        let mut widths: Vec<usize> = report.rows.iter().map(|r| r.subtasks).collect();
+        widths.dedup();
+        for n in widths {
+            let _ = writeln!(
+                svg,
+                "<text x=\"{}\" y=\"{}\" text-anchor=\"middle\">{n}</text>",
+                x_of(n as f64),
+                H - PAD + 14.0
+            );
+        }
+        let mut legend = 0;
+        for (strategy, color) in colors {
+            for (s, spread) in spreads.iter().enumerate() {
+                let mut points: Vec<(usize, f64)> = report
+                    .rows
+                    .iter()
+                    .filter(|r| r.strategy == strategy && r.spread == *spread)
+                    .filter(in_panel)
+                    .filter_map(|r| value(r).map(|v| (r.subtasks, v)))
+                    .collect();
+                points.sort_by_key(|p| p.0);
+                points.dedup_by_key(|p| p.0);
+                if points.is_empty() {
+                    continue;
+                }
+                let line: Vec<String> = points
+                    .iter()
+                    .map(|&(n, v)| format!("{:.1},{:.1}", x_of(n as f64), y_of(v)))
+                    .collect();
+                let _ = writeln!(
+                    svg,
+                    "<polyline fill=\"none\" stroke=\"{color}\" stroke-width=\"2\" stroke-dasharray=\"{}\" points=\"{}\"/>\
+                     <text x=\"{}\" y=\"{}\" fill=\"{color}\">{} {spread}</text>",
+                    dashes[s % dashes.len()],
+                    line.join(" "),
+                    PAD + 6.0,
+                    PAD + 12.0 * legend as f64,
+                    strategy.header(),
+                );
+                legend += 1;
+            }
         }
         svg.push_str("</g>\n");
     }
@@ -509,28 +866,36 @@ pub fn plot(report: &BenchReport) -> String {
 mod tests {
     use super::*;
 
-    fn row(strategy: Strategy, order: Order, n: usize, invocations: usize) -> BenchRow {
+    fn row(strategy: Strategy, n: usize, cap: usize, invocations: usize) -> BenchRow {
         BenchRow {
+            spread: "0-1s".into(),
             subtasks: n,
-            order,
+            order: Order::Random,
             strategy,
-            wall_ms: 1,
+            cap,
+            wall_ms: 1050,
             coordinator_invocations: invocations,
             bytes_to_coordinator: 10 * invocations,
             subtask_invocations: n,
-            bytes_total: 0,
+            fan_in_invocations: 0,
+            bytes_total: 1000 * n,
             billed_ms: 0,
             coordinator_billed_ms: 0,
             throttled: 0,
             cold_starts: 0,
             server_rss_kb: Some(2048),
             instance_rss_kb: None,
-            floor_wall_ms: None,
+            schedule: Schedule {
+                ideal_ms: 1000.0,
+                utilization: (cap < n).then_some(0.95),
+                max_in_flight: cap,
+            },
+            floor_wall_ms: Some(1000),
         }
     }
 
     #[test]
-    fn the_plot_draws_one_line_per_strategy_and_order() {
+    fn the_plot_draws_one_line_per_strategy_and_spread_in_each_panel() {
         let report = BenchReport {
             handler_binary: "h".into(),
             handler_binary_bytes: 0,
@@ -540,25 +905,95 @@ mod tests {
             cold_init_ms_max: None,
             instance_peak_rss_kb_max: None,
             server_peak_rss_kb: Some(4096),
-            max_subtask_ms: 0,
             rows: vec![
-                row(Strategy::Ledger, Order::Random, 10, 3),
-                row(Strategy::InOrder, Order::Random, 10, 5),
-                row(Strategy::Ledger, Order::Random, 100, 3),
-                row(Strategy::InOrder, Order::Random, 100, 30),
+                row(Strategy::Ledger, 10, 10, 3),
+                row(Strategy::SelectAny, 10, 10, 11),
+                row(Strategy::Ledger, 100, 100, 3),
+                row(Strategy::SelectAny, 100, 100, 60),
+                row(Strategy::Ledger, 100, 20, 3),
+                row(Strategy::SelectAny, 100, 20, 90),
             ],
         };
         let svg = plot(&report);
-        // Two panels, each with a ledger line and a dashed in-order line.
-        assert_eq!(svg.matches("<polyline").count(), 4, "{svg}");
-        assert_eq!(svg.matches("stroke-dasharray").count(), 2, "{svg}");
+        // Panel 1 and 3: two strategies each; panel 2 (cap < N): two strategies at one width.
+        assert_eq!(svg.matches("<polyline").count(), 6, "{svg}");
         let text = table(&report);
         assert!(text.contains("restate-server peak RSS 4096 KiB"), "{text}");
-        let first_row = text.lines().nth(2).unwrap();
+        let ledger_capped = text
+            .lines()
+            .find(|l| l.contains(" ledger ") && l.contains("   20 "))
+            .unwrap();
+        assert!(ledger_capped.ends_with("met"), "{ledger_capped}");
         assert!(
-            first_row.split_whitespace().any(|column| column == "2.0"),
-            "server RSS per row in MiB: {first_row}"
+            ledger_capped.contains(" 95 "),
+            "utilization: {ledger_capped}"
         );
+        let peer = text.lines().find(|l| l.contains("select-any")).unwrap();
+        assert!(peer.ends_with('-'), "only the ledger is held to the goals");
+    }
+
+    #[test]
+    fn goals_fail_on_any_figure_over_its_bound() {
+        assert_eq!(row(Strategy::Ledger, 100, 100, 3).goals_met(), Some(true));
+        let mut slow = row(Strategy::Ledger, 100, 100, 3);
+        slow.wall_ms = 1200;
+        assert_eq!(slow.goals_met(), Some(false), "1.2x the floor");
+        let mut chatty = row(Strategy::Ledger, 100, 20, 4);
+        assert_eq!(chatty.goals_met(), Some(false), "4 coordinator invocations");
+        chatty.coordinator_invocations = 3;
+        chatty.schedule.max_in_flight = 21;
+        assert_eq!(chatty.goals_met(), Some(false), "over the cap");
+        let mut heavy = row(Strategy::Ledger, 100, 20, 3);
+        heavy.bytes_total = 2100 * 100;
+        assert_eq!(heavy.goals_met(), Some(false), "2.1 KB per subtask");
+    }
+
+    #[test]
+    fn the_ideal_schedule_puts_each_subtask_on_the_first_free_slot() {
+        // Durations 4, 1, 1, 1, 1 ms: with 2 slots the short ones run beside the long one.
+        let intervals = [(0.0, 4.0), (0.0, 1.0), (1.0, 2.0), (2.0, 3.0), (3.0, 4.0)];
+        let s = schedule(&intervals, 2);
+        assert_eq!(s.ideal_ms, 4.0);
+        assert_eq!(s.max_in_flight, 2);
+        // Two in flight the whole time, until fewer than two remain at t=3.
+        assert_eq!(s.utilization, Some(1.0));
+        // One slot: the sum.
+        assert_eq!(schedule(&intervals, 1).ideal_ms, 8.0);
+        // A cap covering every subtask: the longest one, and no utilization to speak of.
+        let wide = schedule(&intervals, 5);
+        assert_eq!(wide.ideal_ms, 4.0);
+        assert_eq!(wide.utilization, None);
+    }
+
+    #[test]
+    fn utilization_sees_a_wave_that_waits_for_its_slowest_subtask() {
+        // Cap 2, four subtasks in two waves: the second waits for the first's slowest.
+        let waves = [(0.0, 1.0), (0.0, 4.0), (4.0, 5.0), (4.0, 8.0)];
+        let s = schedule(&waves, 2);
+        // In flight: 2 for 1 ms, then 1 for 3 ms; the window ends when the 3rd finishes (t=5).
+        let expected = (2.0 * 1.0 + 1.0 * 3.0 + 2.0 * 1.0) / 5.0 / 2.0;
+        assert!((s.utilization.unwrap() - expected).abs() < 1e-9, "{s:?}");
+        assert!(s.ideal_ms < 8.0, "the ideal refills the freed slot: {s:?}");
+    }
+
+    #[test]
+    fn spreads_and_caps_parse_as_written() {
+        assert_eq!(Spread::parse("0-10s").unwrap().max_ms, 10_000);
+        assert_eq!(Spread::parse("0-500ms").unwrap().max_ms, 500);
+        assert_eq!(Spread::parse("100").unwrap().max_ms, 100);
+        let tail = Spread::parse("tail").unwrap();
+        assert_eq!((tail.max_ms, tail.tail.as_deref()), (1000, Some("5%x20")));
+        assert_eq!(tail.label(), "0-1s+5%x20");
+        assert_eq!(
+            Spread::parse("tail:0-2s:1%x50").unwrap().handler_env()[1].1,
+            "1%x50"
+        );
+        assert!(Spread::parse("soon").unwrap_err().contains("0-10s"));
+        assert_eq!(Cap::parse("n").unwrap().of(700), 700);
+        assert_eq!(Cap::parse("n/5").unwrap().of(1000), 200);
+        assert_eq!(Cap::parse("1000").unwrap().of(100), 100);
+        assert!(Cap::parse("n/0").unwrap_err().contains("n/5"));
+        assert!(Cap::parse("0").is_err());
     }
 
     #[test]
