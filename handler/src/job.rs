@@ -70,6 +70,11 @@ pub trait Job: Send + Sync + 'static {
     /// About how many bytes the outcome of a subtask of `subtask_bytes` serialized bytes
     /// takes; the journal planner uses it to size the coordinator's journal before fanning
     /// out on Lambda. Err on the large side.
+    ///
+    /// The planner takes an outcome to repeat its subtask's bytes (as the chores' `"x: DONE"`
+    /// does), which zstd then mostly removes, and the bytes beyond the subtask's size to be
+    /// new. A job whose outcomes share nothing with their subtasks should count the subtask
+    /// in: `subtask_bytes + outcome_bytes`.
     fn outcome_size_hint(&self, subtask_bytes: usize) -> usize {
         subtask_bytes
     }
