@@ -5,6 +5,10 @@
 use fanout::admin::sql_string;
 use fanout::report::{COORDINATOR_PATH, SUBTASK_PATH};
 use fanout::standin::InvocationRecord;
+use fanout_handler::chores::{Chores, Description};
+use fanout_handler::job::Job as _;
+use fanout_handler::plan::{self, Estimate, PayloadBudget};
+use fanout_handler::worker::split_and_plan;
 use fanout_tests::{Harness, Mode, numbered_results, numbered_subtasks};
 use serde_json::{Value, json};
 use std::time::Duration;
@@ -23,6 +27,89 @@ fn wide_subtasks(n: usize, width: usize) -> (String, String) {
     let items: Vec<String> = (1..=n).map(|i| format!("{i:0width$}")).collect();
     let results: Vec<String> = items.iter().map(|i| format!("{i}: DONE")).collect();
     (items.join(","), results.join(","))
+}
+
+/// `n` subtasks of `width` pseudo-random characters (xorshift over 75 printable ASCII
+/// characters, no comma, no backslash): text that zstd hardly compresses on its own.
+fn random_subtasks(n: usize, width: usize) -> Vec<String> {
+    let mut x: u64 = 0x2545_F491_4F6C_DD1D;
+    (0..n)
+        .map(|_| {
+            let mut item = String::with_capacity(width);
+            while item.len() < width {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                match char::from(b'0' + (x % 75) as u8) {
+                    '\\' => {}
+                    c => item.push(c),
+                }
+            }
+            item
+        })
+        .collect()
+}
+
+/// The planner's estimate for a chores task of these subtasks, as the worker makes it.
+fn estimate(items: &[String]) -> Estimate {
+    let subtasks: Vec<Description> = items
+        .iter()
+        .map(|description| Description {
+            description: description.clone(),
+        })
+        .collect();
+    let sizes: Vec<usize> = subtasks
+        .iter()
+        .map(|s| serde_json::to_vec(s).unwrap().len())
+        .collect();
+    let split_result = serde_json::to_vec(&subtasks).unwrap();
+    plan::estimate(&PayloadBudget::LAMBDA, &split_result, &sizes, |bytes| {
+        Chores::default().outcome_size_hint(bytes)
+    })
+}
+
+/// Whether the worker on Lambda accepts the first `n` of `items` as one task.
+fn accepted(items: &[String], n: usize) -> bool {
+    let task = Description {
+        description: items[..n].join(","),
+    };
+    split_and_plan(&Chores::default(), task, Some(&PayloadBudget::LAMBDA)).is_ok()
+}
+
+/// The largest `n` for which the worker accepts the first `n` of `items`.
+fn largest_accepted(items: &[String]) -> usize {
+    assert!(accepted(items, 1));
+    let (mut fits, mut refused) = (1, items.len() + 1);
+    while refused - fits > 1 {
+        let n = (fits + refused) / 2;
+        if accepted(items, n) {
+            fits = n;
+        } else {
+            refused = n;
+        }
+    }
+    fits
+}
+
+/// The largest request the stand-in metered on the coordinator's path.
+fn largest_coordinator_request(records: &[InvocationRecord]) -> usize {
+    coordinator(records)
+        .iter()
+        .map(|r| r.request_bytes)
+        .max()
+        .expect("the coordinator ran on Lambda")
+}
+
+fn assert_close(estimated: usize, actual: usize, what: &str) {
+    let ratio = estimated as f64 / actual as f64;
+    eprintln!(
+        "{what}: estimated {estimated} bytes, largest request {actual} bytes, ratio {ratio:.3}"
+    );
+    assert!(
+        (1.0 / 1.3..=1.3).contains(&ratio),
+        "{what}: the planner estimated {estimated} bytes, the largest request was {actual} \
+         (ratio {ratio:.3})"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -77,27 +164,15 @@ async fn a_coordinator_journal_above_the_payload_limit_completes_compressed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fan_out_that_cannot_fit_is_refused_before_any_subtask_starts() {
     let h = Harness::start(Mode::Lambda).await;
-    // 2,000 subtasks of 1,000 pseudo-random bytes: about 11 MB of journal that zstd cannot
-    // shrink below Lambda's limit.
-    let mut x: u64 = 0x2545_F491_4F6C_DD1D;
-    let items: Vec<String> = (0..2_000)
-        .map(|_| {
-            (0..1_000)
-                .map(|_| {
-                    x ^= x << 13;
-                    x ^= x >> 7;
-                    x ^= x << 17;
-                    char::from(b'0' + (x % 75) as u8)
-                })
-                .filter(|c| *c != ',' && *c != '\\')
-                .collect()
-        })
-        .collect();
+    // 1,900 subtasks of 1,100 pseudo-random bytes: about 8.5 MB of journal whose sections
+    // are too far apart for zstd to find the subtasks again, so it stays far above Lambda's
+    // limit compressed.
+    let items = random_subtasks(1_900, 1_100);
     let response = h.run(&items.join(",")).await;
     assert_eq!(response.status, 413, "{:?}", response.message());
     let message = response.message();
     assert!(
-        message.contains("a fan-out of 2000 subtasks does not fit on Lambda")
+        message.contains("a fan-out of 1900 subtasks does not fit on Lambda")
             && message.contains("nothing was started"),
         "{message}"
     );
@@ -113,6 +188,102 @@ async fn a_fan_out_that_cannot_fit_is_refused_before_any_subtask_starts() {
             .any(|r| r.path.as_deref() == Some(SUBTASK_PATH)),
         "no subtask started"
     );
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_largest_random_fan_out_the_planner_accepts_completes_under_the_limit() {
+    // Random text in subtasks of 20,000 bytes (wide, so that a run takes few subtasks), as
+    // many as a 2 MiB description holds: the planner refuses the last few, whose journal
+    // sections grow past what zstd can look back to.
+    const WIDTH: usize = 20_000;
+    let pool = random_subtasks((2 * 1024 * 1024 + 1) / (WIDTH + 1), WIDTH);
+    let n = largest_accepted(&pool);
+    assert!(
+        n < pool.len(),
+        "the planner, not the description limit, bounds the width ({n} of {})",
+        pool.len()
+    );
+    let items = &pool[..n];
+    let expected: Vec<String> = items.iter().map(|i| format!("{i}: DONE")).collect();
+
+    let options = Harness::with_env(Harness::options(Mode::Lambda), "FANOUT_MAX_SUBTASK_MS", "0");
+    let h = Harness::start_with(options).await;
+    let response = h.run(&items.join(",")).await;
+    assert_eq!(response.status, 200, "{}", response.message());
+    assert_eq!(response.body, json!({ "description": expected.join(",") }));
+    let records = h.records();
+    // The stand-in refuses requests above 6 MB as Lambda does; none came near.
+    assert!(
+        records.iter().all(|r| r.outcome != "too_large"),
+        "a request went over Lambda's limit: {:?}",
+        records.iter().find(|r| r.outcome == "too_large")
+    );
+    let largest = largest_coordinator_request(&records);
+    assert!(largest <= LIMIT, "{largest}");
+    assert_close(
+        estimate(items).request_bytes,
+        largest,
+        "random text at the largest width",
+    );
+
+    // One subtask more is refused up front, with the numbers.
+    let subtasks_before = records
+        .iter()
+        .filter(|r| r.path.as_deref() == Some(SUBTASK_PATH))
+        .count();
+    let response = h.run(&pool[..n + 1].join(",")).await;
+    assert_eq!(response.status, 413, "{}", response.message());
+    let message = response.message();
+    assert!(
+        message.contains(&format!(
+            "a fan-out of {} subtasks does not fit on Lambda",
+            n + 1
+        )) && message.contains("nothing was started"),
+        "{message}"
+    );
+    let subtasks_after = h
+        .records()
+        .iter()
+        .filter(|r| r.path.as_deref() == Some(SUBTASK_PATH))
+        .count();
+    assert_eq!(subtasks_after, subtasks_before, "no subtask started");
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_planner_estimates_the_largest_request_for_repetitive_and_random_text() {
+    let options = Harness::with_env(Harness::options(Mode::Lambda), "FANOUT_MAX_SUBTASK_MS", "0");
+    let h = Harness::start_with(options).await;
+    // Repetitive text: 6.4 MB of journal that compresses to almost nothing, so the largest
+    // request is the split step's acknowledgement (input and split result), sent as is.
+    // Random text whose journal sections are about 1 MB: the largest request is that one
+    // too, while zstd still finds the subtasks again in the final journal (the issue's case:
+    // 1,000 × 1,080 bytes ran, 1,000 × 1,100 bytes were refused).
+    let cases = [
+        (
+            "repetitive text",
+            (1..=80).map(|i| format!("{i:020000}")).collect::<Vec<_>>(),
+        ),
+        ("random text", random_subtasks(56, 20_000)),
+    ];
+    for (what, items) in cases {
+        let before = h.records().len();
+        let expected: Vec<String> = items.iter().map(|i| format!("{i}: DONE")).collect();
+        let response = h.run(&items.join(",")).await;
+        assert_eq!(response.status, 200, "{what}: {}", response.message());
+        assert_eq!(
+            response.body,
+            json!({ "description": expected.join(",") }),
+            "{what}"
+        );
+        let records = h.records();
+        assert_close(
+            estimate(&items).request_bytes,
+            largest_coordinator_request(&records[before..]),
+            what,
+        );
+    }
     h.stop().await;
 }
 
