@@ -210,6 +210,10 @@ struct BenchArgs {
     /// Concurrent executions allowed to the local Lambda function.
     #[arg(long, default_value_t = 1000)]
     concurrency_limit: usize,
+    /// A restate-server setting for every stack, as its env var (repeatable), e.g.
+    /// --server-env RESTATE_WORKER__INVOKER__REQUEST_COMPRESSION_THRESHOLD="4 MiB".
+    #[arg(long, value_name = "KEY=VALUE", value_parser = parse_env)]
+    server_env: Vec<(String, String)>,
     /// Also write the report as JSON to this file.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -291,7 +295,7 @@ struct InvokeArgs {
     /// Start the run, print its invocation id and return; `fanout attach ID` waits for it.
     #[arg(long)]
     send: bool,
-    /// At most this many subtasks in flight at once (default: the handler's, 500).
+    /// At most this many subtasks in flight at once (default: the handler's, 1000).
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
     max_concurrency: Option<u32>,
     /// How the coordinator waits: ledger (lanes keep the cap full, the coordinator wakes at
@@ -492,6 +496,7 @@ async fn dispatch(command: Command) -> anyhow::Result<u8> {
                 caps: args.caps,
                 spreads: args.spreads,
                 concurrency_limit: args.concurrency_limit,
+                server_env: args.server_env,
                 floor: !args.no_floor,
                 warm_up: !args.no_warm_up,
             })

@@ -365,7 +365,10 @@ mod tests {
         for remaining in 1..500 {
             for lanes in [1, 2, 16, 32] {
                 let g = grant(remaining, lanes, 8);
-                assert!((1..=8).contains(&g) && g <= remaining, "{remaining} {lanes}");
+                assert!(
+                    (1..=8).contains(&g) && g <= remaining,
+                    "{remaining} {lanes}"
+                );
             }
         }
     }

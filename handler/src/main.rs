@@ -32,7 +32,7 @@ ENVIRONMENT:
                            coordinator wakes at most 3 times), select-any (the coordinator keeps
                            the cap full itself, waking about once per subtask) or in-order; a
                            request header x-fanout-fan-in overrides it per run
-    FANOUT_MAX_CONCURRENCY most subtasks of one run in flight at once (default 500); a request
+    FANOUT_MAX_CONCURRENCY most subtasks of one run in flight at once (default 1000); a request
                            header x-fanout-max-concurrency overrides it per run
     FANOUT_FAILURE_POLICY  what failed subtasks do to a run: fail-fast (default), tolerate:N,
                            tolerate:P% or min-successful:N; a request header

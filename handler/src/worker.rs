@@ -291,6 +291,7 @@ impl<J: Job> Worker<J> {
             claim_from: Some((&run.ledger, lane)),
             exhausted,
             hand_over_after: Some(fan_in::HAND_OVER_AFTER),
+            drain_in_order: true,
         };
         let (result, successor) = match run_lane(&ctx, &*self.job, setup).await? {
             LaneEnd::Finished(gathered) => (LaneResult::Done(gathered), None),
@@ -406,6 +407,9 @@ struct LaneSetup<'a, S> {
     exhausted: bool,
     /// Hand over to a fresh invocation after this many calls.
     hand_over_after: Option<usize>,
+    /// Once nothing is left to start, await the last calls in order instead of waking for
+    /// each completion.
+    drain_in_order: bool,
 }
 
 impl<S> LaneSetup<'_, S> {
@@ -420,6 +424,8 @@ impl<S> LaneSetup<'_, S> {
             claim_from: None,
             exhausted: true,
             hand_over_after: None,
+            // The peer baseline waits as the reference TypeScript code does, to the end.
+            drain_in_order: false,
         }
     }
 }
@@ -465,6 +471,7 @@ async fn run_lane<J: Job>(
         claim_from,
         mut exhausted,
         hand_over_after,
+        drain_in_order,
     } = setup;
     let window = window.max(1);
     // The index travels as a header so that `fanout status` can put a lane's calls, made in
@@ -524,6 +531,12 @@ async fn run_lane<J: Job>(
                     .call(),
             );
         }
+        if drain_in_order && pending.is_empty() && exhausted && claim.is_none() {
+            // Nothing left to start: a completion frees a slot nobody needs, so waking for
+            // each one would only cost replays. Await the rest in order, which resumes the
+            // lane only when the earliest outstanding call is done.
+            return drain::<J, _, _>(ctx, calls, attached, gathered, tolerated).await;
+        }
         let handles: Vec<_> = calls
             .iter()
             .map(|(_, _, c)| (c.handle(), c.inner_context()))
@@ -567,6 +580,52 @@ async fn run_lane<J: Job>(
                 if gathered.failures.len() >= tolerated {
                     // The run is lost: what is still running is work nobody will use.
                     cancel_all(ctx, &calls, attached).await?;
+                    return Ok(LaneEnd::TooManyFailures(TooManyFailures {
+                        failed: gathered.failures.len() + 1,
+                        failure,
+                    }));
+                }
+                gathered.failures.push(failure);
+            }
+        }
+    }
+}
+
+/// Awaits a lane's last calls one after the other and ends it.
+async fn drain<J, C, A>(
+    ctx: &Context<'_>,
+    calls: Vec<(usize, String, C)>,
+    attached: Vec<(InFlight, A)>,
+    mut gathered: Gathered<J::Outcome>,
+    tolerated: usize,
+) -> Result<LaneEnd<J::Subtask, J::Outcome>, TerminalError>
+where
+    J: Job,
+    C: CallFuture<Response = Payload<J::Outcome>>,
+    A: restate_sdk::context::DurableFuture<Output = Result<Payload<J::Outcome>, TerminalError>>,
+{
+    let mut calls: VecDeque<_> = calls.into();
+    let mut attached: VecDeque<_> = attached.into();
+    loop {
+        let (index, label, result) = if let Some((flight, attach)) = attached.pop_front() {
+            (flight.index, flight.label, attach.await)
+        } else if let Some((index, label, call)) = calls.pop_front() {
+            (index, label, call.await)
+        } else {
+            return Ok(LaneEnd::Finished(gathered));
+        };
+        match result {
+            Ok(Payload(item)) => gathered.outcomes.push(Indexed { index, item }),
+            Err(error) => {
+                let failure = SubtaskFailure {
+                    index,
+                    subtask: label,
+                    code: error.code(),
+                    message: error.message().to_owned(),
+                };
+                if gathered.failures.len() >= tolerated {
+                    let calls: Vec<_> = calls.into();
+                    cancel_all(ctx, &calls, attached.into()).await?;
                     return Ok(LaneEnd::TooManyFailures(TooManyFailures {
                         failed: gathered.failures.len() + 1,
                         failure,

@@ -538,6 +538,8 @@ async fn fanout_bench_measures_every_width_from_the_metering() {
             "random,decreasing",
             "--strategies",
             "ledger",
+            "--caps",
+            "n",
             "--plot",
             svg_path.to_str().unwrap(),
         ],
@@ -571,6 +573,11 @@ async fn fanout_bench_measures_every_width_from_the_metering() {
             "{row}"
         );
         assert!(row["bytes_to_coordinator"].as_u64().unwrap() > 0, "{row}");
+        // The subtasks' own timeline: the cap (the width) held, an ideal schedule to compare.
+        assert_eq!(row["cap"], json!(n), "{row}");
+        assert!(row["max_in_flight"].as_u64().unwrap() <= n, "{row}");
+        assert!(row["ideal_ms"].as_f64().unwrap() > 0.0, "{row}");
+        assert_eq!(row["spread"], json!("0-100ms"), "{row}");
         // Memory of restate-server during the run, and of the instances that served it.
         assert!(row["server_rss_kb"].as_u64().unwrap() > 1024, "{row}");
         assert!(row["instance_rss_kb"].as_u64().unwrap() > 0, "{row}");
@@ -580,10 +587,11 @@ async fn fanout_bench_measures_every_width_from_the_metering() {
             >= rows[0]["server_rss_kb"].as_u64().unwrap(),
         "{report}"
     );
-    assert!(run.stdout.contains("coord inv"), "{run:?}");
+    assert!(run.stdout.contains("×ideal"), "{run:?}");
     let svg = std::fs::read_to_string(&svg_path).unwrap();
+    // Wall over the floor and coordinator invocations: one ledger line each (no cap < N).
     assert!(
-        svg.starts_with("<svg") && svg.matches("<polyline").count() == 4,
+        svg.starts_with("<svg") && svg.matches("<polyline").count() == 2,
         "{svg}"
     );
 }

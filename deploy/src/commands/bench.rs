@@ -176,6 +176,8 @@ pub struct BenchOptions {
     pub caps: Vec<Cap>,
     pub spreads: Vec<Spread>,
     pub concurrency_limit: usize,
+    /// Extra restate-server settings (env), e.g. to compare a compression threshold.
+    pub server_env: Vec<(String, String)>,
     /// Also measure the floor for each width.
     pub floor: bool,
     /// Send each width's subtasks once, unmeasured, before its fan-outs: the first row of a
@@ -215,6 +217,8 @@ pub struct BenchRow {
     /// What the stand-in saw of the subtasks: the ideal schedule, the cap's use.
     #[serde(flatten)]
     pub schedule: Schedule,
+    /// Invocations and bytes (request + response) per Restate handler, e.g. `worker/runShard`.
+    pub by_handler: std::collections::BTreeMap<String, (usize, usize)>,
     /// Wall time of the same width's subtasks sent straight through the ingress.
     pub floor_wall_ms: Option<u128>,
 }
@@ -343,6 +347,24 @@ impl Ord for Ms {
     }
 }
 
+/// Invocations and bytes per Restate handler.
+pub fn by_handler(
+    records: &[crate::standin::InvocationRecord],
+) -> std::collections::BTreeMap<String, (usize, usize)> {
+    let mut totals = std::collections::BTreeMap::new();
+    for r in records {
+        let handler = r
+            .path
+            .as_deref()
+            .unwrap_or("-")
+            .trim_start_matches("/invoke/");
+        let entry: &mut (usize, usize) = totals.entry(handler.to_owned()).or_default();
+        entry.0 += 1;
+        entry.1 += r.request_bytes + r.response_bytes;
+    }
+    totals
+}
+
 /// Each subtask's lifetime, from the records of its Lambda invocations.
 pub fn subtask_intervals(records: &[crate::standin::InvocationRecord]) -> Vec<(f64, f64)> {
     let mut by_invocation: std::collections::HashMap<&str, (f64, f64)> = Default::default();
@@ -400,6 +422,9 @@ pub async fn run(options: BenchOptions) -> Result<BenchReport> {
             StackOptions::new(HandlerMode::Lambda, options.handler_binary.clone());
         stack_options.lambda.concurrency_limit = options.concurrency_limit;
         stack_options.handler_env.extend(spread.handler_env());
+        stack_options
+            .server_env
+            .extend(options.server_env.iter().cloned());
         let stack = LocalStack::start(stack_options).await?;
         let result = measure(&stack, &options, spread).await;
         let peak = stack
@@ -530,6 +555,7 @@ async fn measure(
                     server_rss_kb,
                     instance_rss_kb: run.iter().filter_map(|r| r.peak_rss_kb).max(),
                     schedule: schedule(&subtask_intervals(run), cap),
+                    by_handler: by_handler(run),
                     floor_wall_ms: None,
                 });
                 eprintln!("{}", row_line(rows.last().expect("just pushed")));
@@ -890,6 +916,7 @@ mod tests {
                 utilization: (cap < n).then_some(0.95),
                 max_in_flight: cap,
             },
+            by_handler: Default::default(),
             floor_wall_ms: Some(1000),
         }
     }
