@@ -214,6 +214,10 @@ struct BenchArgs {
     /// --server-env RESTATE_WORKER__INVOKER__REQUEST_COMPRESSION_THRESHOLD="4 MiB".
     #[arg(long, value_name = "KEY=VALUE", value_parser = parse_env)]
     server_env: Vec<(String, String)>,
+    /// Measure the select-any baseline only up to this width: its coordinator replays one
+    /// call per subtask on every wake (O(N²) bytes), which takes long at 10,000.
+    #[arg(long, default_value_t = 1000)]
+    select_any_up_to: usize,
     /// Also write the report as JSON to this file.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -497,6 +501,7 @@ async fn dispatch(command: Command) -> anyhow::Result<u8> {
                 spreads: args.spreads,
                 concurrency_limit: args.concurrency_limit,
                 server_env: args.server_env,
+                select_any_up_to: args.select_any_up_to,
                 floor: !args.no_floor,
                 warm_up: !args.no_warm_up,
             })

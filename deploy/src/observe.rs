@@ -219,7 +219,7 @@ impl Observer {
             .query(&format!(
                 "SELECT id, index, entry_json FROM sys_journal \
                  WHERE entry_type = 'Command: Call' AND (id = {id_literal} OR id IN ({}))",
-                shards_of(id)
+                lanes_of(id)
             ))
             .await?
             .iter()
@@ -257,12 +257,12 @@ impl Observer {
     }
 }
 
-/// The handler that runs a shard of a fan-in-ledger run.
+/// The handler that runs a lane of a fan-in-ledger run (named `runShard` on the wire).
 const SHARD_TARGET: &str = "worker/runShard";
 
-/// SQL condition selecting the shard invocations of run `id`: started by the run's ledger
+/// SQL condition selecting the lane invocations of run `id`: started by the run's ledger
 /// (the `fanIn` Virtual Object keyed by the run's id).
-fn shards_of(id: &str) -> String {
+fn lanes_of(id: &str) -> String {
     format!(
         "SELECT id FROM sys_invocation WHERE target = {} AND invoked_by_id IN \
          (SELECT id FROM sys_invocation WHERE target_service_name = 'fanIn' \
@@ -273,12 +273,12 @@ fn shards_of(id: &str) -> String {
 }
 
 /// SQL condition selecting the subtask invocations of run `id`: called by the run itself
-/// (in-order fan-in) or by one of its shards (the fan-in ledger).
+/// (in-order fan-in) or by one of its lanes (the fan-in ledger).
 fn subtasks_of(id: &str) -> String {
     format!(
         "target = 'worker/runSubtask' AND (invoked_by_id = {} OR invoked_by_id IN ({}))",
         sql_string(id),
-        shards_of(id)
+        lanes_of(id)
     )
 }
 

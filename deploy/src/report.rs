@@ -85,7 +85,7 @@ pub fn summary_text(summary: &Summary, wall: Duration) -> String {
     format!(
         "coordinator invocations: {}\n\
          subtask invocations:     {}\n\
-         fan-in invocations:      {} (shards and the ledger)\n\
+         fan-in invocations:      {} (lanes and the ledger)\n\
          cold starts:             {}\n\
          bytes shipped:           {} (to the coordinator: {})\n\
          billed ms:               {} (coordinator: {} ms = {:.1}% of the {:.0} ms wall time)\n\

@@ -47,6 +47,12 @@ pub const LANE_WIDTH: usize = 32;
 /// Calls a lane invocation makes before it hands over to a fresh one.
 pub const HAND_OVER_AFTER: usize = 2 * LANE_WIDTH;
 
+/// Most subtasks of one lane when the cap covers the whole task: such a lane only starts its
+/// calls and awaits them in order, which resumes it a few times whatever the width, and fewer
+/// lanes mean fewer reports queued on the ledger at the end of the run (each costs a Lambda
+/// round trip on the run's key, one after the other).
+pub const DRAIN_LANE_WIDTH: usize = 128;
+
 /// The header on a lane's call to `runSubtask` that gives the subtask's position in the task.
 pub const INDEX_HEADER: &str = "x-fanout-index";
 
@@ -95,6 +101,10 @@ pub struct Lane<S> {
     pub in_flight: Vec<InFlight>,
     /// The ledger has nothing left to claim.
     pub exhausted: bool,
+    /// This lane holds every subtask of the run: it answers the coordinator itself, and the
+    /// ledger keeps nothing for it.
+    #[serde(default)]
+    pub sole: bool,
 }
 
 /// What the coordinator hands the ledger: the subtasks and each lane's window.
@@ -106,10 +116,16 @@ pub struct Plan<S> {
 }
 
 /// The lanes' windows for `width` subtasks under a cap of `max_concurrency`: they add up to
-/// the cap (or the width, if smaller), each at most [`LANE_WIDTH`], as even as can be.
+/// the cap (or the width, if smaller), each at most [`LANE_WIDTH`] (or [`DRAIN_LANE_WIDTH`]
+/// when every subtask starts at once), as even as can be.
 pub fn windows(width: usize, max_concurrency: usize) -> Vec<usize> {
     let slots = width.min(max_concurrency).max(1);
-    let lanes = slots.div_ceil(LANE_WIDTH);
+    let widest = if max_concurrency >= width {
+        DRAIN_LANE_WIDTH
+    } else {
+        LANE_WIDTH
+    };
+    let lanes = slots.div_ceil(widest);
     (0..lanes)
         .map(|lane| slots / lanes + usize::from(lane < slots % lanes))
         .collect()
@@ -341,14 +357,21 @@ mod tests {
     #[test]
     fn windows_add_up_to_the_cap_or_the_width_and_stay_even() {
         assert_eq!(windows(1, 500), vec![1]);
-        assert_eq!(windows(100, 100), vec![25, 25, 25, 25]);
+        assert_eq!(windows(100, 100), vec![100]);
+        assert_eq!(windows(100, 99), vec![25, 25, 25, 24]);
         assert_eq!(windows(70, 3), vec![3]);
-        assert_eq!(windows(1000, 1000).len(), 32);
+        assert_eq!(windows(1000, 1000), vec![125; 8]);
+        assert_eq!(windows(1000, 200).len(), 7);
         for width in [1, 5, 31, 32, 33, 100, 999, 1000, 10_000] {
             for cap in [1, 2, 10, 31, 32, 33, 100, 500, 1000, 1024, 20_000] {
                 let w = windows(width, cap);
                 assert_eq!(w.iter().sum::<usize>(), width.min(cap), "{width} {cap}");
-                assert!(w.iter().all(|&x| (1..=LANE_WIDTH).contains(&x)), "{w:?}");
+                let widest = if cap >= width {
+                    DRAIN_LANE_WIDTH
+                } else {
+                    LANE_WIDTH
+                };
+                assert!(w.iter().all(|&x| (1..=widest).contains(&x)), "{w:?}");
                 let (lo, hi) = (w.iter().min().unwrap(), w.iter().max().unwrap());
                 assert!(hi - lo <= 1, "{w:?}");
             }

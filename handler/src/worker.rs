@@ -282,6 +282,7 @@ impl<J: Job> Worker<J> {
             pending,
             in_flight,
             exhausted,
+            sole,
         } = lane.0;
         let setup = LaneSetup {
             pending,
@@ -293,7 +294,27 @@ impl<J: Job> Worker<J> {
             hand_over_after: Some(fan_in::HAND_OVER_AFTER),
             drain_in_order: true,
         };
-        let (result, successor) = match run_lane(&ctx, &*self.job, setup).await? {
+        let end = run_lane(&ctx, &*self.job, setup).await?;
+        if sole {
+            // Every outcome is here: answer the coordinator without a hop through the ledger.
+            match end {
+                LaneEnd::Finished(gathered) => {
+                    ctx.resolve_awakeable(&run.awakeable, Payload(gathered));
+                }
+                LaneEnd::TooManyFailures(too_many) => ctx.reject_awakeable(
+                    &run.awakeable,
+                    too_many.into_error(run.total, run.tolerated),
+                ),
+                LaneEnd::HandOver(_) | LaneEnd::Closed => {
+                    return Err(TerminalError::new(
+                        "a lane holding every subtask has nothing to hand over or claim",
+                    )
+                    .into());
+                }
+            }
+            return Ok(());
+        }
+        let (result, successor) = match end {
             LaneEnd::Finished(gathered) => (LaneResult::Done(gathered), None),
             LaneEnd::HandOver(hand_over) => {
                 let successor = Lane {
@@ -303,6 +324,7 @@ impl<J: Job> Worker<J> {
                     pending: hand_over.pending,
                     in_flight: hand_over.in_flight,
                     exhausted: hand_over.exhausted,
+                    sole: false,
                 };
                 (LaneResult::Done(hand_over.gathered), Some(successor))
             }
@@ -696,12 +718,17 @@ impl<J: Job> FanIn<J> {
             .map(|&window| subtasks.by_ref().take(window).collect())
             .collect();
         let started: usize = lanes.iter().map(Vec::len).sum();
-        for Indexed { index, item } in subtasks {
-            ctx.set(fan_in::input_key(index), Payload(item));
+        let exhausted = started == total;
+        // What claims read; nothing when every subtask starts now.
+        if !exhausted {
+            for Indexed { index, item } in subtasks {
+                ctx.set(fan_in::input_key(index), Payload(item));
+            }
+            ctx.set("next", started as u64);
+            ctx.set("total", total as u64);
+            ctx.set("lanes", windows.len() as u64);
         }
-        ctx.set("next", started as u64);
-        ctx.set("total", total as u64);
-        ctx.set("lanes", windows.len() as u64);
+        let sole = exhausted && windows.len() == 1;
         for (lane, (pending, window)) in lanes.into_iter().zip(windows).enumerate() {
             ctx.service_client::<WorkerClient<J>>()
                 .run_shard(Payload(Lane {
@@ -710,7 +737,8 @@ impl<J: Job> FanIn<J> {
                     window,
                     pending,
                     in_flight: Vec::new(),
-                    exhausted: started == total,
+                    exhausted,
+                    sole,
                 }))
                 .send();
         }

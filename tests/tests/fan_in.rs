@@ -277,11 +277,9 @@ async fn a_freed_slot_starts_the_next_subtask_before_the_slowest_one_finishes() 
         let mut items = vec!["slow@3000".to_owned()];
         items.extend((2..=20).map(|i| format!("s{i}@{}", 50 + (i * 37) % 5 * 50)));
         let expected: Vec<String> = items.iter().map(|i| format!("{i}: DONE")).collect();
-        let started = std::time::Instant::now();
         let response = h
             .run_with(&items.join(","), &[("x-fanout-max-concurrency", "4")])
             .await;
-        let wall = started.elapsed();
         assert_eq!(response.status, 200, "{mode:?}: {}", response.message());
         assert_eq!(
             response.body,
@@ -294,11 +292,6 @@ async fn a_freed_slot_starts_the_next_subtask_before_the_slowest_one_finishes() 
             "{mode:?}: every other subtask ran beside the slow one"
         );
         assert_eq!(started_subtasks(&h).await, 20, "{mode:?}");
-        // The 19 short ones take about 19 × 150 ms / 3 slots: all done before the slow one.
-        assert!(
-            wall < std::time::Duration::from_millis(3000 + 2500),
-            "{mode:?}: {wall:?}"
-        );
         if mode == Mode::Lambda {
             let records = h.records();
             let timeline = schedule(&subtask_intervals(&records), 4);

@@ -19,7 +19,8 @@ use std::time::{Duration, Instant};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum Order {
-    /// Each subtask sleeps a random time below the bound.
+    /// Each subtask sleeps a time drawn from the spread, the same draws in every row and in
+    /// the floor of a width.
     Random,
     /// Subtask i finishes before subtask i+1.
     Increasing,
@@ -28,17 +29,18 @@ pub enum Order {
 }
 
 impl Order {
-    /// The task: `s1,…,sN`, with `@MS` sleeps fixing the completion order when asked.
-    fn description(self, n: usize, spread_ms: u64) -> String {
-        let at = |i: usize| spread_ms * i as u64 / n.max(1) as u64;
+    /// The task's chores, `sI@MS`: each sleeps exactly MS, so every strategy and the floor run
+    /// the very same subtask durations and their ratios compare like with like.
+    fn chores(self, n: usize, spread: &Spread) -> Vec<String> {
+        let at = |i: usize| spread.max_ms * i as u64 / n.max(1) as u64;
+        let mut draws = spread.draws(n);
         (1..=n)
             .map(|i| match self {
-                Order::Random => format!("s{i}"),
+                Order::Random => format!("s{i}@{}", draws.next().unwrap_or(0)),
                 Order::Increasing => format!("s{i}@{}", at(i)),
                 Order::Decreasing => format!("s{i}@{}", at(n - i)),
             })
-            .collect::<Vec<_>>()
-            .join(",")
+            .collect()
     }
 }
 
@@ -124,6 +126,31 @@ impl Spread {
         }
     }
 
+    /// `n` sleeps, uniform below `max_ms`, a share of them `factor` times longer: drawn from a
+    /// generator seeded by `n`, so a width gets the same durations in every row.
+    fn draws(&self, n: usize) -> impl Iterator<Item = u64> + use<> {
+        let (percent, factor) = self
+            .tail
+            .as_deref()
+            .and_then(|t| t.split_once("%x"))
+            .and_then(|(p, f)| Some((p.parse::<f64>().ok()?, f.parse::<u64>().ok()?)))
+            .unwrap_or((0.0, 1));
+        let max_ms = self.max_ms.max(1);
+        let mut x = 0x9E37_79B9_7F4A_7C15_u64 ^ n as u64;
+        let mut next = move || {
+            // xorshift64: fixed, fast, and no dependency for a benchmark's draws.
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        (0..n).map(move |_| {
+            let ms = next() % max_ms;
+            let long = ((next() % 10_000) as f64) < percent * 100.0;
+            if long { ms * factor } else { ms }
+        })
+    }
+
     fn handler_env(&self) -> Vec<(String, String)> {
         let mut env = vec![("FANOUT_MAX_SUBTASK_MS".into(), self.max_ms.to_string())];
         if let Some(tail) = &self.tail {
@@ -178,6 +205,9 @@ pub struct BenchOptions {
     pub concurrency_limit: usize,
     /// Extra restate-server settings (env), e.g. to compare a compression threshold.
     pub server_env: Vec<(String, String)>,
+    /// The widest run the select-any baseline is measured at: its coordinator replays its
+    /// whole journal (one call per subtask) on every wake, O(N²) bytes.
+    pub select_any_up_to: usize,
     /// Also measure the floor for each width.
     pub floor: bool,
     /// Send each width's subtasks once, unmeasured, before its fan-outs: the first row of a
@@ -473,7 +503,7 @@ async fn measure(
     for &n in &options.sizes {
         let first_row = rows.len();
         if options.warm_up {
-            floor(&stack.ingress_url, n)
+            floor(&stack.ingress_url, &Order::Random.chores(n, spread))
                 .await
                 .with_context(|| format!("the warm-up of {n} subtasks failed"))?;
         }
@@ -486,6 +516,7 @@ async fn measure(
             for (&strategy, &order) in options
                 .strategies
                 .iter()
+                .filter(|&&s| s != Strategy::SelectAny || n <= options.select_any_up_to)
                 .flat_map(|s| options.orders.iter().map(move |o| (s, o)))
             {
                 let ingress = IngressClient::new(&stack.ingress_url, None)
@@ -495,11 +526,9 @@ async fn measure(
                 let before = standin.records().len();
                 let server_rss = stack.server.pid().map(crate::process::RssSampler::start);
                 let started = Instant::now();
-                let description = order.description(n, spread.max_ms);
-                let expected: Vec<String> = description
-                    .split(',')
-                    .map(|s| format!("{s}: DONE"))
-                    .collect();
+                let chores = order.chores(n, spread);
+                let description = chores.join(",");
+                let expected: Vec<String> = chores.iter().map(|s| format!("{s}: DONE")).collect();
                 let response = ingress
                     .run(&json!({ "description": description }), None)
                     .await?;
@@ -563,7 +592,9 @@ async fn measure(
         }
         // After the fan-outs, so the floor meets instances as warm as they did.
         if options.floor {
-            let floor_ms = floor(&stack.ingress_url, n).await?.as_millis();
+            let floor_ms = floor(&stack.ingress_url, &Order::Random.chores(n, spread))
+                .await?
+                .as_millis();
             for row in &mut rows[first_row..] {
                 row.floor_wall_ms = Some(floor_ms);
             }
@@ -572,27 +603,22 @@ async fn measure(
     Ok(rows)
 }
 
-/// The floor: `n` independent `runSubtask` invocations of the same random-order subtasks,
-/// sent straight through the ingress, all started before any is awaited, from the first send
-/// to the last result: no coordinator and no cap.
-async fn floor(ingress_url: &str, n: usize) -> Result<Duration> {
+/// The floor: one independent `runSubtask` invocation per chore (the same chores, so the
+/// same durations, as the fan-outs), sent straight through the ingress, all started before
+/// any is awaited, from the first send to the last result: no coordinator and no cap.
+async fn floor(ingress_url: &str, chores: &[String]) -> Result<Duration> {
     // Requests in flight at once: enough to keep Restate busy without exhausting sockets.
     const IN_FLIGHT: usize = 64;
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(3600))
         .build()?;
     let started = Instant::now();
-    let sends = (1..=n).map(|i| {
+    let sends = chores.iter().map(|chore| {
         let http = http.clone();
         let url = format!("{ingress_url}/worker/runSubtask/send");
+        let body = json!({ "description": chore });
         async move {
-            let sent: Value = http
-                .post(url)
-                .json(&json!({ "description": format!("s{i}") }))
-                .send()
-                .await?
-                .json()
-                .await?;
+            let sent: Value = http.post(url).json(&body).send().await?.json().await?;
             sent["invocationId"]
                 .as_str()
                 .map(str::to_owned)
@@ -1025,11 +1051,36 @@ mod tests {
 
     #[test]
     fn orders_fix_when_each_subtask_finishes() {
-        assert_eq!(Order::Random.description(3, 300), "s1,s2,s3");
+        let spread = Spread::parse("300").unwrap();
         assert_eq!(
-            Order::Increasing.description(3, 300),
-            "s1@100,s2@200,s3@300"
+            Order::Increasing.chores(3, &spread),
+            ["s1@100", "s2@200", "s3@300"]
         );
-        assert_eq!(Order::Decreasing.description(3, 300), "s1@200,s2@100,s3@0");
+        assert_eq!(
+            Order::Decreasing.chores(3, &spread),
+            ["s1@200", "s2@100", "s3@0"]
+        );
+    }
+
+    #[test]
+    fn random_draws_repeat_for_a_width_and_follow_the_spread() {
+        let uniform = Spread::parse("0-10s").unwrap();
+        let a = Order::Random.chores(1000, &uniform);
+        assert_eq!(
+            a,
+            Order::Random.chores(1000, &uniform),
+            "same width, same draws"
+        );
+        let ms: Vec<u64> = a
+            .iter()
+            .map(|c| c.rsplit_once('@').unwrap().1.parse().unwrap())
+            .collect();
+        assert!(ms.iter().all(|&m| m < 10_000));
+        let mean = ms.iter().sum::<u64>() as f64 / ms.len() as f64;
+        assert!((4000.0..6000.0).contains(&mean), "{mean}");
+        let tail = Spread::parse("tail").unwrap();
+        let long = tail.draws(10_000).filter(|&m| m >= 1000).count();
+        // 5 % are 20× longer, of which 95 % land above 1 s.
+        assert!((380..570).contains(&long), "{long} long ones in 10,000");
     }
 }
