@@ -38,7 +38,7 @@ help:
 	@echo "make build   - Lambda zip with cargo-lambda (ARCH=arm64|x86_64)"
 	@echo "make deploy  - build, deploy FUNCTION as a published version, register it (ROLE=, ADMIN_URL=)"
 	@echo "make register ARN=… / make invoke TASK=… / make prune FUNCTION=…"
-	@echo "make bench   - the benchmark grid on the local stack: spreads 0-1s/0-10s/tail x N 100/1000/10000"
+	@echo "make bench   - the benchmark grid on the local stack: spreads 0-10s/0-1s/tail x N 100/1000/10000"
 	@echo "               x caps n, n/5, 1000 x strategies ledger/select-any/in-order, with floors (long)"
 	@echo "make lint    - cargo fmt --check and clippy"
 	@echo "make clean   - remove local state (.fanout/); distclean also removes $(TOOLS)/ and target/"
@@ -93,7 +93,7 @@ bench: tools
 	$(CARGO) build --release -p fanout-handler
 	$(CARGO) build -p fanout
 	$(FANOUT) bench --handler target/release/fanout-handler --sizes 100,1000,10000 \
-		--spreads 0-1s,0-10s,tail --caps n,n/5,1000 --strategies ledger,select-any,in-order \
+		--spreads 0-10s,0-1s,tail --caps n,n/5,1000 --strategies ledger,select-any,in-order \
 		--json target/bench.json --plot target/bench.svg
 
 demo: tools build-local

@@ -210,6 +210,38 @@ impl<O> Gathered<O> {
         self.len() == 0
     }
 
+    /// Adds subtask `index`'s result. A failure is kept while at most `tolerated` have
+    /// failed; the one after is given back, with the tally, to end the wait.
+    pub fn add(
+        &mut self,
+        index: usize,
+        label: impl FnOnce() -> String,
+        result: Result<O, TerminalError>,
+        tolerated: usize,
+    ) -> Result<(), TooManyFailures> {
+        let error = match result {
+            Ok(item) => {
+                self.outcomes.push(Indexed { index, item });
+                return Ok(());
+            }
+            Err(error) => error,
+        };
+        let failure = SubtaskFailure {
+            index,
+            subtask: label(),
+            code: error.code(),
+            message: error.message().to_owned(),
+        };
+        if self.failures.len() >= tolerated {
+            return Err(TooManyFailures {
+                failed: self.failures.len() + 1,
+                failure,
+            });
+        }
+        self.failures.push(failure);
+        Ok(())
+    }
+
     /// Adds the outcomes of other subtasks.
     pub fn append(&mut self, other: Self) {
         self.outcomes.extend(other.outcomes);
@@ -352,6 +384,21 @@ mod tests {
             failures: vec![],
         };
         assert_eq!(ordered.into_outcomes(), vec!["a", "b"]);
+    }
+
+    #[test]
+    fn adding_results_keeps_failures_up_to_the_tolerance_and_gives_back_the_next() {
+        let broke = || Err(TerminalError::new_with_code(503, "down"));
+        let mut gathered = Gathered::default();
+        gathered.add(4, || "e".into(), Ok('e'), 1).unwrap();
+        gathered.add(2, || "c".into(), broke(), 1).unwrap();
+        let too_many = gathered.add(7, || "h".into(), broke(), 1).unwrap_err();
+        assert_eq!((too_many.failed, too_many.failure.index), (2, 7));
+        assert_eq!(too_many.failure.subtask, "h");
+        assert_eq!(too_many.failure.code, 503);
+        assert_eq!(gathered.len(), 2, "the one over the limit is not kept");
+        let mut strict = Gathered::<char>::default();
+        assert!(strict.add(0, || "a".into(), broke(), 0).is_err());
     }
 
     #[test]

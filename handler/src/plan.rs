@@ -28,7 +28,7 @@
 //! outcomes must pass through the coordinator whatever the shape. Flat in-order waiting
 //! journals the same bytes, in more requests.
 
-use crate::job::InvalidInput;
+use crate::job::{InvalidInput, Job};
 use crate::policy::DEFAULT_MAX_CONCURRENCY;
 use std::borrow::Cow;
 use std::io::Write as _;
@@ -347,6 +347,18 @@ impl Noise {
     }
 }
 
+/// The estimate for `job`'s `subtasks`, as the worker makes it before fanning out.
+pub fn estimate_for<J: Job>(budget: &PayloadBudget, job: &J, subtasks: &[J::Subtask]) -> Estimate {
+    let sizes: Vec<usize> = subtasks
+        .iter()
+        .map(|s| serde_json::to_vec(s).map_or(0, |b| b.len()))
+        .collect();
+    let split_result = serde_json::to_vec(subtasks).unwrap_or_default();
+    estimate(budget, &split_result, &sizes, |bytes| {
+        job.outcome_size_hint(bytes)
+    })
+}
+
 /// Refuses a fan-out whose estimate does not fit, saying by how much and what to do.
 pub fn check(budget: &PayloadBudget, estimate: &Estimate) -> Result<(), InvalidInput> {
     if estimate.request_bytes <= budget.limit {
@@ -372,7 +384,6 @@ pub fn check(budget: &PayloadBudget, estimate: &Estimate) -> Result<(), InvalidI
 mod tests {
     use super::*;
     use crate::chores::{Chores, Description};
-    use crate::job::Job as _;
     use crate::worker::split_and_plan;
 
     /// What `split_and_plan` estimates for a chores task of these items.
@@ -383,14 +394,7 @@ mod tests {
                 description: description.clone(),
             })
             .collect();
-        let sizes: Vec<usize> = subtasks
-            .iter()
-            .map(|s| serde_json::to_vec(s).unwrap().len())
-            .collect();
-        let split_result = serde_json::to_vec(&subtasks).unwrap();
-        estimate(&PayloadBudget::LAMBDA, &split_result, &sizes, |s| {
-            Chores::default().outcome_size_hint(s)
-        })
+        estimate_for(&PayloadBudget::LAMBDA, &Chores::default(), &subtasks)
     }
 
     /// Whether the worker accepts these items as one chores task on Lambda.

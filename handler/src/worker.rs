@@ -8,7 +8,7 @@ use crate::fan_in::{
     self, Claim, ClaimRequest, Gathered, InFlight, Indexed, Lane, LaneReport, LaneResult,
     TooManyFailures,
 };
-use crate::job::{InvalidInput, Job, MAX_SUBTASKS, SubtaskFailure};
+use crate::job::{InvalidInput, Job, MAX_SUBTASKS};
 use crate::logging::InvocationLog;
 use crate::payload::Payload;
 use crate::plan::{self, PayloadBudget};
@@ -154,14 +154,7 @@ pub fn split_and_plan<J: Job>(
     let subtasks = job.split(task).map_err(bad_input)?;
     check_width(subtasks.len()).map_err(bad_input)?;
     if let Some(budget) = budget {
-        let sizes: Vec<usize> = subtasks
-            .iter()
-            .map(|s| serde_json::to_vec(s).map_or(0, |b| b.len()))
-            .collect();
-        let split_result = serde_json::to_vec(&subtasks).unwrap_or_default();
-        let estimate = plan::estimate(budget, &split_result, &sizes, |bytes| {
-            job.outcome_size_hint(bytes)
-        });
+        let estimate = plan::estimate_for(budget, job, &subtasks);
         plan::check(budget, &estimate).map_err(|e| Refusal {
             code: 413,
             message: e.0,
@@ -384,29 +377,15 @@ async fn call_in_order<J: Job>(
     let mut gathered = Gathered::default();
     while let Some(next) = in_flight.pop_front() {
         let index = gathered.len();
-        match next.await {
-            Ok(Payload(item)) => gathered.outcomes.push(Indexed { index, item }),
-            Err(error) => {
-                let failure = SubtaskFailure {
-                    index,
-                    subtask: labels[index].clone(),
-                    code: error.code(),
-                    message: error.message().to_owned(),
-                };
-                if gathered.failures.len() >= tolerated {
-                    // The run is lost: what is still running is work nobody will use.
-                    for call in &in_flight {
-                        if let Ok(handle) = call.invocation_handle().await {
-                            handle.cancel();
-                        }
-                    }
-                    return Err(TooManyFailures {
-                        failed: gathered.failures.len() + 1,
-                        failure,
-                    });
+        let label = || labels[index].clone();
+        if let Err(too_many) = gathered.add(index, label, next.await.map(|p| p.0), tolerated) {
+            // The run is lost: what is still running is work nobody will use.
+            for call in &in_flight {
+                if let Ok(handle) = call.invocation_handle().await {
+                    handle.cancel();
                 }
-                gathered.failures.push(failure);
             }
+            return Err(too_many);
         }
         if let Some(subtask) = waiting.next() {
             in_flight.push_back(call(subtask));
@@ -590,25 +569,10 @@ async fn run_lane<J: Job>(
             pending.extend(answer.subtasks);
             continue;
         };
-        match result {
-            Ok(Payload(item)) => gathered.outcomes.push(Indexed { index, item }),
-            Err(error) => {
-                let failure = SubtaskFailure {
-                    index,
-                    subtask: label,
-                    code: error.code(),
-                    message: error.message().to_owned(),
-                };
-                if gathered.failures.len() >= tolerated {
-                    // The run is lost: what is still running is work nobody will use.
-                    cancel_all(ctx, &calls, attached).await?;
-                    return Ok(LaneEnd::TooManyFailures(TooManyFailures {
-                        failed: gathered.failures.len() + 1,
-                        failure,
-                    }));
-                }
-                gathered.failures.push(failure);
-            }
+        if let Err(too_many) = gathered.add(index, || label, result.map(|p| p.0), tolerated) {
+            // The run is lost: what is still running is work nobody will use.
+            cancel_all(ctx, &calls, attached).await?;
+            return Ok(LaneEnd::TooManyFailures(too_many));
         }
     }
 }
@@ -636,25 +600,10 @@ where
         } else {
             return Ok(LaneEnd::Finished(gathered));
         };
-        match result {
-            Ok(Payload(item)) => gathered.outcomes.push(Indexed { index, item }),
-            Err(error) => {
-                let failure = SubtaskFailure {
-                    index,
-                    subtask: label,
-                    code: error.code(),
-                    message: error.message().to_owned(),
-                };
-                if gathered.failures.len() >= tolerated {
-                    let calls: Vec<_> = calls.into();
-                    cancel_all(ctx, &calls, attached.into()).await?;
-                    return Ok(LaneEnd::TooManyFailures(TooManyFailures {
-                        failed: gathered.failures.len() + 1,
-                        failure,
-                    }));
-                }
-                gathered.failures.push(failure);
-            }
+        if let Err(too_many) = gathered.add(index, || label, result.map(|p| p.0), tolerated) {
+            let calls: Vec<_> = calls.into();
+            cancel_all(ctx, &calls, attached.into()).await?;
+            return Ok(LaneEnd::TooManyFailures(too_many));
         }
     }
 }

@@ -6,7 +6,6 @@ use fanout::admin::sql_string;
 use fanout::report::{COORDINATOR_PATH, SUBTASK_PATH};
 use fanout::standin::InvocationRecord;
 use fanout_handler::chores::{Chores, Description};
-use fanout_handler::job::Job as _;
 use fanout_handler::plan::{self, Estimate, PayloadBudget};
 use fanout_handler::worker::split_and_plan;
 use fanout_tests::{Harness, Mode, numbered_results, numbered_subtasks};
@@ -58,14 +57,7 @@ fn estimate(items: &[String]) -> Estimate {
             description: description.clone(),
         })
         .collect();
-    let sizes: Vec<usize> = subtasks
-        .iter()
-        .map(|s| serde_json::to_vec(s).unwrap().len())
-        .collect();
-    let split_result = serde_json::to_vec(&subtasks).unwrap();
-    plan::estimate(&PayloadBudget::LAMBDA, &split_result, &sizes, |bytes| {
-        Chores::default().outcome_size_hint(bytes)
-    })
+    plan::estimate_for(&PayloadBudget::LAMBDA, &Chores::default(), &subtasks)
 }
 
 /// Whether the worker on Lambda accepts the first `n` of `items` as one task.

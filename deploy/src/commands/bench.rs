@@ -507,11 +507,22 @@ async fn measure(
                 .await
                 .with_context(|| format!("the warm-up of {n} subtasks failed"))?;
         }
-        // Caps above the width run as the width does: measured once.
+        // Caps above the width run as the width does: measured once. A cap above the
+        // function's concurrency limit would only measure Restate backing off from 429s.
         let mut caps: Vec<usize> = options.caps.iter().map(|c| c.of(n)).collect();
-        caps.dedup();
         caps.sort_unstable_by(|a, b| b.cmp(a));
         caps.dedup();
+        caps.retain(|&cap| {
+            let fits = cap <= options.concurrency_limit;
+            if !fits {
+                eprintln!(
+                    "skipping cap {cap} at N={n}: above the function's concurrency limit of {} \
+                     (--concurrency-limit), every subtask past it would be throttled",
+                    options.concurrency_limit
+                );
+            }
+            fits
+        });
         for &cap in &caps {
             for (&strategy, &order) in options
                 .strategies
