@@ -258,7 +258,7 @@ impl Observer {
 }
 
 /// The handler that runs a lane of a fan-in-ledger run (named `runShard` on the wire).
-const SHARD_TARGET: &str = "worker/runShard";
+const LANE_TARGET: &str = "worker/runShard";
 
 /// SQL condition selecting the lane invocations of run `id`: started by the run's ledger
 /// (the `fanIn` Virtual Object keyed by the run's id).
@@ -267,7 +267,7 @@ fn lanes_of(id: &str) -> String {
         "SELECT id FROM sys_invocation WHERE target = {} AND invoked_by_id IN \
          (SELECT id FROM sys_invocation WHERE target_service_name = 'fanIn' \
          AND target_service_key = {})",
-        sql_string(SHARD_TARGET),
+        sql_string(LANE_TARGET),
         sql_string(id)
     )
 }

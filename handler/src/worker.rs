@@ -121,7 +121,8 @@ impl<J: Job> Worker<J> {
                         .handler("runSubtask", subtask),
                 ),
             )
-            // Lazy state: a record loads only the keys it touches, not every shard's outcomes.
+            // Lazy state: a claim or a record loads only the keys it touches, not every input
+            // and report of the run.
             .bind(
                 FanIn::<J>(PhantomData).into_service_definition().options(
                     ServiceOptions::new()

@@ -27,7 +27,7 @@ async fn one_subtask(mode: Mode) {
 }
 
 /// The journals, as (index, entry type) pairs, of every invocation that called `runSubtask`:
-/// the coordinator itself, or its shards when it fans in through the ledger.
+/// the coordinator itself, or its lanes when it fans in through the ledger.
 async fn callers_journals(h: &Harness) -> Vec<Vec<(u64, String)>> {
     let callers = h
         .query(
