@@ -49,8 +49,41 @@ pub struct RestateServer {
     pub ingress_url: String,
     pub admin_url: String,
     pub log_path: PathBuf,
+    /// How it was started, so [`Self::restart`] starts it again the same way.
+    launch: Launch,
     // Removed on drop, after the process is gone.
     _base_dir: tempfile::TempDir,
+}
+
+/// Binary, base dir, ports and environment of a server: enough to start it again.
+struct Launch {
+    binary: PathBuf,
+    base_dir: PathBuf,
+    ports: (u16, u16, u16),
+    env: Vec<(String, String)>,
+}
+
+impl Launch {
+    fn command(&self) -> Command {
+        let (admin, ingress, node) = self.ports;
+        let mut command = Command::new(&self.binary);
+        command
+            .arg("--base-dir")
+            .arg(&self.base_dir)
+            .args(["--no-logo", "--bind-ip", "127.0.0.1"])
+            .env("RESTATE_ADMIN__BIND_PORT", admin.to_string())
+            .env("RESTATE_INGRESS__BIND_PORT", ingress.to_string())
+            .env("RESTATE_BIND_PORT", node.to_string())
+            .env("RESTATE_DISABLE_TELEMETRY", "true")
+            .env("DO_NOT_TRACK", "1");
+        for (key, value) in MEMORY_SETTINGS {
+            if std::env::var_os(key).is_none() {
+                command.env(key, value);
+            }
+        }
+        command.envs(self.env.iter().map(|(k, v)| (k, v)));
+        command
+    }
 }
 
 impl RestateServer {
@@ -78,65 +111,48 @@ impl RestateServer {
             .clone()
             .unwrap_or_else(|| base_dir.path().join("restate-server.log"));
 
-        let mut command = Command::new(binary);
-        command
-            .arg("--base-dir")
-            .arg(base_dir.path())
-            .args(["--no-logo", "--bind-ip", "127.0.0.1"])
-            .env("RESTATE_ADMIN__BIND_PORT", admin.to_string())
-            .env("RESTATE_INGRESS__BIND_PORT", ingress.to_string())
-            .env("RESTATE_BIND_PORT", node.to_string())
-            .env("RESTATE_DISABLE_TELEMETRY", "true")
-            .env("DO_NOT_TRACK", "1");
-        for (key, value) in MEMORY_SETTINGS {
-            if std::env::var_os(key).is_none() {
-                command.env(key, value);
-            }
-        }
-        command.envs(options.env.iter().map(|(k, v)| (k, v)));
-        let mut process = Managed::spawn("restate-server", command, &log_path)?;
-
+        let launch = Launch {
+            binary: binary.to_path_buf(),
+            base_dir: base_dir.path().to_path_buf(),
+            ports: (admin, ingress, node),
+            env: options.env.clone(),
+        };
+        let process = Managed::spawn("restate-server", launch.command(), &log_path)?;
         let admin_url = format!("http://127.0.0.1:{admin}");
         let ingress_url = format!("http://127.0.0.1:{ingress}");
-        let http = reqwest::Client::new();
-        let healthy =
-            wait_until(START_TIMEOUT, || {
-                let http = http.clone();
-                let (admin_url, ingress_url) = (admin_url.clone(), ingress_url.clone());
-                async move {
-                    let ok = |url: String| {
-                        let http = http.clone();
-                        async move {
-                            matches!(http.get(url).send().await, Ok(r) if r.status().is_success())
-                        }
-                    };
-                    ok(format!("{admin_url}/health")).await
-                        && ok(format!("{ingress_url}/restate/health")).await
-                }
-            })
-            .await;
-        if !healthy {
-            let exited = process.exited();
-            let _ = process.stop(Duration::from_secs(1)).await;
-            let tail = log_tail(&log_path, 20);
-            bail!(
-                "restate-server did not become healthy within {START_TIMEOUT:?} ({}); its log \
-                 ends with:\n{tail}",
-                match exited {
-                    Some(status) => format!("it exited with {status}"),
-                    None => "it is still starting".into(),
-                }
-            );
-        }
+        let process = wait_healthy(process, &admin_url, &ingress_url, &log_path).await?;
         Ok(Self {
             process: Some(process),
             ingress_url,
             admin_url,
             log_path,
+            launch,
             _base_dir: base_dir,
         })
     }
 
+    /// SIGKILLs the server (a crash: no shutdown, nothing flushed on purpose). It stays down
+    /// until [`Self::restart`].
+    pub fn kill(&mut self) {
+        if let Some(process) = self.process.take() {
+            if let Some(pid) = process.pid() {
+                crate::process::kill_group(pid);
+            }
+            drop(process);
+        }
+    }
+
+    /// Starts the server again on the same base dir, ports and environment (after
+    /// [`Self::kill`], or killing it first), and waits until it is healthy: a node coming back
+    /// after a crash, with its journal and invocations. Used by the fault tests.
+    pub async fn restart(&mut self) -> Result<()> {
+        self.kill();
+        let process = Managed::spawn("restate-server", self.launch.command(), &self.log_path)?;
+        let process =
+            wait_healthy(process, &self.admin_url, &self.ingress_url, &self.log_path).await?;
+        self.process = Some(process);
+        Ok(())
+    }
     pub fn pid(&self) -> Option<u32> {
         self.process.as_ref().and_then(Managed::pid)
     }
@@ -151,6 +167,44 @@ impl RestateServer {
             process.stop(Duration::from_secs(5)).await;
         }
     }
+}
+
+/// Waits until the admin API and the ingress of a just-started server answer healthy; stops it
+/// and says why when they do not within [`START_TIMEOUT`].
+async fn wait_healthy(
+    mut process: Managed,
+    admin_url: &str,
+    ingress_url: &str,
+    log_path: &Path,
+) -> Result<Managed> {
+    let http = reqwest::Client::new();
+    let healthy = wait_until(START_TIMEOUT, || {
+        let http = http.clone();
+        let (admin_url, ingress_url) = (admin_url.to_owned(), ingress_url.to_owned());
+        async move {
+            let ok = |url: String| {
+                let http = http.clone();
+                async move { matches!(http.get(url).send().await, Ok(r) if r.status().is_success()) }
+            };
+            ok(format!("{admin_url}/health")).await
+                && ok(format!("{ingress_url}/restate/health")).await
+        }
+    })
+    .await;
+    if !healthy {
+        let exited = process.exited();
+        let _ = process.stop(Duration::from_secs(1)).await;
+        let tail = log_tail(log_path, 20);
+        bail!(
+            "restate-server did not become healthy within {START_TIMEOUT:?} ({}); its log ends \
+             with:\n{tail}",
+            match exited {
+                Some(status) => format!("it exited with {status}"),
+                None => "it is still starting".into(),
+            }
+        );
+    }
+    Ok(process)
 }
 
 /// The last `lines` lines of a log file, for error messages.
