@@ -11,18 +11,21 @@
 //! - **Limits**: a response that would still break Lambda's 6 MB payload limit ends the
 //!   invocation with a terminal error that names the size, instead of a Lambda error that
 //!   Restate would retry forever.
-//! - **Bad events** (not from Restate, malformed) get a clear 400 response; the instance lives on.
+//! - **Bad events** (not from Restate, malformed, not even UTF-8) get a clear 400 response; the
+//!   instance lives on.
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
-use lambda_runtime::{LambdaEvent, service_fn};
+use lambda_runtime::tower::{Layer, Service};
+use lambda_runtime::{LambdaEvent, LambdaInvocation, Runtime, layers::TracingLayer, service_fn};
 use restate_sdk::prelude::{Endpoint, HandleOptions, ProtocolMode};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
 use std::io::Read as _;
+use std::task::{Context, Poll};
 
 pub const RUNTIME_API_ENV: &str = "AWS_LAMBDA_RUNTIME_API";
 
@@ -63,7 +66,8 @@ pub async fn run(endpoint: Endpoint) -> Result<(), lambda_runtime::Error> {
         .into());
     }
     let adapter = Adapter::new(endpoint, payload_limit_from_env()?);
-    lambda_runtime::run(service_fn(move |event: LambdaEvent<Value>| {
+    // What `lambda_runtime::run` builds, with the UTF-8 guard in front of everything.
+    Runtime::new(service_fn(move |event: LambdaEvent<Value>| {
         let adapter = adapter.clone();
         async move {
             crate::logging::set_lambda_request_id(Some(event.context.request_id.clone()));
@@ -72,7 +76,59 @@ pub async fn run(endpoint: Endpoint) -> Result<(), lambda_runtime::Error> {
             Ok::<Value, lambda_runtime::Error>(response)
         }
     }))
+    .layer(TracingLayer::new())
+    .layer(Utf8Guard)
+    .run()
     .await
+}
+
+/// The key of the event [`Utf8Guard`] puts in place of one that is not UTF-8.
+const NOT_UTF8_KEY: &str = "fanout:eventNotUtf8";
+
+/// Keeps an event that is not UTF-8 from stopping the runtime.
+///
+/// `lambda_runtime` 1.5 checks every event with `str::from_utf8` before it deserializes it (for
+/// a trace line), and a failure there is not answered: it ends the run loop and the process
+/// exits 1. This layer sees the raw event first and replaces such a body with
+/// `{"fanout:eventNotUtf8": "<why>"}`, which [`Adapter::handle`] answers with a 400. Valid
+/// UTF-8 passes through untouched (the same check the runtime makes, so no extra copy).
+#[derive(Clone, Copy)]
+struct Utf8Guard;
+
+impl<S> Layer<S> for Utf8Guard {
+    type Service = Utf8Guarded<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        Utf8Guarded(inner)
+    }
+}
+
+struct Utf8Guarded<S>(S);
+
+impl<S> Service<LambdaInvocation> for Utf8Guarded<S>
+where
+    S: Service<LambdaInvocation, Response = (), Error = lambda_runtime::Error>,
+{
+    type Response = ();
+    type Error = lambda_runtime::Error;
+    type Future = S::Future;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.0.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut invocation: LambdaInvocation) -> Self::Future {
+        invocation.body = utf8_or_marker(invocation.body);
+        self.0.call(invocation)
+    }
+}
+
+/// `body` when it is UTF-8, else the marker event that says why it is not.
+fn utf8_or_marker(body: Bytes) -> Bytes {
+    match std::str::from_utf8(&body) {
+        Ok(_) => body,
+        Err(e) => Bytes::from(json!({ NOT_UTF8_KEY: e.to_string() }).to_string()),
+    }
 }
 
 fn payload_limit_from_env() -> Result<usize, lambda_runtime::Error> {
@@ -187,6 +243,9 @@ fn parse_event(event: Value) -> Result<InvokeEvent, String> {
         invoking the function directly";
     if !event.is_object() {
         return Err(format!("the event is not a JSON object; {EXPECTED}"));
+    }
+    if let Some(why) = event.get(NOT_UTF8_KEY).and_then(Value::as_str) {
+        return Err(format!("the event is not valid UTF-8 ({why}); {EXPECTED}"));
     }
     serde_json::from_value(event).map_err(|e| format!("malformed event ({e}); {EXPECTED}"))
 }
@@ -418,6 +477,23 @@ mod tests {
             let text = String::from_utf8(body(&response)).unwrap();
             assert!(text.contains(expected), "{event} -> {text}");
         }
+    }
+
+    #[tokio::test]
+    async fn events_that_are_not_utf8_get_a_400_that_explains() {
+        let raw = Bytes::from_static(b"{\"path\":\"\xff\",\"httpMethod\":\"POST\"}");
+        let guarded = utf8_or_marker(raw);
+        let event: Value = serde_json::from_slice(&guarded).expect("the marker is JSON");
+        let response = adapter(LAMBDA_PAYLOAD_LIMIT).handle(event).await;
+        assert_eq!(status(&response), 400);
+        let text = String::from_utf8(body(&response)).unwrap();
+        assert!(
+            text.contains("not valid UTF-8 (invalid utf-8 sequence of 1 bytes from index 9)"),
+            "{text}"
+        );
+        // UTF-8 passes through as it was.
+        let fine = Bytes::from_static("{\"path\":\"ÿ\"}".as_bytes());
+        assert_eq!(utf8_or_marker(fine.clone()), fine);
     }
 
     #[tokio::test]

@@ -340,17 +340,34 @@ async fn events_not_from_restate_get_a_400_and_the_instance_lives_on() {
         let text = answer["body"].as_str().unwrap_or_default();
         assert!(text.contains(expected), "{event} -> {text}");
     }
+    // Bytes that are not UTF-8: lambda_runtime alone stops the runtime on these.
+    let not_utf8: &[u8] = b"{\"path\":\"\xff\",\"httpMethod\":\"POST\"}";
+    let raw = reqwest::Client::new()
+        .post(format!(
+            "{}/2015-03-31/functions/fanout/invocations",
+            h.standin().endpoint_url()
+        ))
+        .body(not_utf8.to_vec())
+        .send()
+        .await
+        .expect("the stand-in answers");
+    assert_eq!(raw.status(), 200, "Lambda delivered the answer");
+    let answer: Value = raw.json().await.expect("a JSON answer");
+    assert_eq!(answer["statusCode"], json!(400), "{answer}");
+    let text = answer["body"].as_str().unwrap_or_default();
+    assert!(text.contains("not valid UTF-8"), "{text}");
+    let cases = cases.len() + 1;
     // The same warm instance still serves Restate.
     let response = h.run("after,bad,events").await;
     assert_eq!(response.status, 200, "{}", response.message());
     let records = h.records();
     assert!(records.iter().all(|r| r.outcome == "ok"), "{records:#?}");
-    let direct: Vec<u64> = records[before..before + cases.len()]
+    let direct: Vec<u64> = records[before..before + cases]
         .iter()
         .map(|r| r.instance)
         .collect();
     assert!(
-        records[before + cases.len()..]
+        records[before + cases..]
             .iter()
             .any(|r| direct.contains(&r.instance) && !r.cold),
         "an instance that answered a bad event went on to serve Restate warm"
