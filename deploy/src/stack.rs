@@ -82,6 +82,8 @@ pub struct LocalStack {
     pub handler_log_path: PathBuf,
     pub metering_path: PathBuf,
     http_handler: Option<Managed>,
+    /// How the HTTP handler was started (binary, env, port), to start it again.
+    http_launch: Option<(PathBuf, Vec<(String, String)>, u16)>,
     _temp: Option<tempfile::TempDir>,
 }
 
@@ -119,6 +121,7 @@ impl LocalStack {
 
         let mut standin = None;
         let mut http_handler = None;
+        let mut http_launch = None;
         let target = match options.mode {
             HandlerMode::Lambda => {
                 let spec = FunctionSpec {
@@ -156,6 +159,9 @@ impl LocalStack {
                     start_http_handler(&handler_binary, &options.handler_env, &handler_log_path)
                         .await?;
                 http_handler = Some(process);
+                let port = uri.rsplit(':').next().and_then(|p| p.parse().ok());
+                http_launch =
+                    port.map(|port| (handler_binary.clone(), options.handler_env.clone(), port));
                 DeploymentTarget::Http { uri }
             }
         };
@@ -185,6 +191,7 @@ impl LocalStack {
             handler_log_path,
             metering_path,
             http_handler,
+            http_launch,
             _temp: temp,
         })
     }
@@ -198,6 +205,39 @@ impl LocalStack {
         self.http_handler.as_ref().and_then(Managed::pid)
     }
 
+    /// SIGKILLs the HTTP handler (HTTP mode), a crash; it stays down until
+    /// [`Self::restart_http_handler`]. Used by the fault tests.
+    pub fn kill_http_handler(&mut self) {
+        if let Some(handler) = self.http_handler.take() {
+            if let Some(pid) = handler.pid() {
+                crate::process::kill_group(pid);
+            }
+        }
+    }
+
+    /// Starts the HTTP handler again (killing it first if it runs) on the same port and
+    /// environment, so the registered deployment reaches it again.
+    pub async fn restart_http_handler(&mut self) -> Result<()> {
+        self.kill_http_handler();
+        let Some((binary, env, port)) = self.http_launch.clone() else {
+            bail!("this stack has no HTTP handler to restart (it runs in Lambda mode)");
+        };
+        // The killed process's port may take a moment to be free again.
+        for _ in 0..50 {
+            if let Some(process) =
+                spawn_http_handler(&binary, &env, &self.handler_log_path, port).await?
+            {
+                self.http_handler = Some(process);
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        bail!(
+            "the handler did not listen on port {port} again; log:\n{}",
+            log_tail(&self.handler_log_path, 20)
+        )
+    }
+
     pub async fn stop(mut self) {
         if let Some(handler) = self.http_handler.take() {
             handler.stop(Duration::from_secs(5)).await;
@@ -208,6 +248,40 @@ impl LocalStack {
         let Self { server, .. } = self;
         server.stop().await;
     }
+}
+
+/// Starts the handler on `port` and waits until it listens; `None` when it exited first (the
+/// port was taken).
+async fn spawn_http_handler(
+    binary: &Path,
+    env: &[(String, String)],
+    log: &Path,
+    port: u16,
+) -> Result<Option<Managed>> {
+    let mut command = Command::new(binary);
+    command
+        .args(["--port", &port.to_string()])
+        .env_remove("AWS_LAMBDA_RUNTIME_API")
+        .envs(env.iter().map(|(k, v)| (k, v)));
+    let mut process = Managed::spawn("fanout-handler", command, log)?;
+    let up = wait_until(Duration::from_secs(20), || async move {
+        tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_ok()
+    })
+    .await;
+    if up {
+        return Ok(Some(process));
+    }
+    let exited = process.exited();
+    process.stop(Duration::from_secs(1)).await;
+    if exited.is_none() {
+        bail!(
+            "the handler did not listen on port {port}; log:\n{}",
+            log_tail(log, 20)
+        );
+    }
+    Ok(None)
 }
 
 /// What restate-server needs to call Lambda at a local endpoint with the standard AWS chain.
@@ -231,28 +305,8 @@ async fn start_http_handler(
 ) -> Result<(Managed, String)> {
     for _ in 0..3 {
         let port = free_port()?;
-        let mut command = Command::new(binary);
-        command
-            .args(["--port", &port.to_string()])
-            .env_remove("AWS_LAMBDA_RUNTIME_API")
-            .envs(env.iter().map(|(k, v)| (k, v)));
-        let mut process = Managed::spawn("fanout-handler", command, log)?;
-        let up = wait_until(Duration::from_secs(20), || async move {
-            tokio::net::TcpStream::connect(("127.0.0.1", port))
-                .await
-                .is_ok()
-        })
-        .await;
-        if up {
+        if let Some(process) = spawn_http_handler(binary, env, log, port).await? {
             return Ok((process, format!("http://127.0.0.1:{port}")));
-        }
-        let exited = process.exited();
-        process.stop(Duration::from_secs(1)).await;
-        if exited.is_none() {
-            bail!(
-                "the handler did not listen on port {port}; log:\n{}",
-                log_tail(log, 20)
-            );
         }
     }
     bail!(

@@ -266,13 +266,24 @@ impl Function {
         Acquired::Cold(lease)
     }
 
-    /// SIGKILLs every instance that is running an event; the invocations see a crash.
-    pub(crate) fn kill_running(&self) -> usize {
+    /// SIGKILLs the instances running an event whose path contains `path` (all busy ones when
+    /// `None`); the invocations see a crash. Returns how many.
+    pub(crate) fn kill_running_where(&self, path: Option<&str>) -> usize {
         let pool = lock(&self.pool);
+        let mut killed = 0;
         for instance in pool.running.values() {
-            instance.kill();
+            let hit = match path {
+                None => true,
+                Some(wanted) => lock(&instance.event_path)
+                    .as_deref()
+                    .is_some_and(|p| p.contains(wanted)),
+            };
+            if hit {
+                instance.kill();
+                killed += 1;
+            }
         }
-        pool.running.len()
+        killed
     }
 
     /// Stops taking invocations and kills every instance, busy or idle. Returns them so the
@@ -392,6 +403,8 @@ pub(crate) struct Instance {
     events: mpsc::Sender<Event>,
     kill: Mutex<Option<oneshot::Sender<()>>>,
     idle_since: Mutex<Instant>,
+    /// The path of the event it is running (Restate's handler), for targeted kills.
+    pub event_path: Mutex<Option<String>>,
     /// Keeps the version's extracted code on disk while the process runs.
     _config: Arc<Config>,
     /// The supervisor (owner of the child, which is `kill_on_drop`) and the listener: aborting
@@ -486,6 +499,7 @@ impl Instance {
             events,
             kill: Mutex::new(Some(kill_tx)),
             idle_since: Mutex::new(Instant::now()),
+            event_path: Mutex::new(None),
             _config: Arc::clone(&version.config),
             tasks: vec![supervisor, server.disarm()],
         }))

@@ -12,7 +12,7 @@ use axum::body::Bytes;
 use serde_json::json;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::oneshot;
 use tokio::time::sleep_until;
 
@@ -23,6 +23,8 @@ pub(crate) struct Invocation {
     pub request_id: String,
     pub payload: Bytes,
     pub started_at: SystemTime,
+    /// A shorter timeout than the function's for this invoke (an injected fault).
+    pub timeout: Option<Duration>,
 }
 
 /// What the Invoke API answers.
@@ -59,7 +61,9 @@ pub(crate) async fn run(shared: Arc<Shared>, invocation: Invocation) -> Invoked 
         request_id,
         payload,
         started_at,
+        timeout,
     } = invocation;
+    let timeout = timeout.map_or(version.config.timeout, |t| t.min(version.config.timeout));
     let facts = event_facts(&payload);
     let mut record = InvocationRecord {
         request_id: request_id.clone(),
@@ -109,11 +113,12 @@ pub(crate) async fn run(shared: Arc<Shared>, invocation: Invocation) -> Invoked 
     };
     let instance = Arc::clone(lease.instance().expect("attached above"));
     record.instance = instance.id;
+    set_event_path(&instance, record.path.clone());
 
     let (completion, handed_at) = drive(
         &shared,
         &instance,
-        &version,
+        timeout,
         record.cold,
         Delivery {
             request_id: request_id.clone(),
@@ -122,6 +127,7 @@ pub(crate) async fn run(shared: Arc<Shared>, invocation: Invocation) -> Invoked 
         },
     )
     .await;
+    set_event_path(&instance, None);
     let finished_at = Instant::now();
     record.duration_ms = handed_at.map_or(0.0, |h| millis(finished_at - h));
     if record.cold {
@@ -204,7 +210,7 @@ pub(crate) async fn run(shared: Arc<Shared>, invocation: Invocation) -> Invoked 
                 error_type,
                 &format!(
                     "{request_id} Task timed out after {:.2} seconds",
-                    version.config.timeout.as_secs_f64()
+                    timeout.as_secs_f64()
                 ),
             );
             finish(&shared, record, error_type, body)
@@ -234,7 +240,7 @@ fn record_with_response(mut record: InvocationRecord, size: usize) -> Invocation
 async fn drive(
     shared: &Shared,
     instance: &Instance,
-    version: &Version,
+    timeout: Duration,
     cold: bool,
     delivery: Delivery,
 ) -> (Completion, Option<Instant>) {
@@ -259,11 +265,7 @@ async fn drive(
 
     // A warm instance is already polling /next, so only a cold one gets the start-up bound;
     // a warm one that stopped polling is out of time when the function's timeout runs out.
-    let handout_bound = if cold {
-        shared.init_bound
-    } else {
-        version.config.timeout
-    };
+    let handout_bound = if cold { shared.init_bound } else { timeout };
     let handed_at = tokio::select! {
         biased;
         handed = handed_rx => match handed {
@@ -285,9 +287,16 @@ async fn drive(
             Err(_) => Completion::Abandoned,
         },
         ended = runtime.wait_ended() => Completion::Ended(ended),
-        _ = sleep_until((handed_at + version.config.timeout).into()) => Completion::TimedOut,
+        _ = sleep_until((handed_at + timeout).into()) => Completion::TimedOut,
     };
     (completion, Some(handed_at))
+}
+
+fn set_event_path(instance: &Instance, path: Option<String>) {
+    *instance
+        .event_path
+        .lock()
+        .unwrap_or_else(|p| p.into_inner()) = path;
 }
 
 /// Records a function error and answers with its document.

@@ -1,6 +1,7 @@
 //! The stand-in's front door: Lambda's Invoke API as aws-sdk-lambda (and so restate-server)
 //! calls it, plus the `/fanout/*` hooks for tools and tests.
 
+use super::faults::{Fault, FaultPlan};
 use super::invocation::{self, Invocation, Invoked};
 use super::metering::{InvocationRecord, epoch_ms, event_path};
 use super::names::{NameError, parse_function_name};
@@ -26,6 +27,7 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
         .route("/fanout/health", get(health))
         .route("/fanout/metrics", get(metrics))
         .route("/fanout/instances/kill", post(kill))
+        .route("/fanout/faults", post(arm_faults).get(fault_counts))
         .fallback(unknown_operation)
         .with_state(shared)
 }
@@ -123,6 +125,45 @@ async fn invoke(
         }
     };
 
+    // Armed faults (none unless a test or an operator asked): the invokes they hit fail as
+    // Lambda's would.
+    let fault = if shared.faults.any_armed() {
+        shared.faults.take(event_path(&payload).as_deref())
+    } else {
+        None
+    };
+    match fault {
+        Some(Fault::Throttle) => {
+            shared.meter.record(injected_record(
+                &request_id,
+                &function.name,
+                &version.version,
+                &payload,
+                started_at,
+                "throttled",
+            ));
+            return throttled(&request_id);
+        }
+        Some(Fault::ServiceError) => {
+            shared.meter.record(injected_record(
+                &request_id,
+                &function.name,
+                &version.version,
+                &payload,
+                started_at,
+                "service_error",
+            ));
+            let body = json!({"Type": "Service", "message": "An internal error occurred (injected by the stand-in's faults)."});
+            return lambda_error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "ServiceException",
+                body,
+                &request_id,
+            );
+        }
+        _ => {}
+    }
+
     let executed_version = version.version.clone();
     let invocation = Invocation {
         function,
@@ -131,6 +172,10 @@ async fn invoke(
         request_id: request_id.clone(),
         payload,
         started_at,
+        timeout: match fault {
+            Some(Fault::Timeout(timeout)) => Some(timeout),
+            _ => None,
+        },
     };
     let invocation_type = headers
         .get("X-Amz-Invocation-Type")
@@ -163,19 +208,7 @@ async fn invoke(
     let (body, function_error) = match outcome {
         Ok(Invoked::Ok(body)) => (body, false),
         Ok(Invoked::FunctionError(body)) => (body, true),
-        Ok(Invoked::Throttled) => {
-            let body = json!({
-                "Reason": "ReservedFunctionConcurrentInvocationLimitExceeded",
-                "Type": "User",
-                "message": "Rate Exceeded."
-            });
-            return lambda_error(
-                StatusCode::TOO_MANY_REQUESTS,
-                "TooManyRequestsException",
-                body,
-                &request_id,
-            );
-        }
+        Ok(Invoked::Throttled) => return throttled(&request_id),
         Err(e) => {
             tracing::error!("an invocation task failed: {e}");
             let body =
@@ -188,6 +221,19 @@ async fn invoke(
             );
         }
     };
+    if fault == Some(Fault::DropResponse) {
+        // The function ran and was metered; the caller never gets its answer: the status line
+        // goes out, then the body fails and the connection is cut.
+        let lost = futures_util::stream::once(async {
+            Err::<axum::body::Bytes, _>(std::io::Error::other(
+                "response dropped by the stand-in's faults",
+            ))
+        });
+        return with_request_id(
+            (StatusCode::OK, Body::from_stream(lost)).into_response(),
+            &request_id,
+        );
+    }
     let mut response = (
         StatusCode::OK,
         [(
@@ -210,6 +256,72 @@ async fn invoke(
     with_request_id(response, &request_id)
 }
 
+fn throttled(request_id: &str) -> Response {
+    let body = json!({
+        "Reason": "ReservedFunctionConcurrentInvocationLimitExceeded",
+        "Type": "User",
+        "message": "Rate Exceeded."
+    });
+    lambda_error(
+        StatusCode::TOO_MANY_REQUESTS,
+        "TooManyRequestsException",
+        body,
+        request_id,
+    )
+}
+
+/// The metering record of an invoke a fault answered before the function ran.
+fn injected_record(
+    request_id: &str,
+    function: &str,
+    version: &str,
+    payload: &[u8],
+    started_at: SystemTime,
+    outcome: &str,
+) -> InvocationRecord {
+    InvocationRecord {
+        request_id: request_id.to_owned(),
+        function: function.to_owned(),
+        version: version.to_owned(),
+        path: event_path(payload),
+        cold: false,
+        init_ms: None,
+        duration_ms: 0.0,
+        billed_ms: 0,
+        request_bytes: payload.len(),
+        response_bytes: 0,
+        request_encoding: None,
+        request_body_bytes: None,
+        restate_invocation_id: None,
+        response_encoding: None,
+        peak_rss_kb: None,
+        outcome: outcome.to_owned(),
+        started_at_ms: epoch_ms(started_at),
+        instance: 0,
+    }
+}
+
+/// `POST /fanout/faults` with a [`FaultPlan`] as JSON: arms it, answers with the tallies.
+async fn arm_faults(State(shared): State<Arc<Shared>>, body: axum::body::Bytes) -> Response {
+    match serde_json::from_slice::<FaultPlan>(&body) {
+        Ok(plan) => {
+            shared.faults.arm(&plan);
+            Json(shared.faults.counts()).into_response()
+        }
+        Err(e) => (
+            StatusCode::BAD_REQUEST,
+            Json(json!({"error": format!(
+                "the body is not a fault plan ({e}); send e.g. {{\"throttle\": 2, \"serviceError\": 1, \"dropResponse\": 1, \"timeout\": 1, \"timeoutMs\": 200, \"path\": \"runSubtask\"}}"
+            )})),
+        )
+            .into_response(),
+    }
+}
+
+async fn fault_counts(State(shared): State<Arc<Shared>>) -> Json<super::FaultCounts> {
+    Json(shared.faults.counts())
+}
+
 async fn health() -> Json<Value> {
     Json(json!({"status": "ok"}))
 }
@@ -221,11 +333,17 @@ async fn metrics(State(shared): State<Arc<Shared>>) -> Json<Vec<InvocationRecord
 #[derive(Deserialize)]
 struct KillQuery {
     function: String,
+    /// Only instances running an event whose path contains this (e.g. `runSubtask`).
+    path: Option<String>,
 }
 
 async fn kill(State(shared): State<Arc<Shared>>, Query(query): Query<KillQuery>) -> Response {
     match shared.function(&query.function) {
-        Some(function) => Json(json!({"killed": function.kill_running()})).into_response(),
+        Some(function) => {
+            let killed = function.kill_running_where(query.path.as_deref());
+            shared.faults.count_killed(killed);
+            Json(json!({"killed": killed})).into_response()
+        }
         None => (
             StatusCode::NOT_FOUND,
             Json(json!({"error": format!("no function named {:?}", query.function)})),

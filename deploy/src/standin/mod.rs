@@ -4,7 +4,10 @@
 //! - `invoke_api`: Lambda's Invoke API (`POST /2015-03-31/functions/{name}/invocations`)
 //!   with Lambda's status codes, error types and headers, plus `GET /fanout/health`,
 //!   `GET /fanout/metrics` (the [`InvocationRecord`]s as a JSON array) and
-//!   `POST /fanout/instances/kill?function=NAME` (SIGKILL every busy instance; a test hook).
+//!   `POST /fanout/instances/kill?function=NAME[&path=HANDLER]` (SIGKILL every busy instance,
+//!   or those running an event for that Restate handler; a test hook), and `POST /fanout/faults`
+//!   / `GET /fanout/faults` (arm faults for the next invokes, see `faults`; tallies).
+//! - `faults`: 429s, 5xx, lost responses and timeouts on request, as Lambda produces them.
 //! - `control_plane`: the part of Lambda's control-plane API a deploy tool uses (CreateFunction,
 //!   GetFunction, GetFunctionConfiguration, UpdateFunctionCode, UpdateFunctionConfiguration,
 //!   PublishVersion, ListVersionsByFunction, ListFunctions, DeleteFunction) on the same port,
@@ -26,6 +29,7 @@
 mod control_plane;
 #[cfg(test)]
 mod control_plane_tests;
+mod faults;
 mod instances;
 mod invocation;
 mod invoke_api;
@@ -35,6 +39,7 @@ mod runtime_api;
 #[cfg(test)]
 mod tests;
 
+pub use faults::{FaultCounts, FaultPlan};
 pub use metering::InvocationRecord;
 
 use anyhow::Context as _;
@@ -152,6 +157,8 @@ pub(crate) struct Shared {
     pub environment: Environment,
     pub next_instance: AtomicU64,
     pub init_bound: Duration,
+    /// Faults armed for the next invokes (none unless a test or an operator asks).
+    pub faults: faults::Faults,
 }
 
 impl Shared {
@@ -223,6 +230,7 @@ impl StandIn {
             },
             next_instance: AtomicU64::new(1),
             init_bound,
+            faults: faults::Faults::default(),
         };
         let mut functions = HashMap::new();
         for spec in &config.functions {
@@ -305,6 +313,33 @@ impl StandIn {
     /// Every invocation metered so far, in completion order.
     pub fn records(&self) -> Vec<InvocationRecord> {
         self.shared.meter.snapshot()
+    }
+
+    /// Arms faults for the next invokes (see [`FaultPlan`]); they add to those still armed.
+    pub fn arm_faults(&self, plan: &FaultPlan) {
+        self.shared.faults.arm(plan);
+    }
+
+    /// Disarms every fault not injected yet.
+    pub fn clear_faults(&self) {
+        self.shared.faults.clear();
+    }
+
+    /// How many faults were injected so far (kills included), and how many are still armed.
+    pub fn fault_counts(&self) -> FaultCounts {
+        self.shared.faults.counts()
+    }
+
+    /// SIGKILLs the busy instances of `function`, only those running an event whose path
+    /// contains `path` when given (e.g. `runSubtask`): a crash mid-event. Returns how many.
+    pub fn kill_busy(&self, function: &str, path: Option<&str>) -> anyhow::Result<usize> {
+        let function = self
+            .shared
+            .function(function)
+            .with_context(|| format!("no function named {function:?}"))?;
+        let killed = function.kill_running_where(path);
+        self.shared.faults.count_killed(killed);
+        Ok(killed)
     }
 
     /// Kills every instance, waits for the processes to be reaped, and stops listening.
