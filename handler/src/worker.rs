@@ -111,6 +111,12 @@ impl<J: Job> Worker<J> {
 
     /// The Restate endpoint serving this worker, ready for the HTTP server or the Lambda adapter.
     pub fn endpoint(self) -> Endpoint {
+        self.endpoint_builder().build()
+    }
+
+    /// The endpoint's builder with the worker's services bound, for what the binary adds
+    /// before building it (the identity keys that let only Restate call it).
+    pub fn endpoint_builder(self) -> restate_sdk::endpoint::Builder {
         let internal = HandlerOptions::new().ingress_private(true);
         let subtask = self.subtask_retry.options();
         Endpoint::builder()
@@ -130,7 +136,6 @@ impl<J: Job> Worker<J> {
                         .ingress_private(true),
                 ),
             )
-            .build()
     }
 }
 
