@@ -207,6 +207,16 @@ impl Adapter {
             })
             .collect();
 
+        if parts.status == http::StatusCode::UNAUTHORIZED {
+            // The SDK's identity check (FANOUT_IDENTITY_KEYS) refused it; the 401 goes back as
+            // the response's statusCode.
+            tracing::warn!(
+                "refused {} {}: {}",
+                event.http_method,
+                event.path,
+                String::from_utf8_lossy(&body)
+            );
+        }
         if is_discovery && parts.status.is_success() {
             body = advertise_compression(body);
         }
@@ -503,6 +513,30 @@ mod tests {
             "body": "", "isBase64Encoded": true});
         let response = adapter(LAMBDA_PAYLOAD_LIMIT).handle(event).await;
         assert_eq!(status(&response), 404);
+    }
+
+    #[tokio::test]
+    async fn with_identity_keys_unsigned_events_get_a_401_discovery_included() {
+        let endpoint = Worker::new(Chores::default())
+            .endpoint_builder()
+            .identity_key("publickeyv1_ChjENKeMvCtRnqG2mrBK1HmPKufgFUc98K8B3ononQvp")
+            .unwrap()
+            .build();
+        let a = Adapter::new(endpoint, LAMBDA_PAYLOAD_LIMIT);
+        let mut unsigned = discovery_event();
+        unsigned["headers"]["x-restate-signature-scheme"] = json!("unsigned");
+        let mut forged = discovery_event();
+        forged["headers"]["x-restate-signature-scheme"] = json!("v1");
+        forged["headers"]["x-restate-jwt-v1"] = json!("eyJhbGciOiJFZERTQSJ9.e30.AAAA");
+        let invoke = json!({"path": "/invoke/worker/runSubtask", "httpMethod": "POST",
+            "headers": {"content-type": "application/vnd.restate.invocation.v5"},
+            "body": "", "isBase64Encoded": true});
+        for event in [discovery_event(), unsigned, forged, invoke] {
+            let response = a.handle(event.clone()).await;
+            assert_eq!(status(&response), 401, "{event}");
+            let text = String::from_utf8(body(&response)).unwrap();
+            assert!(text.contains("verifying identity"), "{event} -> {text}");
+        }
     }
 
     #[test]

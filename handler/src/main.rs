@@ -1,27 +1,36 @@
 //! `fanout-handler`: the worker as a Lambda function (when `AWS_LAMBDA_RUNTIME_API` is set) or
-//! as an HTTP endpoint (`--port`, `PORT`, default 9080).
+//! as an HTTP endpoint (`--port`, `PORT`, default 9080; `--bind`, `FANOUT_BIND`, default
+//! 0.0.0.0). With `FANOUT_IDENTITY_KEYS` it serves only requests signed by Restate.
 
 use fanout_handler::logging::{self, LogFormat};
 use fanout_handler::plan::PayloadBudget;
 use fanout_handler::policy::{self, FailurePolicy, FanInStrategy};
 use fanout_handler::{Chores, Worker, http_endpoint, lambda};
-use std::net::{Ipv4Addr, SocketAddr};
+use restate_sdk::endpoint::Builder;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::process::ExitCode;
 
 const USAGE: &str = "\
 fanout-handler: the fan-out worker (service `worker`, handlers `run` and `runSubtask`)
 
 USAGE:
-    fanout-handler [--port PORT]
+    fanout-handler [--port PORT] [--bind ADDRESS]
 
 Runs as an AWS Lambda function when AWS_LAMBDA_RUNTIME_API is set, otherwise serves the
-Restate endpoint over HTTP on 0.0.0.0:PORT.
+Restate endpoint over HTTP on ADDRESS:PORT (default 0.0.0.0:9080, every interface).
 
 OPTIONS:
-    --port PORT    port of the HTTP endpoint (env PORT; default 9080)
-    -h, --help     print this help
+    --port PORT       port of the HTTP endpoint (env PORT; default 9080)
+    --bind ADDRESS    address to listen on: an IP (127.0.0.1, ::1, 0.0.0.0) or IP:PORT
+                      (env FANOUT_BIND; default 0.0.0.0)
+    -h, --help        print this help
 
 ENVIRONMENT:
+    FANOUT_IDENTITY_KEYS   Restate's request identity public keys (publickeyv1_…, as
+                           restate-server prints them at startup), comma-separated to rotate:
+                           only requests signed with one of them are served, anything else,
+                           /discover included, gets 401. Unset: every request is served (and
+                           HTTP mode warns at start)
     FANOUT_MAX_SUBTASK_MS  longest simulated subtask in ms (default 5000)
     FANOUT_SUBTASK_WORK_MS time each subtask then works in a journaled step (default 0)
     FANOUT_FLAKY_MS        chores named flaky… fail (retryably) this long after their first try
@@ -53,6 +62,55 @@ fn option_from_env<T>(
     match std::env::var(name) {
         Err(_) => Ok(default),
         Ok(raw) => parse(&raw).map_err(|message| format!("{name}: {message}")),
+    }
+}
+
+/// Restate's request identity keys: the env var that lists them.
+const IDENTITY_KEYS_ENV: &str = "FANOUT_IDENTITY_KEYS";
+
+/// The listen address of the HTTP endpoint.
+const BIND_ENV: &str = "FANOUT_BIND";
+
+/// Adds the keys listed in `raw` (the value of `FANOUT_IDENTITY_KEYS`, comma-separated) to
+/// `builder`, so the endpoint serves only requests Restate signed with one of them. Returns how
+/// many were added: 0 when `raw` is `None` (unset: unsigned requests are served).
+fn with_identity_keys(builder: Builder, raw: Option<&str>) -> Result<(Builder, usize), String> {
+    let Some(raw) = raw else {
+        return Ok((builder, 0));
+    };
+    let keys: Vec<&str> = raw
+        .split(',')
+        .map(str::trim)
+        .filter(|k| !k.is_empty())
+        .collect();
+    if keys.is_empty() {
+        return Err(format!(
+            "{IDENTITY_KEYS_ENV} is set but holds no key; give the publickeyv1_… key \
+             restate-server prints at startup (several: comma-separated), or unset it to serve \
+             unsigned requests"
+        ));
+    }
+    let count = keys.len();
+    let mut builder = builder;
+    for (i, key) in keys.into_iter().enumerate() {
+        builder = builder.identity_key(key).map_err(|e| {
+            format!(
+                "{IDENTITY_KEYS_ENV}: key {} of {count} ({key:?}) is not a Restate request \
+                 identity key: {e}; give the publickeyv1_… key restate-server prints at startup \
+                 (several: comma-separated)",
+                i + 1
+            )
+        })?;
+    }
+    Ok((builder, count))
+}
+
+/// The value of env var `name`; an error when it is set but not Unicode.
+fn env_text(name: &str) -> Result<Option<String>, String> {
+    match std::env::var(name) {
+        Ok(value) => Ok(Some(value)),
+        Err(std::env::VarError::NotPresent) => Ok(None),
+        Err(std::env::VarError::NotUnicode(_)) => Err(format!("{name} is not valid Unicode")),
     }
 }
 
@@ -95,7 +153,18 @@ fn main() -> ExitCode {
     } else {
         worker
     };
-    let endpoint = worker.endpoint();
+    let (endpoint, identity_keys) = match env_text(IDENTITY_KEYS_ENV)
+        .and_then(|raw| with_identity_keys(worker.endpoint_builder(), raw.as_deref()))
+    {
+        Ok((builder, count)) => (builder.build(), count),
+        Err(message) => return fail(&message),
+    };
+    if identity_keys > 0 {
+        tracing::info!(
+            "serving only requests signed by Restate ({identity_keys} identity key(s) in \
+             {IDENTITY_KEYS_ENV})"
+        );
+    }
 
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -112,49 +181,90 @@ fn main() -> ExitCode {
         };
     }
 
-    let port = match port_from(std::env::args().skip(1), std::env::var("PORT").ok()) {
-        Ok(Some(port)) => port,
+    let env = env_text("PORT").and_then(|port| Ok((port, env_text(BIND_ENV)?)));
+    let addr = match env.and_then(|(port, bind)| listen_addr(std::env::args().skip(1), port, bind))
+    {
+        Ok(Some(addr)) => addr,
         Ok(None) => {
             print!("{USAGE}");
             return ExitCode::SUCCESS;
         }
         Err(message) => return fail(&format!("{message}\n\n{USAGE}")),
     };
-    let addr = SocketAddr::from((Ipv4Addr::UNSPECIFIED, port));
+    if identity_keys == 0 {
+        tracing::warn!(
+            "{IDENTITY_KEYS_ENV} is not set: anyone who can reach {addr} can call every handler \
+             of this endpoint, not only Restate. Set it to the publickeyv1_… key restate-server \
+             prints at startup (README, Security)"
+        );
+    }
     match runtime.block_on(http_endpoint::serve(endpoint, addr)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => fail(&format!(
-            "cannot serve on {addr}: {e} (is another process using port {port}? pick another with --port)"
+            "cannot serve on {addr}: {e} (is another process using port {}? pick another with \
+             --port; is {} an address of this machine? see --bind)",
+            addr.port(),
+            addr.ip()
         )),
     }
 }
 
-/// `Ok(None)` means help was asked for.
-fn port_from(
+/// The HTTP endpoint's address from the arguments and the `PORT` and `FANOUT_BIND` values; a
+/// flag beats its variable. `Ok(None)` means help was asked for.
+fn listen_addr(
     mut args: impl Iterator<Item = String>,
-    env: Option<String>,
-) -> Result<Option<u16>, String> {
-    let mut raw = env.map(|p| ("PORT", p));
+    env_port: Option<String>,
+    env_bind: Option<String>,
+) -> Result<Option<SocketAddr>, String> {
+    let mut port = env_port.map(|p| ("PORT", p));
+    let mut bind = env_bind.map(|b| (BIND_ENV, b));
     while let Some(arg) = args.next() {
-        match arg.as_str() {
+        let (flag, inline) = match arg.split_once('=') {
+            Some((flag, value)) => (flag.to_owned(), Some(value.to_owned())),
+            None => (arg.clone(), None),
+        };
+        let slot = match flag.as_str() {
             "-h" | "--help" => return Ok(None),
-            "--port" => match args.next() {
-                Some(p) => raw = Some(("--port", p)),
-                None => return Err("--port needs a value".into()),
-            },
-            other => match other.strip_prefix("--port=") {
-                Some(p) => raw = Some(("--port", p.to_owned())),
-                None => return Err(format!("unknown argument {other:?}")),
-            },
+            "--port" => &mut port,
+            "--bind" => &mut bind,
+            _ => return Err(format!("unknown argument {arg:?}")),
+        };
+        let source = if flag == "--port" { "--port" } else { "--bind" };
+        match inline.or_else(|| args.next()) {
+            Some(value) => *slot = Some((source, value)),
+            None => return Err(format!("{source} needs a value")),
         }
     }
-    match raw {
-        None => Ok(Some(http_endpoint::DEFAULT_PORT)),
-        Some((source, p)) => p
-            .trim()
-            .parse::<u16>()
-            .map(Some)
-            .map_err(|_| format!("{source} {p:?} is not a port number (0-65535)")),
+    let port = match port {
+        None => None,
+        Some((source, p)) => Some(
+            p.trim()
+                .parse::<u16>()
+                .map_err(|_| format!("{source} {p:?} is not a port number (0-65535)"))?,
+        ),
+    };
+    let Some((source, raw)) = bind else {
+        let port = port.unwrap_or(http_endpoint::DEFAULT_PORT);
+        return Ok(Some(SocketAddr::from((Ipv4Addr::UNSPECIFIED, port))));
+    };
+    let raw = raw.trim();
+    if let Ok(ip) = raw.parse::<IpAddr>() {
+        return Ok(Some(SocketAddr::new(
+            ip,
+            port.unwrap_or(http_endpoint::DEFAULT_PORT),
+        )));
+    }
+    match raw.parse::<SocketAddr>() {
+        Ok(addr) if port.is_some_and(|p| p != addr.port()) => Err(format!(
+            "{source} {raw:?} names port {} but --port/PORT says {}; give the port once",
+            addr.port(),
+            port.unwrap_or_default()
+        )),
+        Ok(addr) => Ok(Some(addr)),
+        Err(_) => Err(format!(
+            "{source} {raw:?} is not an IP address or IP:PORT (e.g. 127.0.0.1, ::1, 0.0.0.0, \
+             127.0.0.1:9080, [::1]:9080)"
+        )),
     }
 }
 
@@ -166,7 +276,9 @@ fn fail(message: &str) -> ExitCode {
 
 #[cfg(test)]
 mod tests {
-    use super::port_from;
+    use super::{listen_addr, with_identity_keys};
+    use fanout_handler::{Chores, Worker};
+    use std::net::SocketAddr;
 
     fn args(a: &[&str]) -> std::vec::IntoIter<String> {
         a.iter()
@@ -175,34 +287,121 @@ mod tests {
             .into_iter()
     }
 
+    fn addr(text: &str) -> Option<SocketAddr> {
+        Some(text.parse().unwrap())
+    }
+
+    fn port_only(a: &[&str], env: Option<&str>) -> Result<Option<SocketAddr>, String> {
+        listen_addr(args(a), env.map(str::to_owned), None)
+    }
+
     #[test]
     fn port_defaults_to_9080_and_flag_beats_env() {
-        assert_eq!(port_from(args(&[]), None), Ok(Some(9080)));
-        assert_eq!(port_from(args(&[]), Some("7000".into())), Ok(Some(7000)));
+        assert_eq!(port_only(&[], None), Ok(addr("0.0.0.0:9080")));
+        assert_eq!(port_only(&[], Some("7000")), Ok(addr("0.0.0.0:7000")));
         assert_eq!(
-            port_from(args(&["--port", "7001"]), Some("7000".into())),
-            Ok(Some(7001))
+            port_only(&["--port", "7001"], Some("7000")),
+            Ok(addr("0.0.0.0:7001"))
         );
-        assert_eq!(port_from(args(&["--port=7002"]), None), Ok(Some(7002)));
+        assert_eq!(port_only(&["--port=7002"], None), Ok(addr("0.0.0.0:7002")));
+    }
+
+    #[test]
+    fn bind_sets_the_address_and_flag_beats_env() {
+        let bind = |a: &[&str], port: Option<&str>, env: Option<&str>| {
+            listen_addr(args(a), port.map(str::to_owned), env.map(str::to_owned))
+        };
+        assert_eq!(
+            bind(&["--bind", "127.0.0.1"], None, None),
+            Ok(addr("127.0.0.1:9080"))
+        );
+        assert_eq!(
+            bind(&["--bind=::1", "--port", "7000"], None, None),
+            Ok(addr("[::1]:7000"))
+        );
+        assert_eq!(
+            bind(&[], Some("7001"), Some("127.0.0.1")),
+            Ok(addr("127.0.0.1:7001"))
+        );
+        assert_eq!(
+            bind(&["--bind", "127.0.0.2"], None, Some("127.0.0.1")),
+            Ok(addr("127.0.0.2:9080"))
+        );
+        assert_eq!(
+            bind(&[], None, Some("127.0.0.1:7002")),
+            Ok(addr("127.0.0.1:7002"))
+        );
+        assert_eq!(
+            bind(&["--port", "7003"], None, Some("127.0.0.1:7003")),
+            Ok(addr("127.0.0.1:7003"))
+        );
+        let clash = bind(&["--port", "7004"], None, Some("127.0.0.1:7003")).unwrap_err();
+        assert!(clash.contains("give the port once"), "{clash}");
+        let bad = bind(&["--bind", "localhost"], None, None).unwrap_err();
+        assert!(
+            bad.contains("--bind \"localhost\" is not an IP address"),
+            "{bad}"
+        );
+        let bad = bind(&[], None, Some("nope")).unwrap_err();
+        assert!(bad.contains("FANOUT_BIND \"nope\""), "{bad}");
     }
 
     #[test]
     fn bad_ports_and_arguments_are_explained() {
         assert!(
-            port_from(args(&["--port", "x"]), None)
+            port_only(&["--port", "x"], None)
                 .unwrap_err()
                 .contains("not a port")
         );
         assert!(
-            port_from(args(&["--port"]), None)
+            port_only(&["--port"], None)
                 .unwrap_err()
                 .contains("needs a value")
         );
         assert!(
-            port_from(args(&["--bogus"]), None)
+            port_only(&["--bind"], None)
+                .unwrap_err()
+                .contains("--bind needs a value")
+        );
+        assert!(
+            port_only(&["--bogus"], None)
                 .unwrap_err()
                 .contains("unknown argument")
         );
-        assert_eq!(port_from(args(&["--help"]), None), Ok(None));
+        assert_eq!(port_only(&["--help"], None), Ok(None));
+    }
+
+    fn builder() -> restate_sdk::endpoint::Builder {
+        Worker::new(Chores::default()).endpoint_builder()
+    }
+
+    const KEY_A: &str = "publickeyv1_ChjENKeMvCtRnqG2mrBK1HmPKufgFUc98K8B3ononQvp";
+    const KEY_B: &str = "publickeyv1_FP9oYi9S8LQyZcUMPv6JZZ5ytHYd9eeDmy1AyjTd7erQ";
+
+    #[test]
+    fn identity_keys_are_counted_and_bad_ones_named() {
+        assert_eq!(with_identity_keys(builder(), None).unwrap().1, 0);
+        assert_eq!(with_identity_keys(builder(), Some(KEY_A)).unwrap().1, 1);
+        let two = format!(" {KEY_A} , {KEY_B},");
+        assert_eq!(with_identity_keys(builder(), Some(&two)).unwrap().1, 2);
+
+        let err = |raw: &str| with_identity_keys(builder(), Some(raw)).err().unwrap();
+        let empty = err(" , ");
+        assert!(
+            empty.contains("FANOUT_IDENTITY_KEYS is set but holds no key"),
+            "{empty}"
+        );
+        let prefix = err(&format!(
+            "{KEY_A},ChjENKeMvCtRnqG2mrBK1HmPKufgFUc98K8B3ononQvp"
+        ));
+        assert!(
+            prefix.starts_with("FANOUT_IDENTITY_KEYS: key 2 of 2")
+                && prefix.contains("start with publickeyv1_"),
+            "{prefix}"
+        );
+        let base58 = err("publickeyv1_0OIl");
+        assert!(base58.contains("base58"), "{base58}");
+        let short = err("publickeyv1_abc");
+        assert!(short.contains("length of 32"), "{short}");
     }
 }
