@@ -8,6 +8,7 @@
 //! | [`tools`] | where restate-server and the handler binary come from |
 //! | [`process`] | child processes killed by pid when dropped; free ports |
 //! | [`restate_server`] | a real restate-server on loopback with a temp base dir |
+//! | [`identity`] | Restate's request identity: the signing key pair, its `publickeyv1_` form |
 //! | [`aws`] | AWS config from the standard chain; SDK errors turned into causes and fixes |
 //! | [`admin`] | Restate's admin API: register, list, delete, SQL introspection |
 //! | [`ingress`] | Restate's ingress: start a fan-out, get its result |
@@ -20,6 +21,7 @@
 pub mod admin;
 pub mod aws;
 pub mod commands;
+pub mod identity;
 pub mod ingress;
 pub mod observe;
 pub mod process;
