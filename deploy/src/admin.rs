@@ -160,6 +160,39 @@ impl AdminClient {
         .map(|_| ())
     }
 
+    /// `PATCH /invocations/{id}/cancel`: asks Restate to cancel invocation `id`. The cancel is
+    /// a signal the handler sees at its next await, so the invocation ends a little later.
+    pub async fn cancel_invocation(&self, id: &str) -> Result<CancelAnswer> {
+        let what = format!("cancel {id}");
+        let path = format!("/invocations/{id}/cancel");
+        let response = self
+            .request(reqwest::Method::PATCH, &path)
+            .send()
+            .await
+            .with_context(|| {
+                format!(
+                    "cannot reach Restate's admin API at {} to {what}; is the server running and \
+                     is --admin-url right?",
+                    self.base
+                )
+            })?;
+        match response.status().as_u16() {
+            200 | 202 => Ok(CancelAnswer::Accepted),
+            404 => Ok(CancelAnswer::Unknown),
+            409 => Ok(CancelAnswer::AlreadyCompleted),
+            401 | 403 => bail!(
+                "Restate's admin API refused the request to {what} ({}); pass a valid token with \
+                 --token or RESTATE_AUTH_TOKEN",
+                response.status()
+            ),
+            _ => {
+                let status = response.status();
+                let body = response.text().await.unwrap_or_default();
+                bail!("Restate's admin API could not {what} ({status}): {body}")
+            }
+        }
+    }
+
     /// Runs a SQL query over Restate's introspection tables (`sys_invocation`, `sys_journal`…).
     pub async fn query(&self, sql: &str) -> Result<Vec<Value>> {
         let value = self
@@ -230,4 +263,15 @@ mod tests {
         assert!(err.contains("cannot reach Restate's admin API"), "{err}");
         assert!(err.contains("--admin-url"), "{err}");
     }
+}
+
+/// What Restate said to a cancel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CancelAnswer {
+    /// The cancel signal is on its way to the invocation.
+    Accepted,
+    /// Restate does not know the invocation.
+    Unknown,
+    /// The invocation had already completed.
+    AlreadyCompleted,
 }

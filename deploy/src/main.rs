@@ -4,7 +4,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use fanout::admin::{AdminClient, DeploymentTarget, RegisterOptions};
 use fanout::commands::build::Arch;
 use fanout::commands::{
-    attach, bench, build, demo, deploy, invoke, local, prune, register, status,
+    attach, bench, build, cancel, demo, deploy, invoke, local, prune, register, status,
 };
 use fanout::stack::HandlerMode;
 use std::path::PathBuf;
@@ -48,6 +48,10 @@ enum Command {
     /// Show every subtask of a fan-out: status, attempts, duration, last error.
     #[command(after_help = invoke::exit::HELP)]
     Status(StatusArgs),
+    /// Cancel a fan-out: its coordinator, its lanes and its subtasks in flight; nothing more
+    /// starts. Waits until nothing of it is left running, then prints its status line.
+    #[command(after_help = cancel::HELP)]
+    Cancel(CancelArgs),
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -347,6 +351,23 @@ struct StatusArgs {
 }
 
 #[derive(Args)]
+struct CancelArgs {
+    /// The coordinator's invocation id (inv_…).
+    id: String,
+    /// Return as soon as Restate has taken the cancel, without waiting for the run to stop.
+    #[arg(long)]
+    no_wait: bool,
+    /// How long to wait for the run to stop, in seconds.
+    #[arg(long, default_value_t = 60, value_name = "SECONDS")]
+    timeout: u64,
+    /// text: the run's status line; json: one object for scripts.
+    #[arg(long, value_enum, default_value = "text")]
+    output: Output,
+    #[command(flatten)]
+    restate: RestateArgs,
+}
+
+#[derive(Args)]
 struct WatchArgs {
     /// text: the result on stdout, progress on stderr; json: one object on stdout for scripts.
     #[arg(long, value_enum, default_value = "text")]
@@ -591,6 +612,14 @@ async fn dispatch(command: Command) -> anyhow::Result<u8> {
             let observer = endpoints.observer();
             let admin_url = &args.restate.admin_url;
             Ok(status::run(&observer, admin_url, &args.id, args.output.into()).await)
+        }
+        Command::Cancel(args) => {
+            let options = cancel::CancelOptions {
+                no_wait: args.no_wait,
+                timeout: std::time::Duration::from_secs(args.timeout),
+                output: args.output.into(),
+            };
+            Ok(cancel::run(&args.restate.endpoints(), &args.id, options).await)
         }
     }
 }

@@ -15,6 +15,8 @@
 //!     │                                               hands its in-flight calls to a fresh
 //!     │                                               invocation through the ledger)
 //!     └──── awakeable ◄──── resolved by the record that brings the last outcome
+//!
+//! worker/run cancelled ──send──► fanIn/cancel ──cancel──► every lane ──cancel──► its subtasks
 //! ```
 //!
 //! Why lanes: the cap is a number of *subtasks* in flight, so a slot must be refilled the moment
@@ -31,6 +33,14 @@
 //! call. After [`HAND_OVER_AFTER`] calls a lane reports its outcomes and passes its pending
 //! subtasks and the invocation ids of its calls still in flight to a fresh lane invocation,
 //! which attaches to them: journals stay bounded and no slot waits for a drain.
+//!
+//! Why the ledger knows every lane's invocation: lanes are one-way sends, which Restate's
+//! cancellation does not follow. When the coordinator is cancelled it tells the ledger
+//! (`fanIn/cancel`), and the ledger cancels each lane's current invocation; a cancelled lane's
+//! SDK cancels the calls it made, and the lane itself cancels the calls it attached to. A run
+//! that fails over its limit stops its lanes the same way. Nothing of a run outlives it: the
+//! ledger's state exists exactly while the run is live, so a report or claim that arrives after
+//! the end finds no state and is turned away.
 //!
 //! The ledger keeps unclaimed inputs and reported outcomes under keys of their own, with lazy
 //! state, so a claim or a record ships only what it touches.
@@ -322,6 +332,13 @@ pub fn report_key(index: usize) -> &'static str {
     key(&KEYS, "report", index)
 }
 
+/// The ledger key holding the invocation id of lane `lane`'s current invocation, so that a
+/// cancelled or failed run can cancel its lanes (and, through them, their subtasks).
+pub fn lane_key(lane: usize) -> &'static str {
+    static KEYS: OnceLock<Vec<String>> = OnceLock::new();
+    key(&KEYS, "lane", lane)
+}
+
 /// The SDK's state getters take keys that outlive the handler's context, so the keys are made
 /// once for the widest possible run and shared. A report holds at least one outcome, so there
 /// are never more reports than subtasks.
@@ -358,6 +375,7 @@ mod tests {
         let last = crate::job::MAX_SUBTASKS - 1;
         assert_eq!(report_key(last), format!("report-{last}"));
         assert!(std::ptr::eq(input_key(3), input_key(3)));
+        assert_eq!(lane_key(7), "lane-7");
     }
 
     #[test]

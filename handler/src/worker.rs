@@ -204,7 +204,7 @@ impl<J: Job> Worker<J> {
         })?;
         let gathered = match strategy {
             FanInStrategy::InOrder => call_in_order(&ctx, &*self.job, subtasks, cap, tolerated)
-                .await
+                .await?
                 .map_err(|too_many| too_many.into_error(width, tolerated))?,
             FanInStrategy::SelectAny => {
                 let pending = subtasks
@@ -239,9 +239,16 @@ impl<J: Job> Worker<J> {
                     windows: fan_in::windows(width, cap),
                     subtasks,
                 };
-                ctx.object_client::<FanInClient<J>>(ledger)
+                ctx.object_client::<FanInClient<J>>(ledger.clone())
                     .start(Payload(plan))
                     .send();
+                if let Err(cancelled) = done_unless_cancelled(&all_reported).await {
+                    // Restate's cancellation follows calls, not the sends that started the
+                    // lanes: they hear of it from the ledger.
+                    log.info(format_args!("Run cancelled: stopping its lanes"));
+                    ctx.object_client::<FanInClient<J>>(ledger).cancel().send();
+                    return Err(cancelled.into());
+                }
                 all_reported.await?.0
             }
         };
@@ -295,7 +302,11 @@ impl<J: Job> Worker<J> {
         };
         let end = run_lane(&ctx, &*self.job, setup).await?;
         if sole {
-            // Every outcome is here: answer the coordinator without a hop through the ledger.
+            // Every outcome is here: answer the coordinator without a hop through the ledger,
+            // which keeps only this lane's invocation id, for a cancel.
+            ctx.object_client::<FanInClient<J>>(run.ledger.clone())
+                .forget()
+                .send();
             match end {
                 LaneEnd::Finished(gathered) => {
                     ctx.resolve_awakeable(&run.awakeable, Payload(gathered));
@@ -361,14 +372,14 @@ impl<J: Job> Worker<J> {
 /// the window is as wide), and awaits them in index order (a wake of the caller takes every
 /// result that has arrived by then). Up to `tolerated` failures are gathered with the
 /// outcomes; the one after ends the wait, cancels the calls still in flight and never starts
-/// the rest.
+/// the rest. A cancelled run stops the same way, with the cancellation as its error.
 async fn call_in_order<J: Job>(
     ctx: &Context<'_>,
     job: &J,
     subtasks: Vec<J::Subtask>,
     window: usize,
     tolerated: usize,
-) -> Result<Gathered<J::Outcome>, TooManyFailures> {
+) -> Result<Result<Gathered<J::Outcome>, TooManyFailures>, TerminalError> {
     let labels: Vec<String> = subtasks.iter().map(|s| job.subtask_label(s)).collect();
     let call = |subtask| {
         ctx.service_client::<WorkerClient<J>>()
@@ -382,6 +393,8 @@ async fn call_in_order<J: Job>(
         waiting.by_ref().take(window.max(1)).map(call).collect();
     let mut gathered = Gathered::default();
     while let Some(next) = in_flight.pop_front() {
+        // Cancelled: the SDK has cancelled every call in flight, and nothing more starts.
+        done_unless_cancelled(&next).await?;
         let index = gathered.len();
         let label = || labels[index].clone();
         if let Err(too_many) = gathered.add(index, label, next.await.map(|p| p.0), tolerated) {
@@ -391,13 +404,25 @@ async fn call_in_order<J: Job>(
                     handle.cancel();
                 }
             }
-            return Err(too_many);
+            return Ok(Err(too_many));
         }
         if let Some(subtask) = waiting.next() {
             in_flight.push_back(call(subtask));
         }
     }
-    Ok(gathered)
+    Ok(Ok(gathered))
+}
+
+/// Waits until `future` is done, or until this invocation is cancelled, which is then the
+/// error. Awaiting a call alone cannot tell the two apart: a cancelled invocation sees its calls
+/// end with the same 409 that a subtask cancelled on its own gives, and a tolerant run would
+/// count it as one more failure and go on starting subtasks.
+async fn done_unless_cancelled<F: SealedDurableFuture>(future: &F) -> Result<(), TerminalError> {
+    future
+        .inner_context()
+        .select(vec![future.handle()])
+        .await
+        .map(|_| ())
 }
 
 /// What a lane starts with.
@@ -558,7 +583,15 @@ async fn run_lane<J: Job>(
             return Ok(LaneEnd::Finished(gathered));
         };
         let handles = handles.into_iter().map(|(handle, _)| handle).collect();
-        let position = context.select(handles).await?;
+        let position = match context.select(handles).await {
+            Ok(position) => position,
+            Err(cancelled) => {
+                // The SDK cancelled the calls this invocation made (the claim too); the calls
+                // it attached to were made by an earlier one, and Restate cannot know them.
+                cancel_attached(ctx, attached);
+                return Err(cancelled);
+            }
+        };
         let (index, label, result) = if position < calls.len() {
             let (index, label, call) = calls.swap_remove(position);
             (index, label, call.await)
@@ -600,8 +633,15 @@ where
     let mut attached: VecDeque<_> = attached.into();
     loop {
         let (index, label, result) = if let Some((flight, attach)) = attached.pop_front() {
+            if let Err(cancelled) = done_unless_cancelled(&attach).await {
+                attached.push_front((flight, attach));
+                cancel_attached(ctx, attached.into());
+                return Err(cancelled);
+            }
             (flight.index, flight.label, attach.await)
         } else if let Some((index, label, call)) = calls.pop_front() {
+            // Cancelled: the SDK cancels the lane's own calls.
+            done_unless_cancelled(&call).await?;
             (index, label, call.await)
         } else {
             return Ok(LaneEnd::Finished(gathered));
@@ -639,9 +679,30 @@ async fn cancel_all<C: CallFuture, A>(
     for (_, _, call) in calls {
         call.invocation_handle().await?.cancel();
     }
+    cancel_attached(ctx, attached);
+    Ok(())
+}
+
+/// Cancels the calls a lane took over from an earlier invocation of it.
+fn cancel_attached<A>(ctx: &Context<'_>, attached: Vec<(InFlight, A)>) {
     for (flight, _) in attached {
         ctx.invocation_handle(flight.invocation).cancel();
     }
+}
+
+/// Cancels the current invocation of each of a run's `lanes` (each cancels its subtasks in
+/// turn) and forgets the run.
+async fn stop_lanes(ctx: &ObjectContext<'_>, lanes: usize) -> Result<(), TerminalError> {
+    // Requested together: on Lambda each lazy read awaited alone costs a round trip.
+    let ids: Vec<_> = (0..lanes)
+        .map(|lane| ctx.get::<String>(fan_in::lane_key(lane)))
+        .collect();
+    for id in ids {
+        if let Some(id) = id.await? {
+            ctx.invocation_handle(id).cancel();
+        }
+    }
+    ctx.clear_all();
     Ok(())
 }
 
@@ -681,22 +742,51 @@ impl<J: Job> FanIn<J> {
             }
             ctx.set("next", started as u64);
             ctx.set("total", total as u64);
-            ctx.set("lanes", windows.len() as u64);
         }
+        // The mark of a live run: claims and reports that find it gone are turned away.
+        ctx.set("lanes", windows.len() as u64);
         let sole = exhausted && windows.len() == 1;
-        for (lane, (pending, window)) in lanes.into_iter().zip(windows).enumerate() {
-            ctx.service_client::<WorkerClient<J>>()
-                .run_shard(Payload(Lane {
-                    run: run.clone(),
-                    lane,
-                    window,
-                    pending,
-                    in_flight: Vec::new(),
-                    exhausted,
-                    sole,
-                }))
-                .send();
+        let sends: Vec<_> = lanes
+            .into_iter()
+            .zip(windows)
+            .enumerate()
+            .map(|(lane, (pending, window))| {
+                ctx.service_client::<WorkerClient<J>>()
+                    .run_shard(Payload(Lane {
+                        run: run.clone(),
+                        lane,
+                        window,
+                        pending,
+                        in_flight: Vec::new(),
+                        exhausted,
+                        sole,
+                    }))
+                    .send()
+            })
+            .collect();
+        // Kept for a cancel. On Lambda the ids cost one round trip, which carries the sends.
+        for (lane, send) in sends.into_iter().enumerate() {
+            let handle = send.await?;
+            ctx.set(fan_in::lane_key(lane), handle.invocation_id().to_owned());
         }
+        Ok(())
+    }
+
+    /// Stops a cancelled run: cancels the current invocation of each lane, which cancels its
+    /// subtasks in flight, and forgets the run's inputs and reports, so nothing more starts. A
+    /// run that already ended has nothing here and is left alone.
+    #[handler(name = "cancel")]
+    async fn cancel(&self, ctx: ObjectContext<'_>) -> Result<(), HandlerError> {
+        if let Some(lanes) = ctx.get::<u64>("lanes").await? {
+            stop_lanes(&ctx, lanes as usize).await?;
+        }
+        Ok(())
+    }
+
+    /// Forgets a run whose only lane answered the coordinator itself.
+    #[handler(name = "forget")]
+    async fn forget(&self, ctx: ObjectContext<'_>) -> Result<(), HandlerError> {
+        ctx.clear_all();
         Ok(())
     }
 
@@ -709,17 +799,18 @@ impl<J: Job> FanIn<J> {
         request: Payload<ClaimRequest>,
     ) -> Result<Payload<Claim<J::Subtask>>, HandlerError> {
         // Requested together: on Lambda each lazy read awaited alone costs a round trip.
-        let closed = ctx.get::<bool>("closed");
+        let lanes = ctx.get::<u64>("lanes");
         let next = ctx.get::<u64>("next");
         let total = ctx.get::<u64>("total");
-        let lanes = ctx.get::<u64>("lanes");
+        let lanes = lanes.await?;
         let mut answer = Claim {
             subtasks: Vec::new(),
-            closed: closed.await?.unwrap_or(false),
+            // The run ended (failed or cancelled) and its state is gone.
+            closed: lanes.is_none(),
         };
+        let lanes = lanes.unwrap_or(1) as usize;
         let next = next.await?.unwrap_or(0) as usize;
         let total = total.await?.unwrap_or(0) as usize;
-        let lanes = lanes.await?.unwrap_or(1) as usize;
         if answer.closed || next >= total {
             return Ok(Payload(answer));
         }
@@ -756,35 +847,35 @@ impl<J: Job> FanIn<J> {
             result,
             successor,
         } = report.0;
-        let closed = ctx.get::<bool>("closed");
+        let lanes = ctx.get::<u64>("lanes");
         let done = ctx.get::<u64>("done");
         let failed = ctx.get::<u64>("failed");
         let reports = ctx.get::<u64>("reports");
-        // Failing the run drops the unclaimed inputs, so what has not started never starts,
-        // and cancels what a hand-over would have carried on.
-        let fail_run = |too_many: TooManyFailures| {
+        // Failing the run stops every lane and drops the unclaimed inputs, so what has not
+        // started never starts, and cancels what a hand-over would have carried on.
+        let fail_run = async |too_many: TooManyFailures, lanes: usize| {
             ctx.reject_awakeable(
                 &run.awakeable,
                 too_many.into_error(run.total, run.tolerated),
             );
-            ctx.clear_all();
-            ctx.set("closed", true);
+            stop_lanes(&ctx, lanes).await
         };
         let cancel_successor = |successor: Option<Lane<J::Subtask>>| {
             for flight in successor.into_iter().flat_map(|s| s.in_flight) {
                 ctx.invocation_handle(flight.invocation).cancel();
             }
         };
-        if closed.await?.unwrap_or(false) {
+        let Some(lanes) = lanes.await? else {
             cancel_successor(successor);
-            return Ok(()); // the run already failed; later reports change nothing
-        }
+            return Ok(()); // the run already ended; later reports change nothing
+        };
+        let lanes = lanes as usize;
         let failed_before = failed.await?.unwrap_or(0) as usize;
         let gathered = match result {
             LaneResult::TooManyFailures(mut too_many) => {
                 too_many.failed += failed_before;
-                fail_run(too_many);
                 cancel_successor(successor);
+                fail_run(too_many, lanes).await?;
                 return Ok(());
             }
             LaneResult::Done(gathered) => gathered,
@@ -796,8 +887,8 @@ impl<J: Job> FanIn<J> {
             let mut failures = gathered.failures;
             failures.sort_by_key(|f| f.index);
             let failure = failures[run.tolerated - failed_before].clone();
-            fail_run(TooManyFailures { failure, failed });
             cancel_successor(successor);
+            fail_run(TooManyFailures { failure, failed }, lanes).await?;
             return Ok(());
         }
         if failed > failed_before {
@@ -812,9 +903,13 @@ impl<J: Job> FanIn<J> {
             }
             ctx.set("done", done as u64);
             if let Some(successor) = successor {
-                ctx.service_client::<WorkerClient<J>>()
+                let lane = successor.lane;
+                let handle = ctx
+                    .service_client::<WorkerClient<J>>()
                     .run_shard(Payload(successor))
-                    .send();
+                    .send()
+                    .await?;
+                ctx.set(fan_in::lane_key(lane), handle.invocation_id().to_owned());
             }
             return Ok(());
         }

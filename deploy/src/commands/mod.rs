@@ -3,6 +3,7 @@
 pub mod attach;
 pub mod bench;
 pub mod build;
+pub mod cancel;
 pub mod demo;
 pub mod deploy;
 pub mod invoke;
