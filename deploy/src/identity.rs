@@ -109,6 +109,45 @@ fn write_private(path: &Path, contents: &[u8]) -> std::io::Result<()> {
     options.open(path)?.write_all(contents)
 }
 
+/// Checks a `FANOUT_IDENTITY_KEYS` value the way the handler will at start (and the SDK's
+/// verifier does): one or more `publickeyv1_` + base58 of 32 bytes, comma-separated. Returns
+/// how many keys it holds.
+pub fn check_public_keys(raw: &str) -> Result<usize, String> {
+    let keys: Vec<&str> = raw
+        .split(',')
+        .map(str::trim)
+        .filter(|k| !k.is_empty())
+        .collect();
+    if keys.is_empty() {
+        return Err(format!(
+            "{IDENTITY_KEYS_ENV} holds no key; give the publickeyv1_… key restate-server prints \
+             at startup (several: comma-separated)"
+        ));
+    }
+    for (i, key) in keys.iter().enumerate() {
+        let why = match key.strip_prefix(PUBLIC_KEY_PREFIX) {
+            None => Some(format!("it does not start with {PUBLIC_KEY_PREFIX}")),
+            Some(encoded) => match bs58::decode(encoded).into_vec() {
+                Err(e) => Some(format!("it is not base58 after the prefix: {e}")),
+                Ok(bytes) if bytes.len() != 32 => Some(format!(
+                    "it decodes to {} bytes, not the 32 of an ed25519 public key",
+                    bytes.len()
+                )),
+                Ok(_) => None,
+            },
+        };
+        if let Some(why) = why {
+            return Err(format!(
+                "{IDENTITY_KEYS_ENV}: key {} of {} ({key:?}) is not a Restate request identity \
+                 key: {why}; give the publickeyv1_… key restate-server prints at startup",
+                i + 1,
+                keys.len()
+            ));
+        }
+    }
+    Ok(keys.len())
+}
+
 /// The `publickeyv1_…` key restate-server printed at startup, from its log.
 pub fn public_key_in_log(log: &str) -> Option<String> {
     log.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
@@ -163,6 +202,23 @@ mod tests {
             let mode = std::fs::metadata(&a.pem_path).unwrap().permissions().mode();
             assert_eq!(mode & 0o777, 0o600);
         }
+    }
+
+    #[test]
+    fn public_key_lists_are_checked_like_the_handler_does() {
+        let a = KeyPair::from_seed([1; 32]).public_key();
+        let b = KeyPair::from_seed([2; 32]).public_key();
+        assert_eq!(check_public_keys(&a), Ok(1));
+        assert_eq!(check_public_keys(&format!("{a}, {b},")), Ok(2));
+        let err = |raw: &str| check_public_keys(raw).unwrap_err();
+        assert!(err(" , ").contains("holds no key"));
+        let prefix = err(&format!("{a},{}", &b[PUBLIC_KEY_PREFIX.len()..]));
+        assert!(
+            prefix.contains("key 2 of 2") && prefix.contains("does not start"),
+            "{prefix}"
+        );
+        assert!(err("publickeyv1_0OIl").contains("not base58"));
+        assert!(err("publickeyv1_abc").contains("not the 32"));
     }
 
     #[test]

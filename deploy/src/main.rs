@@ -82,6 +82,10 @@ struct HandlerArgs {
     /// Longest simulated subtask in ms (the handler's FANOUT_MAX_SUBTASK_MS; default 5000).
     #[arg(long)]
     max_subtask_ms: Option<u64>,
+    /// Without request identity: restate-server does not sign its requests and the handler
+    /// serves any caller. For debugging; by default a fresh key pair signs everything.
+    #[arg(long)]
+    unsigned: bool,
 }
 
 impl HandlerArgs {
@@ -142,6 +146,10 @@ struct DeployArgs {
     /// With --register: IAM role Restate assumes to invoke the function.
     #[arg(long)]
     assume_role_arn: Option<String>,
+    /// Restate's request identity public keys (publickeyv1_…, comma-separated), set as the
+    /// function's FANOUT_IDENTITY_KEYS: it then serves only requests Restate signed.
+    #[arg(long, env = "FANOUT_IDENTITY_KEYS", value_name = "KEYS")]
+    identity_keys: Option<String>,
     #[command(flatten)]
     restate: RestateArgs,
 }
@@ -443,6 +451,7 @@ async fn dispatch(command: Command) -> anyhow::Result<u8> {
                 mode: args.handler.mode.into(),
                 handler_binary: args.handler.binary()?,
                 max_subtask_ms: args.handler.max_subtask_ms,
+                unsigned: args.handler.unsigned,
                 description: args.description,
             })
             .await?;
@@ -454,6 +463,7 @@ async fn dispatch(command: Command) -> anyhow::Result<u8> {
                 handler_binary: args.handler.binary()?,
                 state_dir: args.state_dir,
                 max_subtask_ms: args.handler.max_subtask_ms,
+                unsigned: args.handler.unsigned,
                 concurrency_limit: args.concurrency_limit,
             })
             .await?;
@@ -481,9 +491,11 @@ async fn dispatch(command: Command) -> anyhow::Result<u8> {
                 timeout_s: args.timeout,
                 arch: args.arch,
                 environment: (!args.env.is_empty()).then(|| args.env.into_iter().collect()),
+                identity_keys: args.identity_keys,
             };
             let deployed = deploy::deploy(&lambda, &options, &code).await?;
             println!("{}", deployed.describe(&args.function_name));
+            eprintln!("{}", deployed.identity_note());
             if args.register {
                 let admin = AdminClient::new(&args.restate.admin_url, args.restate.token);
                 let target = DeploymentTarget::Lambda {

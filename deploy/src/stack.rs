@@ -6,9 +6,16 @@
 //!   stand-in, which restate-server reaches through `AWS_ENDPOINT_URL_LAMBDA`; registered by
 //!   the version's ARN exactly as on AWS.
 //!
+//! Signed by default ([`RequestIdentity::Generated`]): a fresh ed25519 key pair in the state
+//! dir, restate-server signing every request with its private key
+//! (`RESTATE_WORKER__INVOKER__REQUEST_IDENTITY_PRIVATE_KEY_PEM_FILE`) and the handler serving
+//! only requests signed with it (`FANOUT_IDENTITY_KEYS`). The HTTP handler listens on
+//! 127.0.0.1 only.
+//!
 //! Used by `fanout local`, `fanout demo`, the benchmarks and the end-to-end tests.
 
 use crate::admin::{AdminClient, Deployment, DeploymentTarget, RegisterOptions};
+use crate::identity::{IDENTITY_KEYS_ENV, PRIVATE_KEY_PEM_ENV, SigningSetup};
 use crate::process::{Managed, free_port, wait_until};
 use crate::restate_server::{RestateServer, ServerOptions, log_tail};
 use crate::standin::{FunctionSpec, StandIn, StandInConfig, VersionSpec};
@@ -44,6 +51,22 @@ impl Default for LambdaSettings {
     }
 }
 
+/// Whether restate-server signs its requests and the handler verifies them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum RequestIdentity {
+    /// A fresh key pair in the state dir: the server signs, the handler accepts only that key.
+    #[default]
+    Generated,
+    /// Neither signing nor verification (`fanout local --unsigned`, for debugging).
+    Unsigned,
+    /// Given explicitly (rotation tests): the PEM the server signs with, if any, and the
+    /// handler's `FANOUT_IDENTITY_KEYS`, if any.
+    Explicit {
+        server_pem: Option<PathBuf>,
+        handler_keys: Option<String>,
+    },
+}
+
 #[derive(Debug, Clone)]
 pub struct StackOptions {
     pub mode: HandlerMode,
@@ -55,6 +78,8 @@ pub struct StackOptions {
     pub lambda: LambdaSettings,
     /// Where logs and metering go; a temp dir removed on stop when `None`.
     pub state_dir: Option<PathBuf>,
+    /// Signed by default.
+    pub identity: RequestIdentity,
 }
 
 impl StackOptions {
@@ -66,6 +91,7 @@ impl StackOptions {
             server_env: Vec::new(),
             lambda: LambdaSettings::default(),
             state_dir: None,
+            identity: RequestIdentity::default(),
         }
     }
 }
@@ -81,6 +107,11 @@ pub struct LocalStack {
     pub function_arn: Option<String>,
     pub handler_log_path: PathBuf,
     pub metering_path: PathBuf,
+    /// The handler's `FANOUT_IDENTITY_KEYS` (the public key restate-server signs with when
+    /// generated); `None` when the handler accepts unsigned requests.
+    pub identity_keys: Option<String>,
+    /// The private key restate-server signs with; `None` when it does not sign.
+    pub signing_key_pem: Option<PathBuf>,
     http_handler: Option<Managed>,
     /// How the HTTP handler was started (binary, env, port), to start it again.
     http_launch: Option<(PathBuf, Vec<(String, String)>, u16)>,
@@ -118,6 +149,31 @@ impl LocalStack {
             env: options.server_env.clone(),
             log_path: Some(dir.join("restate-server.log")),
         };
+        let (server_pem, identity_keys) = match &options.identity {
+            RequestIdentity::Generated => {
+                let setup = SigningSetup::generate_in(&dir)?;
+                (Some(setup.pem_path), Some(setup.public_key))
+            }
+            RequestIdentity::Unsigned => (None, None),
+            RequestIdentity::Explicit {
+                server_pem,
+                handler_keys,
+            } => (server_pem.clone(), handler_keys.clone()),
+        };
+        if let Some(pem) = &server_pem {
+            server_options.env.push((
+                PRIVATE_KEY_PEM_ENV.into(),
+                pem.to_string_lossy().into_owned(),
+            ));
+        }
+        // A generated or explicit identity wins over the same variable in `handler_env`.
+        let mut handler_env = options.handler_env.clone();
+        if options.identity != RequestIdentity::Unsigned {
+            handler_env.retain(|(name, _)| name != IDENTITY_KEYS_ENV);
+        }
+        if let Some(keys) = &identity_keys {
+            handler_env.push((IDENTITY_KEYS_ENV.into(), keys.clone()));
+        }
 
         let mut standin = None;
         let mut http_handler = None;
@@ -129,7 +185,7 @@ impl LocalStack {
                     memory_mb: options.lambda.memory_mb,
                     timeout: options.lambda.timeout,
                     concurrency_limit: options.lambda.concurrency_limit,
-                    env: options.handler_env.clone(),
+                    env: handler_env.clone(),
                     versions: vec![VersionSpec {
                         version: "1".into(),
                         binary: handler_binary.clone(),
@@ -156,12 +212,10 @@ impl LocalStack {
             }
             HandlerMode::Http => {
                 let (process, uri) =
-                    start_http_handler(&handler_binary, &options.handler_env, &handler_log_path)
-                        .await?;
+                    start_http_handler(&handler_binary, &handler_env, &handler_log_path).await?;
                 http_handler = Some(process);
                 let port = uri.rsplit(':').next().and_then(|p| p.parse().ok());
-                http_launch =
-                    port.map(|port| (handler_binary.clone(), options.handler_env.clone(), port));
+                http_launch = port.map(|port| (handler_binary.clone(), handler_env.clone(), port));
                 DeploymentTarget::Http { uri }
             }
         };
@@ -190,6 +244,8 @@ impl LocalStack {
             function_arn,
             handler_log_path,
             metering_path,
+            identity_keys,
+            signing_key_pem: server_pem,
             http_handler,
             http_launch,
             _temp: temp,
@@ -260,8 +316,10 @@ async fn spawn_http_handler(
 ) -> Result<Option<Managed>> {
     let mut command = Command::new(binary);
     command
-        .args(["--port", &port.to_string()])
+        .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
         .env_remove("AWS_LAMBDA_RUNTIME_API")
+        // Only what the stack chose, never a key list inherited from the caller's shell.
+        .env_remove(IDENTITY_KEYS_ENV)
         .envs(env.iter().map(|(k, v)| (k, v)));
     let mut process = Managed::spawn("fanout-handler", command, log)?;
     let up = wait_until(Duration::from_secs(20), || async move {

@@ -5,7 +5,7 @@ use crate::commands::attach::{self, Endpoints, Interrupt};
 use crate::commands::{invoke, status};
 use crate::observe::{Display, DisplayMode};
 use crate::report;
-use crate::stack::{HandlerMode, LocalStack, StackOptions};
+use crate::stack::{HandlerMode, LocalStack, RequestIdentity, StackOptions};
 use anyhow::{Result, anyhow, bail};
 use serde_json::json;
 use std::path::PathBuf;
@@ -17,6 +17,8 @@ pub struct DemoOptions {
     pub description: String,
     pub handler_binary: PathBuf,
     pub max_subtask_ms: Option<u64>,
+    /// restate-server does not sign and the handler serves any caller (`--unsigned`).
+    pub unsigned: bool,
 }
 
 pub async fn run(options: DemoOptions) -> Result<()> {
@@ -29,6 +31,9 @@ pub async fn run(options: DemoOptions) -> Result<()> {
         crate::tools::RESTATE_SERVER_VERSION
     );
     let mut stack_options = StackOptions::new(options.mode, options.handler_binary);
+    if options.unsigned {
+        stack_options.identity = RequestIdentity::Unsigned;
+    }
     if let Some(ms) = options.max_subtask_ms {
         stack_options
             .handler_env
@@ -44,6 +49,10 @@ async fn run_on(stack: &LocalStack, description: &str) -> Result<()> {
     println!("Registered deployment {}", stack.deployment.id);
     if let Some(arn) = &stack.function_arn {
         println!("  Lambda version ARN: {arn}");
+    }
+    match &stack.identity_keys {
+        Some(keys) => println!("  Signed requests: the handler serves only Restate's, key {keys}"),
+        None => println!("  Unsigned: the handler serves any caller (--unsigned)"),
     }
     println!(
         "\n$ fanout invoke --ingress-url {} --admin-url {} {:?}",

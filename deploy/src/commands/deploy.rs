@@ -6,6 +6,7 @@
 
 use crate::aws::explain;
 use crate::commands::build::{Arch, Artifact};
+use crate::identity::{IDENTITY_KEYS_ENV, check_public_keys};
 use anyhow::{Context, Result, bail};
 use aws_sdk_lambda::Client;
 use aws_sdk_lambda::client::Waiters;
@@ -32,6 +33,9 @@ pub struct DeployOptions {
     pub arch: Arch,
     /// The function's environment; `None` leaves an existing function's as it is.
     pub environment: Option<BTreeMap<String, String>>,
+    /// Restate's request identity keys for `FANOUT_IDENTITY_KEYS` (`--identity-keys`), added to
+    /// the environment given, or to the function's current one when none is given.
+    pub identity_keys: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -40,6 +44,8 @@ pub struct Deployed {
     pub version: String,
     pub created_function: bool,
     pub published: bool,
+    /// The function's `FANOUT_IDENTITY_KEYS`, when set: it serves only Restate-signed requests.
+    pub identity_keys: Option<String>,
 }
 
 impl Deployed {
@@ -53,6 +59,21 @@ impl Deployed {
             ),
         };
         format!("{what}\n{}", self.version_arn)
+    }
+
+    /// Whether the function verifies Restate's request identity, in a sentence (for stderr).
+    pub fn identity_note(&self) -> String {
+        match &self.identity_keys {
+            Some(keys) => format!(
+                "the function serves only requests Restate signs with {} ({IDENTITY_KEYS_ENV})",
+                keys.trim()
+            ),
+            None => format!(
+                "note: {IDENTITY_KEYS_ENV} is not set, so the function serves every request \
+                 that IAM lets invoke it, not only Restate's; pass --identity-keys with the \
+                 publickeyv1_… key your Restate server prints (README: Security)"
+            ),
+        }
     }
 }
 
@@ -72,6 +93,7 @@ pub async fn deploy(client: &Client, options: &DeployOptions, code: &Artifact) -
         }
         Err(e) => return Err(explain(&format!("looking up function {name}"), e)),
     };
+    let options = &with_identity_keys(options, existing.as_ref());
 
     let created_function = existing.is_none();
     match existing {
@@ -123,6 +145,7 @@ pub async fn deploy(client: &Client, options: &DeployOptions, code: &Artifact) -
         .map_err(|e| explain(&format!("reading {name}"), e))?
         .configuration
         .with_context(|| format!("Lambda returned no configuration for {name}"))?;
+    let identity_keys = variables(&latest).remove(IDENTITY_KEYS_ENV);
     if let Some(version) = newest_version(client, name).await? {
         if same_code_and_configuration(&version, &latest) {
             return Ok(Deployed {
@@ -130,6 +153,7 @@ pub async fn deploy(client: &Client, options: &DeployOptions, code: &Artifact) -
                 version: version.version().unwrap_or_default().to_owned(),
                 created_function,
                 published: false,
+                identity_keys,
             });
         }
     }
@@ -153,7 +177,26 @@ pub async fn deploy(client: &Client, options: &DeployOptions, code: &Artifact) -
         version,
         created_function,
         published: true,
+        identity_keys,
     })
+}
+
+/// `options` with the identity keys put into the environment: the one given, or else the
+/// existing function's (so `--identity-keys` alone changes nothing else).
+fn with_identity_keys(
+    options: &DeployOptions,
+    existing: Option<&FunctionConfiguration>,
+) -> DeployOptions {
+    let mut options = options.clone();
+    if let Some(keys) = options.identity_keys.take() {
+        let mut environment = options
+            .environment
+            .take()
+            .unwrap_or_else(|| existing.map(variables).unwrap_or_default());
+        environment.insert(IDENTITY_KEYS_ENV.into(), keys.trim().to_owned());
+        options.environment = Some(environment);
+    }
+    options
 }
 
 fn check_options(options: &DeployOptions) -> Result<()> {
@@ -188,6 +231,12 @@ fn check_options(options: &DeployOptions) -> Result<()> {
         }) {
             bail!("--env {bad:?}: a variable name is a letter followed by letters, digits or '_'");
         }
+        if let Some(keys) = variables.get(IDENTITY_KEYS_ENV) {
+            check_public_keys(keys).map_err(|e| anyhow::anyhow!("--env {e}"))?;
+        }
+    }
+    if let Some(keys) = &options.identity_keys {
+        check_public_keys(keys).map_err(|e| anyhow::anyhow!("--identity-keys: {e}"))?;
     }
     if let Some(role) = &options.role {
         if !(role.starts_with("arn:") && role.contains(":iam::") && role.contains(":role/")) {
@@ -355,6 +404,7 @@ mod tests {
             timeout_s: None,
             arch: Arch::Arm64,
             environment: None,
+            identity_keys: None,
         }
     }
 
@@ -401,5 +451,59 @@ mod tests {
                 .contains("IAM role ARN")
         );
         check_options(&options()).unwrap();
+    }
+
+    const KEY: &str = "publickeyv1_ChjENKeMvCtRnqG2mrBK1HmPKufgFUc98K8B3ononQvp";
+
+    #[test]
+    fn identity_keys_are_checked_and_merged_into_the_environment() {
+        let bad = DeployOptions {
+            identity_keys: Some("ChjENKeMvCtRnqG2mrBK1HmPKufgFUc98K8B3ononQvp".into()),
+            ..options()
+        };
+        let message = check_options(&bad).unwrap_err().to_string();
+        assert!(
+            message.starts_with("--identity-keys: FANOUT_IDENTITY_KEYS: key 1 of 1"),
+            "{message}"
+        );
+        let bad_env = DeployOptions {
+            environment: Some([(IDENTITY_KEYS_ENV.to_owned(), "x".to_owned())].into()),
+            ..options()
+        };
+        assert!(check_options(&bad_env).is_err());
+
+        let given = DeployOptions {
+            identity_keys: Some(format!(" {KEY} ")),
+            ..options()
+        };
+        check_options(&given).unwrap();
+        // No --env: the function's current environment is kept and the keys added.
+        let current = FunctionConfiguration::builder()
+            .environment(
+                aws_sdk_lambda::types::EnvironmentResponse::builder()
+                    .variables("RUST_LOG", "debug")
+                    .build(),
+            )
+            .build();
+        let merged = with_identity_keys(&given, Some(&current));
+        let env = merged.environment.unwrap();
+        assert_eq!(env.get("RUST_LOG").map(String::as_str), Some("debug"));
+        assert_eq!(env.get(IDENTITY_KEYS_ENV).map(String::as_str), Some(KEY));
+        // With --env: exactly that environment plus the keys.
+        let with_env = DeployOptions {
+            environment: Some([("A".to_owned(), "1".to_owned())].into()),
+            ..given.clone()
+        };
+        let env = with_identity_keys(&with_env, Some(&current))
+            .environment
+            .unwrap();
+        assert_eq!(env.len(), 2);
+        assert!(env.contains_key("A") && env.contains_key(IDENTITY_KEYS_ENV));
+        // No keys: untouched.
+        assert!(
+            with_identity_keys(&options(), Some(&current))
+                .environment
+                .is_none()
+        );
     }
 }

@@ -1,6 +1,6 @@
 //! `fanout local`: the local stack, up until Ctrl-C.
 
-use crate::stack::{HandlerMode, LocalStack, StackOptions};
+use crate::stack::{HandlerMode, LocalStack, RequestIdentity, StackOptions};
 use anyhow::Result;
 use std::path::PathBuf;
 
@@ -9,6 +9,8 @@ pub struct LocalOptions {
     pub handler_binary: PathBuf,
     pub state_dir: PathBuf,
     pub max_subtask_ms: Option<u64>,
+    /// restate-server does not sign and the handler serves any caller (`--unsigned`).
+    pub unsigned: bool,
     pub concurrency_limit: usize,
 }
 
@@ -16,6 +18,9 @@ pub async fn run(options: LocalOptions) -> Result<()> {
     let mut stack_options = StackOptions::new(options.mode, options.handler_binary);
     stack_options.state_dir = Some(options.state_dir.clone());
     stack_options.lambda.concurrency_limit = options.concurrency_limit;
+    if options.unsigned {
+        stack_options.identity = RequestIdentity::Unsigned;
+    }
     if let Some(ms) = options.max_subtask_ms {
         stack_options
             .handler_env
@@ -34,6 +39,16 @@ pub async fn run(options: LocalOptions) -> Result<()> {
         println!("  metering:    {}", stack.metering_path.display());
     }
     println!("  deployment:  {}", stack.deployment.id);
+    match (&stack.identity_keys, &stack.signing_key_pem) {
+        (Some(keys), Some(pem)) => {
+            println!("  signed:      restate-server signs with {}", pem.display());
+            println!("               the handler serves only requests signed for {keys}");
+        }
+        _ => println!(
+            "  UNSIGNED:    the handler serves any caller that reaches it (--unsigned); \
+             restart without it to sign"
+        ),
+    }
     println!("  handler log: {}", stack.handler_log_path.display());
     println!("  server log:  {}", stack.server.log_path.display());
     println!(
@@ -46,9 +61,13 @@ pub async fn run(options: LocalOptions) -> Result<()> {
              AWS_ENDPOINT_URL_LAMBDA={} AWS_ACCESS_KEY_ID=local AWS_SECRET_ACCESS_KEY=local \
              AWS_REGION=us-east-1 RESTATE_ADMIN_URL={}\n  fanout build --arch x86_64 && fanout \
              deploy --function-name fanout-dev --arch x86_64 --role \
-             arn:aws:iam::000000000000:role/local --register",
+             arn:aws:iam::000000000000:role/local --register{}",
             standin.endpoint_url(),
-            stack.server.admin_url
+            stack.server.admin_url,
+            match &stack.identity_keys {
+                Some(keys) => format!(" --identity-keys {keys}"),
+                None => String::new(),
+            }
         );
     }
     println!("Ctrl-C stops everything.");
