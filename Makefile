@@ -27,7 +27,7 @@ ARN            ?=
 ADMIN_URL      ?= $(or $(RESTATE_ADMIN_URL),http://localhost:9070)
 INGRESS_URL    ?= $(or $(RESTATE_INGRESS_URL),http://localhost:8080)
 
-.PHONY: help tools tools-aws rust-targets build-local lambda-zips build deploy register invoke prune bench demo local test lint fmt clean distclean
+.PHONY: help tools tools-aws rust-targets build-local lambda-zips build deploy register invoke prune bench demo local test chaos lint fmt clean distclean
 
 help:
 	@echo "make demo    - run the reference fan-out end to end (restate-server + local Lambda), then stop"
@@ -40,6 +40,8 @@ help:
 	@echo "make register ARN=… / make invoke TASK=… / make prune FUNCTION=…"
 	@echo "make bench   - the benchmark grid on the local stack: spreads 0-10s/0-1s/tail x N 100/1000/10000"
 	@echo "               x caps n, n/5, 1000 x strategies ledger/select-any/in-order, with floors (long)"
+	@echo "make chaos   - the randomized fault suite: CHAOS_RUNS=105 seeded runs from CHAOS_SEED=1000 with"
+	@echo "               kills, restarts, 429/5xx, lost responses, timeouts; prints a table (long)"
 	@echo "make lint    - cargo fmt --check and clippy"
 	@echo "make clean   - remove local state (.fanout/); distclean also removes $(TOOLS)/ and target/"
 
@@ -104,6 +106,14 @@ local: tools build-local
 
 test: tools tools-aws lambda-zips
 	$(CARGO) test --workspace
+
+# The fault suite's long run (tests/tests/chaos.rs, test chaos_many): CHAOS_RUNS runs drawn from
+# the seeds CHAOS_SEED, CHAOS_SEED+1, …; one seed replays one run: CHAOS_SEED=1042 CHAOS_RUNS=1.
+CHAOS_RUNS ?= 105
+CHAOS_SEED ?= 1000
+chaos: tools build-local
+	CHAOS_RUNS=$(CHAOS_RUNS) CHAOS_SEED=$(CHAOS_SEED) $(CARGO) test -p fanout-tests --test chaos \
+		chaos_many -- --ignored --nocapture
 
 lint:
 	$(CARGO) fmt --all -- --check

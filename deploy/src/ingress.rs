@@ -1,7 +1,28 @@
 //! Restate's ingress: how a fan-out is started and its result fetched.
+//!
+//! A run lives in Restate, not in the client, so a client waiting for one rides out a restart of
+//! Restate: when the server goes away (killed, restarted, a proxy cutting a long request) or its
+//! ingress answers 502/503/504 while it comes back, [`IngressClient::attach_until_answered`]
+//! keeps re-attaching by invocation id for up to [`RECONNECT_WINDOW`], and returns the run's
+//! answer as if nothing had happened.
 
 use anyhow::{Context, Result};
 use serde_json::Value;
+use std::time::{Duration, Instant};
+
+/// How long a client that already has a run keeps reconnecting to a Restate that went away
+/// before it gives up (exit code 5). A restart takes seconds; this covers a slow one and a
+/// server being moved.
+pub const RECONNECT_WINDOW: Duration = Duration::from_secs(600);
+
+/// What a client that lost Restate tells its user, once per outage.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reconnect {
+    /// The connection broke or the ingress answered it is unavailable; retrying.
+    Lost(String),
+    /// Attached again after an outage.
+    Back,
+}
 
 #[derive(Clone)]
 pub struct IngressClient {
@@ -94,6 +115,131 @@ impl IngressClient {
         Ok(IngressResponse { status, body })
     }
 
+    /// `GET /restate/invocation/{id}/attach`: one attempt to wait for the invocation's result,
+    /// however long the run takes (no client timeout unless [`Self::with_timeout`]).
+    pub async fn attach(&self, id: &str) -> Result<IngressResponse> {
+        let mut request = self
+            .http
+            .get(format!("{}/restate/invocation/{id}/attach", self.base));
+        if let Some(token) = &self.token {
+            request = request.bearer_auth(token);
+        }
+        let response = request.send().await.with_context(|| {
+            format!(
+                "cannot reach Restate's ingress at {} to wait for {id}; is the server running \
+                 and is --ingress-url right?",
+                self.base
+            )
+        })?;
+        let status = response.status().as_u16();
+        let text = response.text().await.with_context(|| {
+            format!("the connection to Restate's ingress broke while waiting for {id}")
+        })?;
+        let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
+        Ok(IngressResponse { status, body })
+    }
+
+    /// [`Self::attach`] until Restate answers with the run's outcome: a broken connection, a
+    /// refused one (the server is restarting) or a 502/503/504 (it is coming back) means
+    /// attach again, with a growing pause (0.2 s to 2 s), for up to `window` since the last
+    /// answer. `notify` hears of each outage and of the return.
+    pub async fn attach_until_answered(
+        &self,
+        id: &str,
+        window: Duration,
+        mut notify: impl FnMut(Reconnect),
+    ) -> Result<IngressResponse> {
+        let mut delay = Duration::from_millis(200);
+        let mut lost_since: Option<Instant> = None;
+        loop {
+            let outage = match self.attach(id).await {
+                Ok(answer) if !is_unavailable(answer.status) => {
+                    if lost_since.is_some() {
+                        notify(Reconnect::Back);
+                    }
+                    return Ok(answer);
+                }
+                Ok(answer) => {
+                    let outage = format!(
+                        "Restate's ingress answered HTTP {} ({})",
+                        answer.status,
+                        answer.message()
+                    );
+                    if lost_since.is_some_and(|t| t.elapsed() >= window) {
+                        anyhow::bail!("{outage}, and still did after {window:?} of retrying");
+                    }
+                    outage
+                }
+                Err(e) if is_transport(&e) => {
+                    if lost_since.is_some_and(|t| t.elapsed() >= window) {
+                        return Err(e.context(format!(
+                            "gave up waiting for {id} after {window:?} without Restate"
+                        )));
+                    }
+                    format!("{e:#}")
+                }
+                Err(e) => return Err(e),
+            };
+            if lost_since.is_none() {
+                lost_since = Some(Instant::now());
+                notify(Reconnect::Lost(outage));
+            }
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(Duration::from_secs(2));
+        }
+    }
+
+    /// [`Self::post`] that rides out a restart when `idempotency_key` makes a repeat safe: a
+    /// request that broke after it was sent (the server died under it) is sent again, also
+    /// while the server refuses connections or answers 502/503/504, for up to `window`. A
+    /// connection refused before any request got through is returned at once: nothing is there
+    /// (a wrong URL, a server not started), and waiting would only hide that. Returns the answer
+    /// and whether the request had to be repeated.
+    pub async fn post_idempotent(
+        &self,
+        path: &str,
+        content_type: &str,
+        body: Vec<u8>,
+        idempotency_key: &str,
+        window: Duration,
+        mut notify: impl FnMut(Reconnect),
+    ) -> Result<(IngressResponse, bool)> {
+        let mut delay = Duration::from_millis(200);
+        let mut lost_since: Option<Instant> = None;
+        loop {
+            let attempt = self
+                .post(path, content_type, body.clone(), Some(idempotency_key))
+                .await;
+            let outage = match attempt {
+                Ok(answer) if !is_unavailable(answer.status) => {
+                    if lost_since.is_some() {
+                        notify(Reconnect::Back);
+                    }
+                    return Ok((answer, lost_since.is_some()));
+                }
+                Ok(answer) if lost_since.is_some_and(|t| t.elapsed() >= window) => {
+                    return Ok((answer, true));
+                }
+                Ok(answer) => format!(
+                    "Restate's ingress answered HTTP {} ({})",
+                    answer.status,
+                    answer.message()
+                ),
+                Err(e) if lost_since.is_none() && is_refused(&e) => return Err(e),
+                Err(e) if is_transport(&e) && lost_since.is_none_or(|t| t.elapsed() < window) => {
+                    format!("{e:#}")
+                }
+                Err(e) => return Err(e),
+            };
+            if lost_since.is_none() {
+                lost_since = Some(Instant::now());
+                notify(Reconnect::Lost(outage));
+            }
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(Duration::from_secs(2));
+        }
+    }
+
     /// Calls `worker/run` with a JSON task.
     pub async fn run(
         &self,
@@ -108,4 +254,26 @@ impl IngressClient {
         )
         .await
     }
+}
+
+/// What Restate's ingress answers while it cannot serve yet: a restart in progress, a partition
+/// without a leader. Never a run's own outcome (the handler ends runs with 2xx, 4xx or 500).
+pub fn is_unavailable(status: u16) -> bool {
+    matches!(status, 502..=504)
+}
+
+/// A transport failure (connection refused or reset, DNS, a timeout, a body cut short) rather
+/// than an answer.
+pub fn is_transport(error: &anyhow::Error) -> bool {
+    error
+        .chain()
+        .any(|cause| cause.downcast_ref::<reqwest::Error>().is_some())
+}
+
+/// A connection that was never made (nothing listens there).
+fn is_refused(error: &anyhow::Error) -> bool {
+    error
+        .chain()
+        .filter_map(|cause| cause.downcast_ref::<reqwest::Error>())
+        .any(reqwest::Error::is_connect)
 }

@@ -114,7 +114,7 @@ pub struct LocalStack {
     pub signing_key_pem: Option<PathBuf>,
     http_handler: Option<Managed>,
     /// How the HTTP handler was started (binary, env, port), to start it again.
-    http_launch: Option<(PathBuf, Vec<(String, String)>, u16)>,
+    http_launch: Option<HttpLaunch>,
     _temp: Option<tempfile::TempDir>,
 }
 
@@ -372,3 +372,6 @@ async fn start_http_handler(
         log_tail(log, 20)
     )
 }
+/// Binary, environment and port of the HTTP handler.
+type HttpLaunch = (PathBuf, Vec<(String, String)>, u16);
+

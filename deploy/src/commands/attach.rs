@@ -4,7 +4,7 @@
 
 use crate::admin::AdminClient;
 use crate::commands::invoke::{OutputFormat, exit};
-use crate::ingress::{IngressClient, IngressResponse};
+use crate::ingress::{IngressClient, IngressResponse, RECONNECT_WINDOW, Reconnect};
 use crate::observe::{self, Display, DisplayMode, Observer, Progress};
 use anyhow::{Context, Result};
 use serde_json::{Value, json};
@@ -15,17 +15,13 @@ use std::time::{Duration, Instant};
 pub struct Endpoints {
     pub ingress: IngressClient,
     pub admin: AdminClient,
-    token: Option<String>,
-    http: reqwest::Client,
 }
 
 impl Endpoints {
     pub fn new(ingress_url: &str, admin_url: &str, token: Option<String>) -> Self {
         Self {
             ingress: IngressClient::new(ingress_url, token.clone()),
-            admin: AdminClient::new(admin_url, token.clone()),
-            token,
-            http: reqwest::Client::new(),
+            admin: AdminClient::new(admin_url, token),
         }
     }
 
@@ -36,41 +32,23 @@ impl Endpoints {
     /// `GET /restate/invocation/{id}/attach`: waits for the invocation's result, however long
     /// the run takes (no client timeout).
     pub async fn attach(&self, id: &str) -> Result<IngressResponse> {
-        let url = format!("{}/restate/invocation/{id}/attach", self.ingress.base_url());
-        let mut request = self.http.get(url);
-        if let Some(token) = &self.token {
-            request = request.bearer_auth(token);
-        }
-        let response = request.send().await.with_context(|| {
-            format!(
-                "cannot reach Restate's ingress at {} to wait for {id}; is the server running \
-                 and is --ingress-url right?",
-                self.ingress.base_url()
-            )
-        })?;
-        let status = response.status().as_u16();
-        let text = response.text().await.with_context(|| {
-            format!("the connection to Restate's ingress broke while waiting for {id}")
-        })?;
-        let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
-        Ok(IngressResponse { status, body })
+        self.ingress.attach(id).await
     }
 
-    /// [`Self::attach`], reconnecting a few times when the connection drops: the run goes on in
-    /// Restate regardless, so a blip (a proxy closing a long request, a server restart) should
-    /// not end the wait.
+    /// [`Self::attach`], re-attaching while Restate is away: the run goes on in Restate
+    /// regardless, so a restart of the server (or a proxy closing a long request) does not end
+    /// the wait; see [`crate::ingress::IngressClient::attach_until_answered`].
     async fn attach_patiently(&self, id: &str) -> Result<IngressResponse> {
-        let mut delay = Duration::from_millis(500);
-        for _ in 0..4 {
-            match self.attach(id).await {
-                Err(e) if is_unreachable(&e) => {
-                    tokio::time::sleep(delay).await;
-                    delay *= 2;
-                }
-                answer => return answer,
-            }
-        }
-        self.attach(id).await
+        self.ingress
+            .attach_until_answered(id, RECONNECT_WINDOW, |event| match event {
+                Reconnect::Lost(why) => eprintln!(
+                    "lost Restate while waiting for {id} ({why}); reconnecting for up to {} min, \
+                     the run goes on in Restate",
+                    RECONNECT_WINDOW.as_secs() / 60
+                ),
+                Reconnect::Back => eprintln!("Restate is back; still waiting for {id}"),
+            })
+            .await
     }
 }
 

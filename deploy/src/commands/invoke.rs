@@ -3,9 +3,14 @@
 //! The run is always started asynchronously (`POST /worker/run/send`) and then attached to, so
 //! it has an invocation id from the first moment: progress can be polled by id, and a client
 //! that is interrupted or killed leaves a run that `fanout attach ID` can pick up.
+//!
+//! Every send carries an idempotency key (the user's, or one made up for this invoke), so a send
+//! that broke because the server died under it can be repeated without starting a second run;
+//! the wait re-attaches by id. Together `fanout invoke` rides out a restart of Restate and still
+//! prints the run's exact result with its usual exit code.
 
 use crate::commands::attach::{self, Endpoints, Interrupt, fail, fail_with};
-use crate::ingress::{IngressClient, IngressResponse};
+use crate::ingress::{IngressClient, IngressResponse, RECONNECT_WINDOW, Reconnect};
 use crate::observe::{Display, DisplayMode};
 use anyhow::{Context, Result};
 use serde_json::{Value, json};
@@ -48,7 +53,9 @@ fail-fast, one more than the failure policy tolerates otherwise)
   4    rejected: bad input (unreadable --input, HTTP 4xx from the ingress, a task the handler \
 refused with 400/413 before any subtask started, a malformed invocation id) or a missing or \
 invalid token
-  5    Restate unreachable (connection refused, DNS, timeout) or its ingress answered 5xx
+  5    Restate unreachable (connection refused, DNS, timeout) or its ingress answered 5xx; \
+once a run is started, invoke and attach ride out a restart of Restate (reconnecting for up to \
+10 min) before giving up with 5
   6    unknown invocation id (never existed here, or past its retention)
   130  interrupted with Ctrl-C while waiting; the run goes on, `fanout attach ID` follows it again";
 }
@@ -87,6 +94,11 @@ pub struct NotStarted {
 }
 
 /// `POST /worker/run/send`: Restate journals the run and answers with its id at once.
+///
+/// Without `idempotency_key` the send gets one of its own (`fanout-invoke-UUID`), so that a send
+/// cut off by a server crash can be repeated safely: Restate answers the repeat with the run the
+/// first attempt started, if it got that far. See
+/// [`IngressClient::post_idempotent`](crate::ingress::IngressClient::post_idempotent).
 pub async fn send(
     ingress: &IngressClient,
     task: &Value,
@@ -96,19 +108,41 @@ pub async fn send(
         code: exit::BAD_INPUT,
         message: format!("the task cannot be encoded as JSON: {e}"),
     })?;
-    let response = ingress
-        .post(
+    let own_key;
+    let key = match idempotency_key {
+        Some(key) => key,
+        None => {
+            own_key = format!("fanout-invoke-{}", uuid::Uuid::new_v4().simple());
+            own_key.as_str()
+        }
+    };
+    let (response, repeated) = ingress
+        .post_idempotent(
             "/worker/run/send",
             "application/json",
             body,
-            idempotency_key,
+            key,
+            RECONNECT_WINDOW,
+            |event| match event {
+                Reconnect::Lost(why) => eprintln!(
+                    "lost Restate while starting the run ({why}); sending it again with the same \
+                     idempotency key for up to {} min",
+                    RECONNECT_WINDOW.as_secs() / 60
+                ),
+                Reconnect::Back => eprintln!("Restate is back"),
+            },
         )
         .await
         .map_err(|e| NotStarted {
             code: exit::UNREACHABLE,
             message: format!("{e:#}"),
         })?;
-    started_from(ingress.base_url(), &response)
+    let mut started = started_from(ingress.base_url(), &response)?;
+    // Our own repeat of a send that may have got through is not an earlier run.
+    if repeated || idempotency_key.is_none() {
+        started.previously_accepted = false;
+    }
+    Ok(started)
 }
 
 /// Reads the ingress's answer to a send.
