@@ -551,6 +551,11 @@ async fn run_one(plan: Plan) -> RunReport {
             let code = output.status.code();
             let stdout = String::from_utf8_lossy(&output.stdout);
             let stderr = String::from_utf8_lossy(&output.stderr);
+            if std::env::var_os("CHAOS_VERBOSE").is_some() {
+                for line in stderr.lines().filter(|l| !l.contains("subtasks done")) {
+                    eprintln!("  client: {}", truncate(line, 300));
+                }
+            }
             match serde_json::from_str::<Value>(stdout.trim()) {
                 Err(_) => Verdict::Lost(format!(
                     "exit {code:?}, no report; stderr: {}",
@@ -893,5 +898,48 @@ async fn a_lost_response_runs_the_subtask_body_again() {
     // body starts again from the top.
     let started = count_by_label(&h.handler_log(), "Started executing subtask: ");
     assert_eq!(started.get("only"), Some(&2), "{}", h.handler_log());
+    h.stop().await;
+}
+
+/// `fanout invoke` rides out a `kill -9` of restate-server and its restart: it says it lost
+/// Restate, re-attaches by id, and prints the exact result with exit code 0.
+#[tokio::test(flavor = "multi_thread")]
+async fn invoke_rides_out_a_server_restart() {
+    let mut h = Harness::start(Mode::Http).await;
+    let chores: Vec<String> = (1..=10).map(|i| format!("c{i}@2000")).collect();
+    let args = ["invoke", &chores.join(","), "--output", "json"];
+    let client = h.fanout_command(&args).spawn().unwrap();
+    // The run is under way: its subtasks are in Restate.
+    let rows = h
+        .query_until(
+            "SELECT count(*) AS n FROM sys_invocation WHERE target = 'worker/runSubtask'",
+            Duration::from_secs(30),
+            |rows| rows.first().and_then(|r| r["n"].as_u64()).unwrap_or(0) >= 10,
+        )
+        .await;
+    assert_eq!(rows[0]["n"], 10, "the fan-out did not start");
+    h.stack.server.kill();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    h.stack
+        .server
+        .restart()
+        .await
+        .expect("restate-server restarts");
+    let output = tokio::time::timeout(CLIENT_DEADLINE, client.wait_with_output())
+        .await
+        .expect("the client returns")
+        .unwrap();
+    let run = fanout_tests::CliRun::from(output);
+    assert_eq!(run.code, Some(0), "{run:?}");
+    let expected: Vec<String> = chores.iter().map(|c| format!("{c}: DONE")).collect();
+    assert_eq!(run.json()["result"]["description"], expected.join(","));
+    assert_eq!(run.json()["outcome"], "succeeded");
+    assert!(
+        run.stderr.contains("lost Restate while waiting for inv_"),
+        "{}",
+        run.stderr
+    );
+    assert!(run.stderr.contains("Restate is back"), "{}", run.stderr);
+    eprintln!("{}", run.stderr);
     h.stop().await;
 }
