@@ -49,6 +49,31 @@ impl KeyPair {
         }
     }
 
+    /// The key pair of a PKCS#8 PEM as [`Self::private_key_pem`] (or `openssl genpkey
+    /// -algorithm ed25519`) writes it.
+    pub fn from_pem(pem: &str) -> Result<Self> {
+        let body: String = pem
+            .lines()
+            .map(str::trim)
+            .filter(|line| !line.is_empty() && !line.starts_with("-----"))
+            .collect();
+        let der = BASE64
+            .decode(body)
+            .context("the PEM's body is not base64")?;
+        match der.strip_prefix(&PKCS8_ED25519_PREFIX[..]) {
+            Some(seed) if seed.len() == 32 => {
+                Ok(Self::from_seed(seed.try_into().expect("32 bytes")))
+            }
+            _ => anyhow::bail!("the PEM does not hold a PKCS#8 ed25519 private key"),
+        }
+    }
+
+    /// The ed25519 signature of `message` (what a JWT's third part carries).
+    pub fn sign(&self, message: &[u8]) -> [u8; 64] {
+        use ed25519_dalek::Signer as _;
+        self.signing.sign(message).to_bytes()
+    }
+
     /// The public key as Restate writes it: `publickeyv1_` + base58 of its 32 bytes. This is
     /// what restate-server prints at startup and what `FANOUT_IDENTITY_KEYS` takes.
     pub fn public_key(&self) -> String {
@@ -188,6 +213,19 @@ mod tests {
             pair.public_key(),
             "publickeyv1_FP9oYi9S8LQyZcUMPv6JZZ5ytHYd9eeDmy1AyjTd7erQ"
         );
+    }
+
+    #[test]
+    fn a_written_pem_reads_back_and_signs_verifiably() {
+        let pair = KeyPair::from_seed([9; 32]);
+        let back = KeyPair::from_pem(&pair.private_key_pem()).unwrap();
+        assert_eq!(back.public_key(), pair.public_key());
+        let signature = ed25519_dalek::Signature::from_bytes(&back.sign(b"hello"));
+        pair.signing
+            .verifying_key()
+            .verify_strict(b"hello", &signature)
+            .unwrap();
+        assert!(KeyPair::from_pem("-----BEGIN PRIVATE KEY-----\nAAAA\n-----END").is_err());
     }
 
     #[test]
