@@ -14,6 +14,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 use tracing::field::{Field, Visit};
 use tracing::{Event, Level, Subscriber};
+use tracing_subscriber::filter::LevelFilter;
 use tracing_subscriber::fmt::format::Writer;
 use tracing_subscriber::fmt::time::{FormatTime, SystemTime};
 use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
@@ -68,29 +69,122 @@ fn lambda_request_id() -> Option<String> {
     LAMBDA_REQUEST_ID.lock().ok().and_then(|slot| slot.clone())
 }
 
-/// Installs the global subscriber. `RUST_LOG` sets verbosity (default `info`).
-pub fn init(format: LogFormat) {
-    let wanted = std::env::var("RUST_LOG").unwrap_or_default();
-    SHOW_SUSPENSIONS.store(
-        wanted.contains("debug") || wanted.contains("trace"),
-        Ordering::Relaxed,
-    );
-    let (filter, bad_filter) = match EnvFilter::try_from_default_env() {
-        Ok(filter) => (filter, None),
-        Err(e) if std::env::var_os("RUST_LOG").is_some() => {
-            (EnvFilter::new("info"), Some(e.to_string()))
+/// Lambda's advanced logging controls: the log format the function's `LoggingConfig` asks for.
+pub const LAMBDA_LOG_FORMAT_ENV: &str = "AWS_LAMBDA_LOG_FORMAT";
+/// Lambda's advanced logging controls: the application log level.
+pub const LAMBDA_LOG_LEVEL_ENV: &str = "AWS_LAMBDA_LOG_LEVEL";
+
+/// How the handler logs, read from its environment the way `lambda_runtime`'s own subscriber
+/// reads it: `AWS_LAMBDA_LOG_FORMAT` (`JSON` or `Text`) picks the format, `AWS_LAMBDA_LOG_LEVEL`
+/// the level, and `RUST_LOG` adds its directives beside them (`restate_sdk=debug`…). A level
+/// set in both is Lambda's: it is what the console and the template configure, and a custom
+/// runtime must filter by it itself, as Lambda only filters managed runtimes' logs.
+pub struct LogSettings {
+    pub format: LogFormat,
+    filter: EnvFilter,
+    /// Debug or trace asked for: suspensions are shown.
+    verbose: bool,
+    /// Values that could not be used, each with what was used instead.
+    pub warnings: Vec<String>,
+}
+
+impl LogSettings {
+    /// Settings from `var` (the process environment in production); `default` is the format
+    /// when `AWS_LAMBDA_LOG_FORMAT` is unset: JSON on Lambda, human lines elsewhere.
+    pub fn from_env(default: LogFormat, var: impl Fn(&str) -> Option<String>) -> Self {
+        let mut warnings = Vec::new();
+        let format = match var(LAMBDA_LOG_FORMAT_ENV) {
+            None => default,
+            Some(raw) if raw.eq_ignore_ascii_case("json") => LogFormat::Json,
+            Some(raw) if raw.eq_ignore_ascii_case("text") => LogFormat::Human,
+            Some(raw) => {
+                warnings.push(format!(
+                    "{LAMBDA_LOG_FORMAT_ENV}={raw:?} is neither JSON nor Text; logging as {}",
+                    default.name()
+                ));
+                default
+            }
+        };
+        let lambda_level = var(LAMBDA_LOG_LEVEL_ENV).and_then(|raw| {
+            let level = lambda_level(&raw);
+            if level.is_none() {
+                warnings.push(format!(
+                    "{LAMBDA_LOG_LEVEL_ENV}={raw:?} is not one of TRACE, DEBUG, INFO, WARN, \
+                     ERROR, FATAL; ignoring it"
+                ));
+            }
+            level
+        });
+        let rust_log = var("RUST_LOG").unwrap_or_default();
+        // (An empty string parses as a level, `off`.)
+        let is_bare_level = |directive: &str| {
+            let directive = directive.trim();
+            !directive.is_empty() && directive.parse::<LevelFilter>().is_ok()
+        };
+        let rust_log_sets_level = rust_log.split(',').any(is_bare_level);
+        // Lambda's level replaces a bare level of RUST_LOG's; its targeted directives stay.
+        let kept: Vec<&str> = rust_log
+            .split(',')
+            .filter(|d| !d.trim().is_empty() && !(lambda_level.is_some() && is_bare_level(d)))
+            .collect();
+        let directives = EnvFilter::builder()
+            .parse(kept.join(","))
+            .unwrap_or_else(|e| {
+                warnings.push(format!("RUST_LOG is not a valid filter ({e}); ignoring it"));
+                EnvFilter::default()
+            });
+        let filter = match lambda_level {
+            Some(level) => directives.add_directive(level.into()),
+            None if rust_log_sets_level => directives,
+            None => directives.add_directive(LevelFilter::INFO.into()),
+        };
+        let verbose = filter
+            .max_level_hint()
+            .is_some_and(|level| level >= LevelFilter::DEBUG);
+        Self {
+            format,
+            filter,
+            verbose,
+            warnings,
         }
-        Err(_) => (EnvFilter::new("info"), None),
-    };
+    }
+}
+
+/// A level of Lambda's advanced logging controls; `FATAL` has no tracing level of its own.
+fn lambda_level(raw: &str) -> Option<LevelFilter> {
+    match raw.to_ascii_uppercase().as_str() {
+        "TRACE" => Some(LevelFilter::TRACE),
+        "DEBUG" => Some(LevelFilter::DEBUG),
+        "INFO" => Some(LevelFilter::INFO),
+        "WARN" => Some(LevelFilter::WARN),
+        "ERROR" | "FATAL" => Some(LevelFilter::ERROR),
+        _ => None,
+    }
+}
+
+impl LogFormat {
+    fn name(self) -> &'static str {
+        match self {
+            LogFormat::Human => "text",
+            LogFormat::Json => "JSON",
+        }
+    }
+}
+
+/// Installs the global subscriber with `settings`, then reports what it could not use.
+pub fn init(settings: LogSettings) {
+    SHOW_SUSPENSIONS.store(settings.verbose, Ordering::Relaxed);
     let layer = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
-        .event_format(LineFormat { format })
-        .with_filter(filter)
+        .event_format(LineFormat {
+            format: settings.format,
+        })
+        .with_filter(settings.filter)
         .with_filter(restate_sdk::filter::ReplayAwareFilter);
     // A second init (tests) keeps the first subscriber.
     let _ = tracing_subscriber::registry().with(layer).try_init();
-    if let Some(e) = bad_filter {
-        tracing::warn!("RUST_LOG is not a valid filter ({e}); logging at info");
+    for warning in settings.warnings {
+        tracing::warn!("{warning}");
     }
 }
 
@@ -216,5 +310,81 @@ fn level_name(level: Level) -> &'static str {
         Level::INFO => "INFO",
         Level::DEBUG => "DEBUG",
         Level::TRACE => "TRACE",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(default: LogFormat, vars: &[(&str, &str)]) -> LogSettings {
+        LogSettings::from_env(default, |name| {
+            vars.iter()
+                .find(|(k, _)| *k == name)
+                .map(|(_, v)| (*v).to_owned())
+        })
+    }
+
+    fn level(s: &LogSettings) -> Option<LevelFilter> {
+        s.filter.max_level_hint()
+    }
+
+    #[test]
+    fn lambdas_format_control_overrides_the_default_either_way() {
+        assert_eq!(settings(LogFormat::Json, &[]).format, LogFormat::Json);
+        let text = settings(LogFormat::Json, &[("AWS_LAMBDA_LOG_FORMAT", "Text")]);
+        assert_eq!(text.format, LogFormat::Human);
+        let json = settings(LogFormat::Human, &[("AWS_LAMBDA_LOG_FORMAT", "JSON")]);
+        assert_eq!(json.format, LogFormat::Json);
+        let odd = settings(LogFormat::Json, &[("AWS_LAMBDA_LOG_FORMAT", "xml")]);
+        assert_eq!(odd.format, LogFormat::Json);
+        assert!(
+            odd.warnings[0].contains("neither JSON nor Text"),
+            "{:?}",
+            odd.warnings
+        );
+    }
+
+    #[test]
+    fn the_level_comes_from_lambda_then_rust_log_then_info() {
+        assert_eq!(
+            level(&settings(LogFormat::Json, &[])),
+            Some(LevelFilter::INFO)
+        );
+        let warn = settings(LogFormat::Json, &[("AWS_LAMBDA_LOG_LEVEL", "WARN")]);
+        assert_eq!(level(&warn), Some(LevelFilter::WARN));
+        assert!(!warn.verbose);
+        let fatal = settings(LogFormat::Json, &[("AWS_LAMBDA_LOG_LEVEL", "fatal")]);
+        assert_eq!(level(&fatal), Some(LevelFilter::ERROR));
+        let rust_log = settings(LogFormat::Human, &[("RUST_LOG", "debug")]);
+        assert_eq!(level(&rust_log), Some(LevelFilter::DEBUG));
+        assert!(rust_log.verbose);
+        // Both: Lambda's level wins over a bare level, RUST_LOG's targeted directives stay.
+        let both = settings(
+            LogFormat::Json,
+            &[("AWS_LAMBDA_LOG_LEVEL", "ERROR"), ("RUST_LOG", "debug")],
+        );
+        assert_eq!(level(&both), Some(LevelFilter::ERROR));
+        let targeted = settings(
+            LogFormat::Json,
+            &[
+                ("AWS_LAMBDA_LOG_LEVEL", "WARN"),
+                ("RUST_LOG", "restate_sdk=debug"),
+            ],
+        );
+        assert_eq!(level(&targeted), Some(LevelFilter::DEBUG));
+        assert!(targeted.filter.to_string().contains("restate_sdk=debug"));
+    }
+
+    #[test]
+    fn unusable_values_are_reported_and_ignored() {
+        let bad = settings(
+            LogFormat::Json,
+            &[("AWS_LAMBDA_LOG_LEVEL", "LOUD"), ("RUST_LOG", "a=b=c")],
+        );
+        assert_eq!(level(&bad), Some(LevelFilter::INFO));
+        assert_eq!(bad.warnings.len(), 2, "{:?}", bad.warnings);
+        assert!(bad.warnings[0].contains("AWS_LAMBDA_LOG_LEVEL=\"LOUD\""));
+        assert!(bad.warnings[1].starts_with("RUST_LOG is not a valid filter"));
     }
 }

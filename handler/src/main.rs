@@ -2,7 +2,7 @@
 //! as an HTTP endpoint (`--port`, `PORT`, default 9080; `--bind`, `FANOUT_BIND`, default
 //! 0.0.0.0). With `FANOUT_IDENTITY_KEYS` it serves only requests signed by Restate.
 
-use fanout_handler::logging::{self, LogFormat};
+use fanout_handler::logging::{self, LogFormat, LogSettings};
 use fanout_handler::plan::PayloadBudget;
 use fanout_handler::policy::{self, FailurePolicy, FanInStrategy};
 use fanout_handler::{Chores, Worker, http_endpoint, lambda};
@@ -50,6 +50,10 @@ ENVIRONMENT:
     FANOUT_SUBTASK_AT_MAX_ATTEMPTS (pause|kill)
                            how Restate retries a failing subtask (default: the server's policy)
     RUST_LOG               log filter (default info)
+    AWS_LAMBDA_LOG_FORMAT  JSON or Text (Lambda's advanced logging controls; default JSON on
+                           Lambda, text lines elsewhere)
+    AWS_LAMBDA_LOG_LEVEL   TRACE, DEBUG, INFO, WARN, ERROR or FATAL; wins over a level in
+                           RUST_LOG, whose per-target directives still apply
 ";
 
 /// A run option from env var `name`: `default` when unset, refused with the variable named
@@ -137,11 +141,14 @@ fn worker_from_env() -> Result<Worker<Chores>, String> {
 
 fn main() -> ExitCode {
     let on_lambda = std::env::var_os(lambda::RUNTIME_API_ENV).is_some();
-    logging::init(if on_lambda {
+    let default_format = if on_lambda {
         LogFormat::Json
     } else {
         LogFormat::Human
-    });
+    };
+    logging::init(LogSettings::from_env(default_format, |name| {
+        std::env::var(name).ok()
+    }));
 
     let worker = match worker_from_env() {
         Ok(worker) => worker,

@@ -252,3 +252,49 @@ in_both_modes!(
     bad_input_is_rejected_with_a_reason,
     log_lines_once_per_subtask_despite_replays,
 );
+
+/// Lambda's advanced logging controls, as the function's `LoggingConfig` sets them, choose the
+/// format and the level of the handler's lines, as `lambda_runtime`'s own subscriber would.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lambdas_logging_controls_set_the_format_and_the_level() {
+    let options = Harness::with_env(
+        Harness::options(Mode::Lambda),
+        "AWS_LAMBDA_LOG_FORMAT",
+        "Text",
+    );
+    let text = Harness::start_with(options).await;
+    let response = text.run("a,b").await;
+    assert_eq!(response.status, 200, "{:?}", response.body);
+    let lines = text.log_lines_with("Started executing subtask: a");
+    assert_eq!(lines.len(), 1, "{lines:#?}");
+    assert!(
+        lines[0].starts_with("[worker/runSubtask][inv_") && lines[0].contains("] INFO: "),
+        "a text line, not JSON: {}",
+        lines[0]
+    );
+    text.stop().await;
+
+    // WARN hides the reference lines (INFO) even where RUST_LOG asks for them; a format that
+    // Lambda does not have is warned about, in the default JSON.
+    let mut options = Harness::options(Mode::Lambda);
+    for (name, value) in [
+        ("AWS_LAMBDA_LOG_LEVEL", "WARN"),
+        ("AWS_LAMBDA_LOG_FORMAT", "xml"),
+        ("RUST_LOG", "info"),
+    ] {
+        options = Harness::with_env(options, name, value);
+    }
+    let warn = Harness::start_with(options).await;
+    let response = warn.run("a,b").await;
+    assert_eq!(response.status, 200, "{:?}", response.body);
+    assert!(
+        warn.log_lines_with("Started executing subtask").is_empty(),
+        "{}",
+        warn.handler_log()
+    );
+    let warning = warn.log_lines_with("neither JSON nor Text");
+    assert!(!warning.is_empty(), "{}", warn.handler_log());
+    let line: Value = serde_json::from_str(&warning[0]).expect("a JSON line");
+    assert_eq!(line["level"], "WARN", "{line}");
+    warn.stop().await;
+}
