@@ -5,6 +5,7 @@
 use fanout_handler::logging::{self, LogFormat, LogSettings};
 use fanout_handler::plan::PayloadBudget;
 use fanout_handler::policy::{self, FailurePolicy, FanInStrategy};
+use fanout_handler::worker::Serve;
 use fanout_handler::{Chores, Worker, http_endpoint, lambda};
 use restate_sdk::endpoint::Builder;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -49,6 +50,10 @@ ENVIRONMENT:
     FANOUT_SUBTASK_RETRY_INITIAL_MS, FANOUT_SUBTASK_RETRY_FACTOR, FANOUT_SUBTASK_MAX_ATTEMPTS,
     FANOUT_SUBTASK_AT_MAX_ATTEMPTS (pause|kill)
                            how Restate retries a failing subtask (default: the server's policy)
+    FANOUT_SERVE           what this deployment serves: all (default; worker/run and
+                           worker/runSubtask, the reference contract), coordinator (worker/run
+                           and the fan-in; subtasks go to executor/runSubtask) or executor
+                           (only executor/runSubtask), so executors can be a function of their own
     RUST_LOG               log filter (default info)
     AWS_LAMBDA_LOG_FORMAT  JSON or Text (Lambda's advanced logging controls; default JSON on
                            Lambda, text lines elsewhere)
@@ -136,7 +141,8 @@ fn worker_from_env() -> Result<Worker<Chores>, String> {
             FailurePolicy::FailFast,
             FailurePolicy::parse,
         )?)
-        .with_subtask_retry(policy::SubtaskRetry::from_env()?))
+        .with_subtask_retry(policy::SubtaskRetry::from_env()?)
+        .serving(option_from_env(Serve::ENV, Serve::All, Serve::parse)?))
 }
 
 fn main() -> ExitCode {

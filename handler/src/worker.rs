@@ -17,10 +17,51 @@ use crate::policy::{
     parse_max_concurrency,
 };
 use restate_sdk::context::macro_support::SealedDurableFuture;
+use restate_sdk::context::{Request, RequestTarget};
 use restate_sdk::prelude::*;
 use std::collections::VecDeque;
 use std::marker::PhantomData;
 use std::sync::Arc;
+
+/// What one deployment of the handler serves: the whole worker, or one side of a split in
+/// which the executors are a deployment (a Lambda function) of their own, sized and scaled
+/// apart from the coordinator.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Serve {
+    /// `worker` with `run` and `runSubtask`: the reference contract, one deployment.
+    All,
+    /// `worker/run` and the fan-in machinery; subtasks go to `executor/runSubtask`.
+    Coordinator,
+    /// Only `executor/runSubtask`.
+    Executor,
+}
+
+impl Serve {
+    pub const ENV: &str = "FANOUT_SERVE";
+
+    pub fn parse(raw: &str) -> Result<Self, String> {
+        match raw.trim() {
+            "all" => Ok(Self::All),
+            "coordinator" => Ok(Self::Coordinator),
+            "executor" => Ok(Self::Executor),
+            other => Err(format!(
+                "{other:?} is not a layout; use all (one deployment), coordinator or executor \
+                 (the two halves of a split)"
+            )),
+        }
+    }
+
+    /// The service whose `runSubtask` the coordinator calls.
+    fn executor_service(self) -> &'static str {
+        match self {
+            Self::All => "worker",
+            Self::Coordinator | Self::Executor => EXECUTOR_SERVICE,
+        }
+    }
+}
+
+/// The executors' own service in a split layout.
+pub const EXECUTOR_SERVICE: &str = "executor";
 
 /// The fan-out worker for a job `J`.
 pub struct Worker<J> {
@@ -30,6 +71,7 @@ pub struct Worker<J> {
     max_concurrency: usize,
     failure_policy: FailurePolicy,
     subtask_retry: SubtaskRetry,
+    serve: Serve,
 }
 
 impl<J: Job> Worker<J> {
@@ -41,7 +83,14 @@ impl<J: Job> Worker<J> {
             max_concurrency: DEFAULT_MAX_CONCURRENCY,
             failure_policy: FailurePolicy::FailFast,
             subtask_retry: SubtaskRetry::default(),
+            serve: Serve::All,
         }
+    }
+
+    /// What this deployment serves (default: everything, as one deployment).
+    pub fn serving(mut self, serve: Serve) -> Self {
+        self.serve = serve;
+        self
     }
 
     /// The policy runs use unless their request sets [`FailurePolicy::HEADER`].
@@ -117,14 +166,28 @@ impl<J: Job> Worker<J> {
     /// The endpoint's builder with the worker's services bound, for what the binary adds
     /// before building it (the identity keys that let only Restate call it).
     pub fn endpoint_builder(self) -> restate_sdk::endpoint::Builder {
-        let internal = HandlerOptions::new().ingress_private(true);
+        let internal = || HandlerOptions::new().ingress_private(true);
         let subtask = self.subtask_retry.options();
+        let serve = self.serve;
+        if serve == Serve::Executor {
+            return Endpoint::builder().bind(
+                Executor(Arc::clone(&self.job))
+                    .into_service_definition()
+                    .options(ServiceOptions::new().handler("runSubtask", subtask)),
+            );
+        }
+        // A coordinator's own runSubtask only refuses (see `run_subtask`); private, so the
+        // ingress cannot reach it either.
+        let own_subtask = match serve {
+            Serve::Coordinator => internal(),
+            _ => subtask,
+        };
         Endpoint::builder()
             .bind(
                 self.into_service_definition().options(
                     ServiceOptions::new()
-                        .handler("runShard", internal)
-                        .handler("runSubtask", subtask),
+                        .handler("runShard", internal())
+                        .handler("runSubtask", own_subtask),
                 ),
             )
             // Lazy state: a claim or a record loads only the keys it touches, not every input
@@ -203,16 +266,20 @@ impl<J: Job> Worker<J> {
             TerminalError::new_with_code(400, format!("{}: {e}", FailurePolicy::HEADER))
         })?;
         let gathered = match strategy {
-            FanInStrategy::InOrder => call_in_order(&ctx, &*self.job, subtasks, cap, tolerated)
-                .await?
-                .map_err(|too_many| too_many.into_error(width, tolerated))?,
+            FanInStrategy::InOrder => {
+                let executor = self.serve.executor_service();
+                call_in_order(&ctx, &*self.job, executor, subtasks, cap, tolerated)
+                    .await?
+                    .map_err(|too_many| too_many.into_error(width, tolerated))?
+            }
             FanInStrategy::SelectAny => {
                 let pending = subtasks
                     .into_iter()
                     .enumerate()
                     .map(|(index, item)| Indexed { index, item })
                     .collect();
-                let lane = LaneSetup::alone(pending, cap, tolerated);
+                let executor = self.serve.executor_service();
+                let lane = LaneSetup::alone(pending, cap, tolerated, executor);
                 match run_lane(&ctx, &*self.job, lane).await? {
                     LaneEnd::Finished(gathered) => gathered,
                     LaneEnd::TooManyFailures(too_many) => {
@@ -291,6 +358,7 @@ impl<J: Job> Worker<J> {
             sole,
         } = lane.0;
         let setup = LaneSetup {
+            executor: self.serve.executor_service(),
             pending,
             in_flight,
             window,
@@ -352,19 +420,58 @@ impl<J: Job> Worker<J> {
         Ok(())
     }
 
-    /// The executor: runs one subtask.
+    /// The executor: runs one subtask. A coordinator of a split layout refuses: its
+    /// subtasks run on the executors' own deployment.
     #[handler(name = "runSubtask")]
     async fn run_subtask(
         &self,
-        mut ctx: Context<'_>,
+        ctx: Context<'_>,
         subtask: Payload<J::Subtask>,
     ) -> Result<Payload<J::Outcome>, HandlerError> {
-        let log = InvocationLog::new("worker/runSubtask", ctx.invocation_id());
-        let label = self.job.subtask_label(&subtask.0);
-        log.info(format_args!("Started executing subtask: {label}"));
-        let outcome = self.job.execute(&mut ctx, subtask.0).await?;
-        log.info(format_args!("Execution subtask finished: {label}"));
-        Ok(Payload(outcome))
+        if self.serve == Serve::Coordinator {
+            return Err(TerminalError::new_with_code(
+                404,
+                format!(
+                    "this deployment is a coordinator ({}=coordinator): subtasks run on \
+                     {EXECUTOR_SERVICE}/runSubtask",
+                    Serve::ENV
+                ),
+            )
+            .into());
+        }
+        execute_subtask(&*self.job, "worker/runSubtask", ctx, subtask.0).await
+    }
+}
+
+/// Runs one subtask with the reference log lines around it.
+async fn execute_subtask<J: Job>(
+    job: &J,
+    handler: &'static str,
+    mut ctx: Context<'_>,
+    subtask: J::Subtask,
+) -> Result<Payload<J::Outcome>, HandlerError> {
+    let log = InvocationLog::new(handler, ctx.invocation_id());
+    let label = job.subtask_label(&subtask);
+    log.info(format_args!("Started executing subtask: {label}"));
+    let outcome = job.execute(&mut ctx, subtask).await?;
+    log.info(format_args!("Execution subtask finished: {label}"));
+    Ok(Payload(outcome))
+}
+
+/// The executors as a service of their own (`FANOUT_SERVE=executor`), so that they can be a
+/// Lambda function with its own memory, timeout, architecture and concurrency.
+pub struct Executor<J>(Arc<J>);
+
+#[restate_sdk::service(name = "executor")]
+impl<J: Job> Executor<J> {
+    /// Runs one subtask, as `worker/runSubtask` does in the single layout.
+    #[handler(name = "runSubtask")]
+    async fn run_subtask(
+        &self,
+        ctx: Context<'_>,
+        subtask: Payload<J::Subtask>,
+    ) -> Result<Payload<J::Outcome>, HandlerError> {
+        execute_subtask(&*self.0, "executor/runSubtask", ctx, subtask.0).await
     }
 }
 
@@ -376,16 +483,13 @@ impl<J: Job> Worker<J> {
 async fn call_in_order<J: Job>(
     ctx: &Context<'_>,
     job: &J,
+    executor: &str,
     subtasks: Vec<J::Subtask>,
     window: usize,
     tolerated: usize,
 ) -> Result<Result<Gathered<J::Outcome>, TooManyFailures>, TerminalError> {
     let labels: Vec<String> = subtasks.iter().map(|s| job.subtask_label(s)).collect();
-    let call = |subtask| {
-        ctx.service_client::<WorkerClient<J>>()
-            .run_subtask(Payload(subtask))
-            .call()
-    };
+    let call = |subtask| subtask_request::<J>(ctx, executor, subtask).call();
     let mut waiting = subtasks.into_iter();
     // A sliding window in index order: the first `window` calls go out at once, and each
     // result awaited lets the next call out.
@@ -425,8 +529,22 @@ async fn done_unless_cancelled<F: SealedDurableFuture>(future: &F) -> Result<(),
         .map(|_| ())
 }
 
+/// The request that runs `subtask` on the `runSubtask` handler of service `executor`.
+fn subtask_request<'c, J: Job>(
+    ctx: &'c Context<'_>,
+    executor: &str,
+    subtask: J::Subtask,
+) -> Request<'c, Payload<J::Subtask>, Payload<J::Outcome>> {
+    ctx.request(
+        RequestTarget::service(executor, "runSubtask"),
+        Payload(subtask),
+    )
+}
+
 /// What a lane starts with.
 struct LaneSetup<'a, S> {
+    /// The service whose `runSubtask` runs the subtasks.
+    executor: &'a str,
     /// Claimed subtasks not started yet, in index order.
     pending: Vec<Indexed<S>>,
     /// Calls handed over by an earlier invocation of the lane: attached to, not made again.
@@ -444,11 +562,12 @@ struct LaneSetup<'a, S> {
     drain_in_order: bool,
 }
 
-impl<S> LaneSetup<'_, S> {
+impl<'a, S> LaneSetup<'a, S> {
     /// One lane with every subtask and nobody to claim from or hand over to: the select-any
     /// strategy, run by the coordinator itself.
-    fn alone(pending: Vec<Indexed<S>>, window: usize, tolerated: usize) -> Self {
+    fn alone(pending: Vec<Indexed<S>>, window: usize, tolerated: usize, executor: &'a str) -> Self {
         Self {
+            executor,
             pending,
             in_flight: Vec::new(),
             window,
@@ -496,6 +615,7 @@ async fn run_lane<J: Job>(
     setup: LaneSetup<'_, J::Subtask>,
 ) -> Result<LaneEnd<J::Subtask, J::Outcome>, TerminalError> {
     let LaneSetup {
+        executor,
         pending,
         in_flight,
         window,
@@ -509,8 +629,7 @@ async fn run_lane<J: Job>(
     // The index travels as a header so that `fanout status` can put a lane's calls, made in
     // the order they were claimed, back in input order.
     let call = |index: usize, subtask| {
-        ctx.service_client::<WorkerClient<J>>()
-            .run_subtask(Payload(subtask))
+        subtask_request::<J>(ctx, executor, subtask)
             .header(fan_in::INDEX_HEADER.to_owned(), index.to_string())
             .call()
     };
