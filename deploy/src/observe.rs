@@ -599,8 +599,7 @@ pub fn subtask_table(subtasks: &[Subtask]) -> String {
         dw = description_width
     );
     for s in subtasks {
-        let _ = writeln!(
-            out,
+        let line = format!(
             "{:>5}  {:<dw$}  {:<38}  {:<11}  {:>8}  {:>9}  {}",
             s.index,
             truncate(&s.description, description_width),
@@ -614,6 +613,9 @@ pub fn subtask_table(subtasks: &[Subtask]) -> String {
                 .unwrap_or_default(),
             dw = description_width
         );
+        // Columns are padded for the next one; a row without a last error has none, and
+        // trailing blanks only get in the way of `grep` and diffs.
+        let _ = writeln!(out, "{}", line.trim_end());
     }
     out
 }
@@ -1047,6 +1049,25 @@ mod tests {
         assert_eq!(description, "shower");
         let claim = call_entry("inv_y", "claim", "{}", json!([]));
         assert_eq!(parse_call(&claim), None);
+    }
+
+    #[test]
+    fn the_subtask_table_has_no_trailing_blanks() {
+        let row = |index, last_error: Option<&str>| Subtask {
+            index,
+            description: "shower".into(),
+            invocation_id: "inv_1d7ECWP1bH4t5dNhlnBYDTAV59WL5YJsYh".into(),
+            status: "completed".into(),
+            attempts: 1,
+            duration_ms: Some(120),
+            last_error: last_error.map(str::to_owned),
+        };
+        let table = subtask_table(&[row(1, None), row(2, Some("boom"))]);
+        assert_eq!(table.lines().count(), 3);
+        for line in table.lines() {
+            assert_eq!(line, line.trim_end(), "{line:?}");
+        }
+        assert!(table.lines().nth(2).unwrap().ends_with("  boom"), "{table}");
     }
 
     #[test]
