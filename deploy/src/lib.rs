@@ -8,6 +8,7 @@
 //! | [`tools`] | where restate-server and the handler binary come from |
 //! | [`process`] | child processes killed by pid when dropped; free ports |
 //! | [`restate_server`] | a real restate-server on loopback with a temp base dir |
+//! | [`restate_cluster`] | a Restate cluster of N such servers on loopback, one config file each; waits until it serves |
 //! | [`identity`] | Restate's request identity: the signing key pair, its `publickeyv1_` form |
 //! | [`aws`] | AWS config from the standard chain; SDK errors turned into causes and fixes |
 //! | [`admin`] | Restate's admin API: register, list, delete, SQL introspection |
@@ -26,6 +27,7 @@ pub mod ingress;
 pub mod observe;
 pub mod process;
 pub mod report;
+pub mod restate_cluster;
 pub mod restate_server;
 pub mod stack;
 pub mod standin;

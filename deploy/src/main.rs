@@ -245,6 +245,18 @@ struct LocalArgs {
     /// Concurrent executions allowed to the local Lambda function (429 beyond).
     #[arg(long, default_value_t = 1000)]
     concurrency_limit: usize,
+    /// Restate nodes: 1 runs a single restate-server; 3 (up to 7) a Restate cluster on
+    /// loopback, replication 2, which keeps serving when a node dies.
+    #[arg(long, default_value_t = 1, value_parser = parse_nodes)]
+    nodes: usize,
+}
+
+fn parse_nodes(raw: &str) -> Result<usize, String> {
+    let nodes = raw
+        .parse()
+        .map_err(|_| format!("--nodes takes a number of nodes (1, or 3 to 7), not {raw:?}"))?;
+    fanout::restate_cluster::check_nodes(nodes)?;
+    Ok(nodes)
 }
 
 #[derive(Args)]
@@ -465,6 +477,7 @@ async fn dispatch(command: Command) -> anyhow::Result<u8> {
                 max_subtask_ms: args.handler.max_subtask_ms,
                 unsigned: args.handler.unsigned,
                 concurrency_limit: args.concurrency_limit,
+                nodes: args.nodes,
             })
             .await?;
             Ok(0)

@@ -55,28 +55,69 @@ pub struct RestateServer {
     _base_dir: tempfile::TempDir,
 }
 
-/// Binary, base dir, ports and environment of a server: enough to start it again.
+/// [`MEMORY_SETTINGS`] for each of `nodes` servers that share one machine as one cluster.
+/// What a node spends on the invocations it runs and on the records it caches is split between
+/// the nodes, so the cluster as a whole runs as many invocations at once as one server. RocksDB's
+/// budget cannot shrink (256 MiB is Restate's minimum), and the partition count is the
+/// cluster's, not a node's.
+pub(crate) fn memory_settings(nodes: usize) -> Vec<(&'static str, String)> {
+    const SPLIT: &[&str] = &[
+        "RESTATE_WORKER__INVOKER__MEMORY_LIMIT",
+        "RESTATE_BIFROST__RECORD_CACHE_MEMORY_SIZE",
+    ];
+    MEMORY_SETTINGS
+        .iter()
+        .map(|&(key, value)| {
+            let split = SPLIT
+                .contains(&key)
+                .then(|| value.strip_suffix(" MiB")?.parse::<usize>().ok())
+                .flatten()
+                .map(|mib| format!("{} MiB", (mib / nodes.max(1)).max(8)));
+            (key, split.unwrap_or_else(|| value.to_owned()))
+        })
+        .collect()
+}
+
+/// Where a server listens.
+enum Listen {
+    /// Loopback, on these (admin, ingress, node) ports.
+    Ports(u16, u16, u16),
+    /// As the config file says: a cluster node, whose file also names its peers.
+    ConfigFile(PathBuf),
+}
+
+/// Binary, base dir, addresses and environment of a server: enough to start it again.
 struct Launch {
     binary: PathBuf,
     base_dir: PathBuf,
-    ports: (u16, u16, u16),
+    listen: Listen,
+    memory: Vec<(&'static str, String)>,
     env: Vec<(String, String)>,
 }
 
 impl Launch {
     fn command(&self) -> Command {
-        let (admin, ingress, node) = self.ports;
         let mut command = Command::new(&self.binary);
         command
             .arg("--base-dir")
             .arg(&self.base_dir)
-            .args(["--no-logo", "--bind-ip", "127.0.0.1"])
-            .env("RESTATE_ADMIN__BIND_PORT", admin.to_string())
-            .env("RESTATE_INGRESS__BIND_PORT", ingress.to_string())
-            .env("RESTATE_BIND_PORT", node.to_string())
+            .arg("--no-logo");
+        match &self.listen {
+            Listen::Ports(admin, ingress, node) => {
+                command
+                    .args(["--bind-ip", "127.0.0.1"])
+                    .env("RESTATE_ADMIN__BIND_PORT", admin.to_string())
+                    .env("RESTATE_INGRESS__BIND_PORT", ingress.to_string())
+                    .env("RESTATE_BIND_PORT", node.to_string());
+            }
+            Listen::ConfigFile(file) => {
+                command.arg("--config-file").arg(file);
+            }
+        }
+        command
             .env("RESTATE_DISABLE_TELEMETRY", "true")
             .env("DO_NOT_TRACK", "1");
-        for (key, value) in MEMORY_SETTINGS {
+        for (key, value) in &self.memory {
             if std::env::var_os(key).is_none() {
                 command.env(key, value);
             }
@@ -114,7 +155,8 @@ impl RestateServer {
         let launch = Launch {
             binary: binary.to_path_buf(),
             base_dir: base_dir.path().to_path_buf(),
-            ports: (admin, ingress, node),
+            listen: Listen::Ports(admin, ingress, node),
+            memory: memory_settings(1),
             env: options.env.clone(),
         };
         let process = Managed::spawn("restate-server", launch.command(), &log_path)?;
@@ -129,6 +171,55 @@ impl RestateServer {
             launch,
             _base_dir: base_dir,
         })
+    }
+
+    /// Starts one node of a cluster from `config_file`, which names its addresses (the admin
+    /// API and the ingress must be at `admin_url` and `ingress_url`) and its peers, with
+    /// `memory` instead of one server's [`MEMORY_SETTINGS`]. It does not wait: a cluster's nodes
+    /// come up together, then [`Self::wait_until_healthy`] waits for each.
+    pub(crate) fn spawn_node(
+        binary: &Path,
+        config_file: &Path,
+        (admin_url, ingress_url): (String, String),
+        memory: Vec<(&'static str, String)>,
+        options: &ServerOptions,
+    ) -> Result<Self> {
+        let base_dir = tempfile::Builder::new()
+            .prefix("fanout-restate-")
+            .tempdir()
+            .context("cannot create a temp dir for restate-server")?;
+        let log_path = options
+            .log_path
+            .clone()
+            .unwrap_or_else(|| base_dir.path().join("restate-server.log"));
+        let launch = Launch {
+            binary: binary.to_path_buf(),
+            base_dir: base_dir.path().to_path_buf(),
+            listen: Listen::ConfigFile(config_file.to_path_buf()),
+            memory,
+            env: options.env.clone(),
+        };
+        let process = Managed::spawn("restate-server", launch.command(), &log_path)?;
+        Ok(Self {
+            process: Some(process),
+            ingress_url,
+            admin_url,
+            log_path,
+            launch,
+            _base_dir: base_dir,
+        })
+    }
+
+    /// Waits until a node started by [`Self::spawn_node`] is healthy; stops it when it is not.
+    pub(crate) async fn wait_until_healthy(&mut self) -> Result<()> {
+        let process = self
+            .process
+            .take()
+            .context("restate-server is not running")?;
+        let process =
+            wait_healthy(process, &self.admin_url, &self.ingress_url, &self.log_path).await?;
+        self.process = Some(process);
+        Ok(())
     }
 
     /// SIGKILLs the server (a crash: no shutdown, nothing flushed on purpose). It stays down

@@ -17,6 +17,7 @@
 use crate::admin::{AdminClient, Deployment, DeploymentTarget, RegisterOptions};
 use crate::identity::{IDENTITY_KEYS_ENV, PRIVATE_KEY_PEM_ENV, SigningSetup};
 use crate::process::{Managed, free_port, wait_until};
+use crate::restate_cluster::{ClusterLayout, RestateCluster, SERVE_TIMEOUT, wait_until_serving};
 use crate::restate_server::{RestateServer, ServerOptions, log_tail};
 use crate::standin::{FunctionSpec, StandIn, StandInConfig, VersionSpec};
 use anyhow::{Context, Result, bail};
@@ -78,6 +79,9 @@ pub struct StackOptions {
     pub lambda: LambdaSettings,
     /// Where logs and metering go; a temp dir removed on stop when `None`.
     pub state_dir: Option<PathBuf>,
+    /// Restate nodes: 1 is a single server; 3 or more a cluster ([`crate::restate_cluster`]),
+    /// whose config files and logs also go in the state dir.
+    pub nodes: usize,
     /// Signed by default.
     pub identity: RequestIdentity,
 }
@@ -91,13 +95,23 @@ impl StackOptions {
             server_env: Vec::new(),
             lambda: LambdaSettings::default(),
             state_dir: None,
+            nodes: 1,
             identity: RequestIdentity::default(),
         }
     }
 }
 
 pub struct LocalStack {
+    /// The single server, or a cluster's first node: the one the handler was registered
+    /// through and [`Self::ingress_url`] points at.
     pub server: RestateServer,
+    /// A cluster's other nodes; none on a single server.
+    pub peers: Vec<RestateServer>,
+    /// A cluster only: its nodes' ports and config files.
+    pub cluster: Option<ClusterLayout>,
+    /// A cluster only: how long after its nodes reported healthy each node's ingress served a
+    /// first real invocation.
+    pub first_served: Option<Duration>,
     pub admin: AdminClient,
     pub ingress_url: String,
     pub deployment: Deployment,
@@ -220,7 +234,18 @@ impl LocalStack {
             }
         };
 
-        let server = RestateServer::start(&restate_server, &server_options).await?;
+        let (server, peers, cluster, healthy_at) = if options.nodes <= 1 {
+            let server = RestateServer::start(&restate_server, &server_options).await?;
+            (server, Vec::new(), None, None)
+        } else {
+            let cluster =
+                RestateCluster::start(&restate_server, options.nodes, &dir, &server_options)
+                    .await?;
+            let mut nodes = cluster.nodes.into_iter();
+            let first = nodes.next().context("a cluster has nodes")?;
+            let rest = nodes.collect();
+            (first, rest, Some(cluster.layout), Some(cluster.healthy_at))
+        };
         let admin = AdminClient::new(&server.admin_url, None);
         let deployment = admin
             .register(&target, &RegisterOptions::default())
@@ -231,6 +256,16 @@ impl LocalStack {
                     log_tail(&handler_log_path, 20)
                 )
             })?;
+        // A cluster's nodes report healthy seconds before it serves: wait for a real
+        // invocation (one subtask that sleeps 0 ms) through every node's ingress.
+        let first_served = match healthy_at {
+            Some(since) => {
+                let nodes: Vec<&RestateServer> = std::iter::once(&server).chain(&peers).collect();
+                let probe = serde_json::json!({ "description": "probe@0" });
+                Some(wait_until_serving(&nodes, "/worker/run", &probe, since, SERVE_TIMEOUT).await?)
+            }
+            None => None,
+        };
         let function_arn = match &target {
             DeploymentTarget::Lambda { arn, .. } => Some(arn.clone()),
             DeploymentTarget::Http { .. } => None,
@@ -238,6 +273,9 @@ impl LocalStack {
         Ok(Self {
             ingress_url: server.ingress_url.clone(),
             server,
+            peers,
+            cluster,
+            first_served,
             admin,
             deployment,
             standin,
@@ -255,6 +293,19 @@ impl LocalStack {
     /// Everything the handler (HTTP process or Lambda instances) has logged so far.
     pub fn handler_log(&self) -> String {
         std::fs::read_to_string(&self.handler_log_path).unwrap_or_default()
+    }
+
+    /// Every Restate node: the server (a cluster's first node) and its peers.
+    pub fn nodes(&self) -> Vec<&RestateServer> {
+        std::iter::once(&self.server).chain(&self.peers).collect()
+    }
+
+    /// Restate node `index` (0: [`Self::server`]), e.g. to kill or restart it.
+    pub fn node_mut(&mut self, index: usize) -> Option<&mut RestateServer> {
+        match index {
+            0 => Some(&mut self.server),
+            i => self.peers.get_mut(i - 1),
+        }
     }
 
     pub fn http_handler_pid(&self) -> Option<u32> {
@@ -301,8 +352,11 @@ impl LocalStack {
         if let Some(standin) = self.standin.take() {
             standin.shutdown().await;
         }
-        let Self { server, .. } = self;
+        let Self { server, peers, .. } = self;
         server.stop().await;
+        for peer in peers {
+            peer.stop().await;
+        }
     }
 }
 
@@ -342,6 +396,9 @@ async fn spawn_http_handler(
     Ok(None)
 }
 
+/// Binary, environment and port of the HTTP handler.
+type HttpLaunch = (PathBuf, Vec<(String, String)>, u16);
+
 /// What restate-server needs to call Lambda at a local endpoint with the standard AWS chain.
 pub fn lambda_client_env(endpoint_url: &str) -> Vec<(String, String)> {
     [
@@ -372,6 +429,3 @@ async fn start_http_handler(
         log_tail(log, 20)
     )
 }
-/// Binary, environment and port of the HTTP handler.
-type HttpLaunch = (PathBuf, Vec<(String, String)>, u16);
-

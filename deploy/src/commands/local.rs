@@ -12,6 +12,8 @@ pub struct LocalOptions {
     /// restate-server does not sign and the handler serves any caller (`--unsigned`).
     pub unsigned: bool,
     pub concurrency_limit: usize,
+    /// Restate nodes: 1 (a single server) or a cluster of 3 or more.
+    pub nodes: usize,
 }
 
 pub async fn run(options: LocalOptions) -> Result<()> {
@@ -20,6 +22,14 @@ pub async fn run(options: LocalOptions) -> Result<()> {
     stack_options.lambda.concurrency_limit = options.concurrency_limit;
     if options.unsigned {
         stack_options.identity = RequestIdentity::Unsigned;
+    }
+    stack_options.nodes = options.nodes;
+    if options.nodes > 1 {
+        println!(
+            "starting a {}-node Restate cluster; it serves once partition leaders are elected, \
+             10-20 s from now…",
+            options.nodes
+        );
     }
     if let Some(ms) = options.max_subtask_ms {
         stack_options
@@ -51,6 +61,35 @@ pub async fn run(options: LocalOptions) -> Result<()> {
     }
     println!("  handler log: {}", stack.handler_log_path.display());
     println!("  server log:  {}", stack.server.log_path.display());
+    if let Some(cluster) = &stack.cluster {
+        println!(
+            "\n{}-node Restate cluster \"{}\", replication {}; any node's ingress and admin API \
+             serve the whole cluster:",
+            cluster.ports.len(),
+            crate::restate_cluster::CLUSTER_NAME,
+            crate::restate_cluster::REPLICATION
+        );
+        for (index, (node, ports)) in stack.nodes().iter().zip(&cluster.ports).enumerate() {
+            let name = crate::restate_cluster::node_name(index);
+            println!(
+                "  {name}: ingress {}  admin {}  node {}",
+                node.ingress_url,
+                node.admin_url,
+                ports.node_address()
+            );
+            println!(
+                "      config {}  log {}",
+                cluster.config_files[index].display(),
+                node.log_path.display()
+            );
+        }
+        if let Some(served) = stack.first_served {
+            println!(
+                "  first invocation served through every node {:.1} s after all reported healthy",
+                served.as_secs_f64()
+            );
+        }
+    }
     println!(
         "\nTry: curl {}/worker/run --json '{{\"description\": \"get out of bed,shower,make coffee,have breakfast\"}}'",
         stack.ingress_url
