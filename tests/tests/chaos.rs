@@ -4,7 +4,8 @@
 //!
 //! Each run is drawn from its seed alone (xorshift64): a width (1/4/10/50/200), a mode, a fan-in
 //! strategy, a cap, failure knobs (transiently failing `flaky…` chores; chores that fail for good
-//! under a tolerant or fail-fast policy) and one to three faults, each at its own moment:
+//! under a tolerant or fail-fast policy) and one to three faults, each at its own moment (the
+//! first within 0.8 s, the others within 2.5 s):
 //! - `server-restart`: `kill -9` of restate-server, down for a while, restarted on its base dir;
 //! - `handler-restart` (HTTP): `kill -9` of the handler process, then a restart on its port;
 //! - `lambda-kill` (Lambda): `kill -9` of the instances busy with a subtask;
@@ -126,10 +127,11 @@ struct Fault {
 }
 
 impl Fault {
-    fn draw(kind: Kind, rng: &mut Rng) -> Self {
+    /// A fault of `kind` in the first `within_ms` of the run.
+    fn draw(kind: Kind, within_ms: u64, rng: &mut Rng) -> Self {
         Self {
             kind,
-            at: Duration::from_millis(rng.below(2500)),
+            at: Duration::from_millis(rng.below(within_ms)),
             down: Duration::from_millis(rng.below(3000)),
             count: 1 + rng.below(5) as u32,
             subtasks_only: rng.below(3) > 0,
@@ -220,12 +222,13 @@ impl Plan {
             }
             _ => Failures::None,
         };
-        let mut faults = vec![Fault::draw(primary, &mut rng)];
+        // The first fault strikes early, so that even a one-subtask run (about a second) meets it.
+        let mut faults = vec![Fault::draw(primary, 800, &mut rng)];
         let extra = rng.below(3);
         let fitting: Vec<Kind> = KINDS.into_iter().filter(|k| k.fits(mode)).collect();
         for _ in 0..extra {
             let kind = rng.pick(&fitting);
-            faults.push(Fault::draw(kind, &mut rng));
+            faults.push(Fault::draw(kind, 2500, &mut rng));
         }
         faults.sort_by_key(|f| f.at);
         Self {
