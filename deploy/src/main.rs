@@ -4,7 +4,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use fanout::admin::{AdminClient, DeploymentTarget, RegisterOptions};
 use fanout::commands::build::Arch;
 use fanout::commands::{
-    attach, bench, build, cancel, demo, deploy, invoke, local, prune, register, status,
+    attach, bench, build, cancel, demo, deploy, invoke, local, prune, register, runs, status,
 };
 use fanout::stack::HandlerMode;
 use std::path::PathBuf;
@@ -52,6 +52,8 @@ enum Command {
     /// starts. Waits until nothing of it is left running, then prints its status line.
     #[command(after_help = cancel::HELP)]
     Cancel(CancelArgs),
+    /// List the most recent fan-outs: id, started, finished, width, status, done and failed.
+    Runs(RunsArgs),
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -371,6 +373,43 @@ struct StatusArgs {
 }
 
 #[derive(Args)]
+struct RunsArgs {
+    /// Only runs in this state.
+    #[arg(long, value_enum, default_value = "all")]
+    status: RunStatusArg,
+    /// At most this many, newest first.
+    #[arg(long, default_value_t = 20)]
+    limit: usize,
+    /// text: a table; json: one object for scripts.
+    #[arg(long, value_enum, default_value = "text")]
+    output: Output,
+    #[command(flatten)]
+    restate: RestateArgs,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum RunStatusArg {
+    All,
+    Running,
+    Succeeded,
+    Failed,
+    Cancelled,
+}
+
+impl From<RunStatusArg> for fanout::observe::RunStatus {
+    fn from(status: RunStatusArg) -> Self {
+        use fanout::observe::RunStatus;
+        match status {
+            RunStatusArg::All => RunStatus::All,
+            RunStatusArg::Running => RunStatus::Running,
+            RunStatusArg::Succeeded => RunStatus::Succeeded,
+            RunStatusArg::Failed => RunStatus::Failed,
+            RunStatusArg::Cancelled => RunStatus::Cancelled,
+        }
+    }
+}
+
+#[derive(Args)]
 struct CancelArgs {
     /// The coordinator's invocation id (inv_…).
     id: String,
@@ -645,6 +684,14 @@ async fn dispatch(command: Command) -> anyhow::Result<u8> {
                 output: args.output.into(),
             };
             Ok(cancel::run(&args.restate.endpoints(), &args.id, options).await)
+        }
+        Command::Runs(args) => {
+            let options = runs::RunsOptions {
+                status: args.status.into(),
+                limit: args.limit,
+                output: args.output.into(),
+            };
+            Ok(runs::run(&args.restate.endpoints(), options).await)
         }
     }
 }

@@ -67,6 +67,48 @@ impl Coordinator {
     }
 }
 
+/// Which runs `fanout runs` lists.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunStatus {
+    All,
+    /// Not finished: running, suspended, backing off or waiting to start.
+    Running,
+    Succeeded,
+    Failed,
+    Cancelled,
+}
+
+impl RunStatus {
+    fn condition(self) -> &'static str {
+        match self {
+            Self::All => "true",
+            Self::Running => "status <> 'completed'",
+            Self::Succeeded => "completion_result = 'success'",
+            Self::Failed => {
+                "completion_result = 'failure' AND completion_failure NOT LIKE '[409]%'"
+            }
+            Self::Cancelled => "completion_result = 'failure' AND completion_failure LIKE '[409]%'",
+        }
+    }
+}
+
+/// One fan-out as `fanout runs` lists it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RunSummary {
+    pub invocation_id: String,
+    /// When Restate took the run (RFC 3339, UTC).
+    pub started: Option<String>,
+    /// When it finished; `None` while it goes on.
+    pub finished: Option<String>,
+    /// Subtasks it split into; `None` before its split step (or when it refused the task).
+    pub width: Option<usize>,
+    /// As `fanout status` names it: running, suspended, completed, failed, cancelled…
+    pub status: String,
+    pub done: usize,
+    pub failed: usize,
+}
+
 /// Counts of a fan-out's subtasks by state.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -165,6 +207,40 @@ impl Observer {
                 status: status.to_owned(),
             }
         }))
+    }
+
+    /// The most recent fan-outs (`worker/run` invocations) matching `status`, newest first.
+    pub async fn runs(&self, status: RunStatus, limit: usize) -> Result<Vec<RunSummary>> {
+        let rows = self
+            .admin
+            .query(&format!(
+                "SELECT id, status, completion_result, completion_failure, created_at, \
+                 completed_at FROM sys_invocation WHERE target = 'worker/run' AND {} \
+                 ORDER BY created_at DESC LIMIT {limit}",
+                status.condition()
+            ))
+            .await?;
+        let mut runs = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let Some(id) = text(row, "id") else { continue };
+            let width = self.split_total(id).await?;
+            let progress = self.progress(id, width).await?;
+            runs.push(RunSummary {
+                invocation_id: id.to_owned(),
+                started: text(row, "created_at").map(str::to_owned),
+                finished: text(row, "completed_at").map(str::to_owned),
+                width,
+                status: status_name(
+                    text(row, "status"),
+                    text(row, "completion_result"),
+                    text(row, "completion_failure"),
+                )
+                .to_owned(),
+                done: progress.completed,
+                failed: progress.failed,
+            });
+        }
+        Ok(runs)
     }
 
     /// How many subtasks coordinator `id` split its task into: the length of the journaled
@@ -273,10 +349,11 @@ fn lanes_of(id: &str) -> String {
 }
 
 /// SQL condition selecting the subtask invocations of run `id`: called by the run itself
-/// (in-order fan-in) or by one of its lanes (the fan-in ledger).
+/// (in-order fan-in) or by one of its lanes (the fan-in ledger). By handler, not service: in a
+/// split layout the subtasks are `executor/runSubtask`.
 fn subtasks_of(id: &str) -> String {
     format!(
-        "target = 'worker/runSubtask' AND (invoked_by_id = {} OR invoked_by_id IN ({}))",
+        "target_handler_name = 'runSubtask' AND (invoked_by_id = {} OR invoked_by_id IN ({}))",
         sql_string(id),
         lanes_of(id)
     )

@@ -123,6 +123,18 @@ async fn a_split_layout_runs_every_subtask_on_the_executor_function() {
         h.handler_log()
     );
 
+    // `fanout status` finds a split run's subtasks on the executor service.
+    let last = h
+        .query(
+            "SELECT id FROM sys_invocation WHERE target = 'worker/run' \
+             ORDER BY created_at DESC LIMIT 1",
+        )
+        .await;
+    let id = last[0]["id"].as_str().unwrap();
+    let status = h.fanout(&["status", id, "--output", "json"]).await;
+    assert_eq!(status.code, Some(0), "{status:?}");
+    assert_eq!(status.json()["summary"]["byStatus"]["completed"], json!(4));
+
     // The coordinator's own runSubtask is not for use: private to the ingress.
     let direct = h
         .ingress

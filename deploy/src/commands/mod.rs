@@ -10,4 +10,5 @@ pub mod invoke;
 pub mod local;
 pub mod prune;
 pub mod register;
+pub mod runs;
 pub mod status;
