@@ -17,7 +17,7 @@
 //! | [`standin`] | the local Lambda: Invoke API, Runtime API, instances, metering |
 //! | [`stack`] | restate-server + handler (HTTP or Lambda) registered: the local stack |
 //! | [`report`] | per-invocation tables and summaries from the stand-in's metering |
-//! | [`commands`] | one module per CLI verb (`build`, `deploy`, `register`, `prune`, `local`, `demo`, `bench`, `invoke`, `attach`, `status`) |
+//! | [`commands`] | one module per CLI verb (`build`, `deploy`, `register`, `prune`, `local`, `demo`, `bench`, `invoke`, `attach`, `status`, `cancel`, `runs`) |
 
 pub mod admin;
 pub mod aws;

@@ -11,7 +11,7 @@
 //! | [`job`] | the seam: the [`job::Job`] trait a user implements (split, execute, aggregate) |
 //! | [`chores`] | the reference job: comma-separated chores, each a short durable sleep |
 //! | [`fan_in`] | the fan-in ledger: lanes that keep the cap full and the ledger that wakes the coordinator once |
-//! | [`worker`] | the Restate service `worker` with `run` and `runSubtask`, generic over the job |
+//! | [`worker`] | the Restate service `worker` with `run` and `runSubtask` (or, split by `FANOUT_SERVE`, `executor/runSubtask` apart), generic over the job |
 //! | [`policy`] | how a run behaves: fan-in strategy, concurrency cap, failure policy, retries |
 //! | [`plan`] | the journal planner: refuses a fan-out whose journal cannot fit Lambda's payload limit |
 //! | [`payload`] | JSON on the wire with errors that say what was wrong |
