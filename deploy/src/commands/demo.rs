@@ -51,8 +51,8 @@ async fn run_on(stack: &LocalStack, description: &str) -> Result<()> {
         println!("  Lambda version ARN: {arn}");
     }
     match &stack.identity_keys {
-        Some(keys) => println!("  Signed requests: the handler serves only Restate's, key {keys}"),
-        None => println!("  Unsigned: the handler serves any caller (--unsigned)"),
+        Some(keys) => println!("  Signed: the handler serves only requests signed for {keys}"),
+        None => println!("  UNSIGNED: the handler serves any caller (--unsigned)"),
     }
     println!(
         "\n$ fanout invoke --ingress-url {} --admin-url {} {:?}",
