@@ -6,7 +6,8 @@
 
 use anyhow::{Result, anyhow, bail};
 use aws_config::BehaviorVersion;
-use aws_sdk_lambda::error::DisplayErrorContext;
+use aws_credential_types::provider::error::CredentialsError;
+use aws_sdk_lambda::error::SdkError;
 
 /// A Lambda client for `region` (or the chain's region).
 pub async fn lambda_client(region: Option<&str>) -> Result<aws_sdk_lambda::Client> {
@@ -24,13 +25,13 @@ pub async fn lambda_client(region: Option<&str>) -> Result<aws_sdk_lambda::Clien
     Ok(aws_sdk_lambda::Client::new(&config))
 }
 
-/// Turns an SDK error into a sentence that says what went wrong and what to do.
-pub fn explain<E>(action: &str, error: aws_sdk_lambda::error::SdkError<E>) -> anyhow::Error
+/// Turns an SDK error into a sentence that says what went wrong and what to do. It matches on
+/// the SDK's error variants and types, never on their text, and shows only short `Display`
+/// texts: an SDK error's debug form runs to a kilobyte of connector internals.
+pub fn explain<E>(action: &str, error: SdkError<E>) -> anyhow::Error
 where
     E: std::error::Error + aws_sdk_lambda::error::ProvideErrorMetadata + Send + Sync + 'static,
 {
-    let detail = DisplayErrorContext(&error).to_string();
-    let lower = detail.to_lowercase();
     if let Some(service) = error.as_service_error() {
         let code = service.code().unwrap_or("Unknown");
         let message = service.message().unwrap_or_default().to_owned();
@@ -50,20 +51,113 @@ where
         };
         return anyhow!("{action} failed: {code}: {message}{hint}");
     }
-    if lower.contains("credential") {
+    if let Some(credentials) = credentials_error(&error) {
+        let profile = std::env::var("AWS_PROFILE").ok();
+        let profile_hint = match profile.as_deref().filter(|p| !profile_exists(p)) {
+            Some(name) => format!(
+                "; AWS_PROFILE is {name:?}, which is not a profile in ~/.aws/config or \
+                 ~/.aws/credentials"
+            ),
+            None => String::new(),
+        };
         return anyhow!(
-            "{action} failed: no AWS credentials were found — set AWS_PROFILE (and run \
-             `aws sso login` for SSO profiles) or AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY \
-             ({detail})"
+            "{action} failed: no AWS credentials were found ({}){profile_hint} — set AWS_PROFILE \
+             to a profile you have (and run `aws sso login` for SSO profiles) or \
+             AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY",
+            credentials_reason(credentials)
         );
     }
-    if lower.contains("dispatch") || lower.contains("connect") || lower.contains("dns") {
-        return anyhow!(
-            "{action} failed: cannot reach the Lambda API — check the region and your network, \
-             or AWS_ENDPOINT_URL_LAMBDA if you point at a local endpoint ({detail})"
-        );
+    let unreachable = || {
+        anyhow!(
+            "{action} failed: cannot reach the Lambda API ({}) — check the region and your \
+             network, or AWS_ENDPOINT_URL_LAMBDA if you point at a local endpoint",
+            short(&error)
+        )
+    };
+    match &error {
+        SdkError::DispatchFailure(failure) if failure.is_io() || failure.is_timeout() => {
+            unreachable()
+        }
+        SdkError::TimeoutError(_) => unreachable(),
+        SdkError::ConstructionFailure(_) => {
+            anyhow!(
+                "{action} failed: the request could not be built ({})",
+                short(&error)
+            )
+        }
+        SdkError::ResponseError(_) => anyhow!(
+            "{action} failed: the Lambda API answered something unexpected ({}); check \
+             AWS_ENDPOINT_URL_LAMBDA if you point at a local endpoint",
+            short(&error)
+        ),
+        _ => anyhow!("{action} failed: {}", short(&error)),
     }
-    anyhow!("{action} failed: {detail}")
+}
+
+/// The credentials provider's error, if that is what stopped the request.
+fn credentials_error<'a>(
+    error: &'a (dyn std::error::Error + 'static),
+) -> Option<&'a CredentialsError> {
+    let mut cause = Some(error);
+    while let Some(current) = cause {
+        if let Some(credentials) = current.downcast_ref::<CredentialsError>() {
+            return Some(credentials);
+        }
+        cause = current.source();
+    }
+    None
+}
+
+fn credentials_reason(error: &CredentialsError) -> &'static str {
+    match error {
+        CredentialsError::CredentialsNotLoaded(_) => "no provider in the chain had any",
+        CredentialsError::ProviderTimedOut(_) => "the credentials provider timed out",
+        CredentialsError::InvalidConfiguration(_) => "the AWS configuration is invalid",
+        CredentialsError::ProviderError(_) => "every provider in the chain failed",
+        _ => "the credentials provider failed",
+    }
+}
+
+/// Whether `name` is a profile in the shared config or credentials file.
+fn profile_exists(name: &str) -> bool {
+    let home = std::env::var_os("HOME").map(std::path::PathBuf::from);
+    let file = |env: &str, default: &str| {
+        std::env::var_os(env)
+            .map(std::path::PathBuf::from)
+            .or_else(|| home.as_ref().map(|h| h.join(default)))
+    };
+    let headers = [
+        (
+            file("AWS_CONFIG_FILE", ".aws/config"),
+            format!("[profile {name}]"),
+        ),
+        (
+            file("AWS_SHARED_CREDENTIALS_FILE", ".aws/credentials"),
+            format!("[{name}]"),
+        ),
+    ];
+    let default_in_config = (name == "default").then(|| "[default]".to_owned());
+    headers.into_iter().any(|(path, header)| {
+        let text = path
+            .and_then(|p| std::fs::read_to_string(p).ok())
+            .unwrap_or_default();
+        text.lines().any(|line| {
+            let line = line.trim();
+            line == header || default_in_config.as_deref() == Some(line)
+        })
+    })
+}
+
+/// The error's own text and its first cause's, without the debug dump of what is below.
+fn short(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    if let Some(cause) = error.source() {
+        text = format!("{text}: {cause}");
+    }
+    match text.char_indices().nth(200) {
+        Some((cut, _)) => format!("{}…", &text[..cut]),
+        None => text,
+    }
 }
 
 /// The parts of a Lambda version ARN.

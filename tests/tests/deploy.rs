@@ -226,6 +226,31 @@ async fn missing_credentials_or_region_are_named_with_the_fix() {
     assert!(run.stderr.contains("no AWS credentials"), "{run:?}");
     assert!(run.stderr.contains("AWS_PROFILE"), "{run:?}");
 
+    // A profile that does not exist is named, in a sentence, not in a dump of the SDK's
+    // connector internals.
+    let mut no_such_profile = no_credentials.clone();
+    no_such_profile.push(("AWS_PROFILE", "nosuch".to_owned()));
+    let run = fanout(&args, &no_such_profile).await;
+    assert_ne!(run.code, Some(0));
+    assert!(
+        run.stderr
+            .contains("AWS_PROFILE is \"nosuch\", which is not a profile"),
+        "{run:?}"
+    );
+    assert!(
+        !run.stderr.contains("DispatchFailure") && run.stderr.len() < 500,
+        "{run:?}"
+    );
+    // An endpoint nobody listens on is unreachable, said as such.
+    let mut nobody = aws_env(&moto.url);
+    nobody.retain(|(k, _)| !k.starts_with("AWS_ENDPOINT_URL"));
+    nobody.push(("AWS_ENDPOINT_URL_LAMBDA", "http://127.0.0.1:1".to_owned()));
+    let run = fanout(&args, &nobody).await;
+    assert!(
+        run.stderr.contains("cannot reach the Lambda API") && run.stderr.len() < 500,
+        "{run:?}"
+    );
+
     let mut no_region = aws_env(&moto.url);
     no_region.retain(|(k, _)| *k != "AWS_REGION");
     let run = fanout(&args, &no_region).await;
