@@ -142,35 +142,15 @@ impl RestateServer {
     }
 
     async fn start_once(binary: &Path, options: &ServerOptions) -> Result<Self> {
-        let base_dir = tempfile::Builder::new()
-            .prefix("fanout-restate-")
-            .tempdir()
-            .context("cannot create a temp dir for restate-server")?;
         let (admin, ingress, node) = (free_port()?, free_port()?, free_port()?);
-        let log_path = options
-            .log_path
-            .clone()
-            .unwrap_or_else(|| base_dir.path().join("restate-server.log"));
-
-        let launch = Launch {
-            binary: binary.to_path_buf(),
-            base_dir: base_dir.path().to_path_buf(),
-            listen: Listen::Ports(admin, ingress, node),
-            memory: memory_settings(1),
-            env: options.env.clone(),
-        };
-        let process = Managed::spawn("restate-server", launch.command(), &log_path)?;
-        let admin_url = format!("http://127.0.0.1:{admin}");
-        let ingress_url = format!("http://127.0.0.1:{ingress}");
-        let process = wait_healthy(process, &admin_url, &ingress_url, &log_path).await?;
-        Ok(Self {
-            process: Some(process),
-            ingress_url,
-            admin_url,
-            log_path,
-            launch,
-            _base_dir: base_dir,
-        })
+        let urls = (
+            format!("http://127.0.0.1:{admin}"),
+            format!("http://127.0.0.1:{ingress}"),
+        );
+        let listen = Listen::Ports(admin, ingress, node);
+        let mut server = Self::spawn(binary, listen, memory_settings(1), urls, options)?;
+        server.wait_until_healthy().await?;
+        Ok(server)
     }
 
     /// Starts one node of a cluster from `config_file`, which names its addresses (the admin
@@ -180,8 +160,20 @@ impl RestateServer {
     pub(crate) fn spawn_node(
         binary: &Path,
         config_file: &Path,
-        (admin_url, ingress_url): (String, String),
+        urls: (String, String),
         memory: Vec<(&'static str, String)>,
+        options: &ServerOptions,
+    ) -> Result<Self> {
+        let listen = Listen::ConfigFile(config_file.to_path_buf());
+        Self::spawn(binary, listen, memory, urls, options)
+    }
+
+    /// Starts the server in a new temp base dir, without waiting for it.
+    fn spawn(
+        binary: &Path,
+        listen: Listen,
+        memory: Vec<(&'static str, String)>,
+        (admin_url, ingress_url): (String, String),
         options: &ServerOptions,
     ) -> Result<Self> {
         let base_dir = tempfile::Builder::new()
@@ -195,7 +187,7 @@ impl RestateServer {
         let launch = Launch {
             binary: binary.to_path_buf(),
             base_dir: base_dir.path().to_path_buf(),
-            listen: Listen::ConfigFile(config_file.to_path_buf()),
+            listen,
             memory,
             env: options.env.clone(),
         };
@@ -210,7 +202,7 @@ impl RestateServer {
         })
     }
 
-    /// Waits until a node started by [`Self::spawn_node`] is healthy; stops it when it is not.
+    /// Waits until a server just started is healthy; stops it when it is not.
     pub(crate) async fn wait_until_healthy(&mut self) -> Result<()> {
         let process = self
             .process

@@ -228,17 +228,7 @@ impl Harness {
     /// `fanout ARGS --ingress-url … --admin-url …` against this stack, as a subprocess with
     /// piped stdout/stderr (so progress comes as plain lines, as in CI).
     pub fn fanout_command(&self, args: &[&str]) -> tokio::process::Command {
-        let mut command = tokio::process::Command::new(fanout_binary());
-        command
-            .args(args)
-            .args(["--ingress-url", &self.stack.ingress_url])
-            .args(["--admin-url", &self.stack.server.admin_url])
-            .env_remove("RESTATE_AUTH_TOKEN")
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .kill_on_drop(true);
-        command
+        fanout_command_at(&self.stack.ingress_url, &self.stack.server.admin_url, args)
     }
 
     /// Runs `fanout ARGS` against this stack to the end.
@@ -249,6 +239,26 @@ impl Harness {
             .expect("the fanout binary runs")
             .into()
     }
+}
+
+/// `fanout ARGS --ingress-url INGRESS --admin-url ADMIN` as a subprocess with piped
+/// stdout/stderr, e.g. against one node of a cluster.
+pub fn fanout_command_at(
+    ingress_url: &str,
+    admin_url: &str,
+    args: &[&str],
+) -> tokio::process::Command {
+    let mut command = tokio::process::Command::new(fanout_binary());
+    command
+        .args(args)
+        .args(["--ingress-url", ingress_url])
+        .args(["--admin-url", admin_url])
+        .env_remove("RESTATE_AUTH_TOKEN")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true);
+    command
 }
 
 /// Runs `fanout ARGS` with `env` on top of an environment cleared of this machine's own AWS

@@ -13,7 +13,7 @@ use fanout::admin::AdminClient;
 use fanout::commands::status;
 use fanout::observe::Observer;
 use fanout::restate_server::RestateServer;
-use fanout_tests::{CliRun, Harness, Mode, fanout_binary};
+use fanout_tests::{CliRun, Harness, Mode, fanout_command_at};
 use serde_json::{Value, json};
 use std::time::{Duration, Instant};
 use tokio::io::AsyncBufReadExt;
@@ -44,17 +44,7 @@ fn expected() -> Value {
 
 /// `fanout ARGS` pointed at one node's ingress and admin API.
 fn fanout_via(node: &RestateServer, args: &[&str]) -> tokio::process::Command {
-    let mut command = tokio::process::Command::new(fanout_binary());
-    command
-        .args(args)
-        .args(["--ingress-url", &node.ingress_url])
-        .args(["--admin-url", &node.admin_url])
-        .env_remove("RESTATE_AUTH_TOKEN")
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true);
-    command
+    fanout_command_at(&node.ingress_url, &node.admin_url, args)
 }
 
 async fn run_via(node: &RestateServer, args: &[&str]) -> CliRun {
