@@ -15,6 +15,7 @@
 //! | [`policy`] | how a run behaves: fan-in strategy, concurrency cap, failure policy, retries |
 //! | [`plan`] | the journal planner: refuses a fan-out whose journal cannot fit Lambda's payload limit |
 //! | [`payload`] | JSON on the wire with errors that say what was wrong |
+//! | [`parallel`] | several side effects at once inside one invocation, each outcome journaled (`run_all`) |
 //! | [`logging`] | the reference log lines, replay-aware, human or JSON |
 //! | [`http_endpoint`] | HTTP mode: the endpoint on port 9080 with graceful shutdown |
 //! | [`lambda`] | Lambda mode: Restate's invoke events on `lambda_runtime`, with compression and limits |
@@ -28,6 +29,7 @@ pub mod http_endpoint;
 pub mod job;
 pub mod lambda;
 pub mod logging;
+pub mod parallel;
 pub mod payload;
 pub mod plan;
 pub mod policy;
