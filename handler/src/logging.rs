@@ -125,7 +125,7 @@ impl LogSettings {
         // Lambda's level replaces a bare level of RUST_LOG's; its targeted directives stay.
         let kept: Vec<&str> = rust_log
             .split(',')
-            .filter(|d| !d.trim().is_empty() && !(lambda_level.is_some() && is_bare_level(d)))
+            .filter(|d| !(d.trim().is_empty() || lambda_level.is_some() && is_bare_level(d)))
             .collect();
         let directives = EnvFilter::builder()
             .parse(kept.join(","))

@@ -78,9 +78,9 @@ async fn runs_lists_recent_fan_outs_newest_first_by_status() {
                 .collect::<Vec<_>>()
         }
     };
-    assert_eq!(only("cancelled").await, [cancelled.clone()]);
-    assert_eq!(only("succeeded").await, [succeeded.clone()]);
-    assert_eq!(only("running").await, [going.clone()]);
+    assert_eq!(only("cancelled").await, std::slice::from_ref(&cancelled));
+    assert_eq!(only("succeeded").await, std::slice::from_ref(&succeeded));
+    assert_eq!(only("running").await, std::slice::from_ref(&going));
     assert!(only("failed").await.is_empty());
 
     let newest = h.fanout(&["runs", "--limit", "1"]).await;
