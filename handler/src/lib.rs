@@ -19,6 +19,7 @@
 //! | [`logging`] | the reference log lines, replay-aware, human or JSON |
 //! | [`http_endpoint`] | HTTP mode: the endpoint on port 9080 with graceful shutdown |
 //! | [`lambda`] | Lambda mode: Restate's invoke events on `lambda_runtime`, with compression and limits |
+//! | [`serve`](mod@serve) | one call that serves a job: Lambda or HTTP by the environment, identity keys, run options, logs |
 //!
 //! The binary `fanout-handler` picks the mode: Lambda when `AWS_LAMBDA_RUNTIME_API` is set
 //! (that is how Lambda starts a `bootstrap`), HTTP otherwise.
@@ -33,8 +34,10 @@ pub mod parallel;
 pub mod payload;
 pub mod plan;
 pub mod policy;
+pub mod serve;
 pub mod worker;
 
 pub use chores::Chores;
 pub use job::{InvalidInput, Job, SubtaskFailure};
+pub use serve::serve;
 pub use worker::Worker;
