@@ -4,7 +4,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use fanout::admin::{AdminClient, DeploymentTarget, RegisterOptions};
 use fanout::commands::build::Arch;
 use fanout::commands::{
-    attach, bench, build, cancel, demo, deploy, invoke, local, prune, register, runs, status,
+    attach, bench, build, cancel, demo, deploy, invoke, local, new, prune, register, runs, status,
 };
 use fanout::stack::HandlerMode;
 use std::path::PathBuf;
@@ -30,7 +30,11 @@ enum Command {
     Local(LocalArgs),
     /// Register a published Lambda version (or an HTTP endpoint) with Restate.
     Register(RegisterArgs),
-    /// Build the handler as a Lambda zip with cargo-lambda; print its path, size and SHA-256.
+    /// Create a job crate of your own in DIR: one job and a main that serves it, to build with
+    /// `fanout build` and run with `fanout local --handler`.
+    New(NewArgs),
+    /// Build a job crate (default: the one in the current directory; here, fanout-handler) as
+    /// a Lambda zip with cargo-lambda; print its path, size and SHA-256.
     Build(BuildArgs),
     /// Create or update the Lambda function, publish a version, print its ARN (and register it
     /// with --register).
@@ -78,7 +82,8 @@ struct HandlerArgs {
     /// How the handler runs.
     #[arg(long, value_enum, default_value = "lambda")]
     mode: Mode,
-    /// The handler binary (default: target/debug/fanout-handler of this workspace).
+    /// The handler: a binary, or a Lambda zip from `fanout build` whose bootstrap is run
+    /// (default: target/debug/fanout-handler of this workspace).
     #[arg(long, env = "FANOUT_HANDLER_BIN")]
     handler: Option<PathBuf>,
     /// Longest simulated subtask in ms (the handler's FANOUT_MAX_SUBTASK_MS; default 5000).
@@ -93,7 +98,7 @@ struct HandlerArgs {
 impl HandlerArgs {
     fn binary(&self) -> anyhow::Result<PathBuf> {
         match &self.handler {
-            Some(path) => Ok(path.clone()),
+            Some(path) => build::handler_binary_from(path),
             None => fanout::tools::handler_binary(false),
         }
     }
@@ -113,6 +118,27 @@ struct BuildArgs {
     /// CPU architecture of the function.
     #[arg(long, value_enum, default_value = "arm64")]
     arch: Arch,
+    /// The crate's Cargo.toml (default: the nearest above the current directory).
+    #[arg(long, value_name = "PATH")]
+    manifest_path: Option<PathBuf>,
+    /// The package to build, in a workspace of several.
+    #[arg(long, short = 'p', value_name = "SPEC")]
+    package: Option<String>,
+    /// The binary to build; needed only when there is more than one.
+    #[arg(long, value_name = "NAME")]
+    bin: Option<String>,
+}
+
+#[derive(Args)]
+struct NewArgs {
+    /// The folder to create (it must not exist, or be empty); its name names the crate.
+    dir: PathBuf,
+    /// The crate's name (default: the folder's).
+    #[arg(long)]
+    name: Option<String>,
+    /// The fanout checkout to depend on by path (default: the one this fanout was built from).
+    #[arg(long, value_name = "PATH")]
+    fanout_path: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -136,7 +162,8 @@ struct DeployArgs {
     /// environment when given).
     #[arg(long = "env", value_name = "KEY=VALUE", value_parser = parse_env)]
     env: Vec<(String, String)>,
-    /// The zip to deploy (default: target/lambda/fanout-handler/bootstrap-ARCH.zip from `fanout build`).
+    /// The zip to deploy (default: the one `fanout build --arch ARCH` left for the crate in
+    /// the current directory, target/lambda/BIN/bootstrap-ARCH.zip).
     #[arg(long)]
     zip: Option<PathBuf>,
     /// AWS region (default: the AWS chain's, e.g. AWS_REGION).
@@ -521,18 +548,29 @@ async fn dispatch(command: Command) -> anyhow::Result<u8> {
             .await?;
             Ok(0)
         }
+        Command::New(args) => {
+            let created = new::new(&new::NewOptions {
+                dir: args.dir,
+                name: args.name,
+                fanout_path: args.fanout_path,
+            })?;
+            print!("{}", created.describe());
+            Ok(0)
+        }
         Command::Build(args) => {
-            let artifact = build::build(args.arch)?;
+            let artifact = build::build(&build::BuildOptions {
+                arch: args.arch,
+                manifest_path: args.manifest_path,
+                package: args.package,
+                bin: args.bin,
+            })?;
             println!("{}", artifact.describe());
             Ok(0)
         }
         Command::Deploy(args) => {
             let zip = match args.zip {
                 Some(zip) => zip,
-                None => build::zip_path(
-                    &fanout::tools::project_root().unwrap_or_else(|| PathBuf::from(".")),
-                    args.arch,
-                ),
+                None => build::default_zip(args.arch)?,
             };
             let code = build::artifact(&zip)?;
             let lambda = fanout::aws::lambda_client(args.region.as_deref()).await?;

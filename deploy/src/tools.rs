@@ -17,19 +17,23 @@ pub const RESTATE_SERVER_ENV: &str = "FANOUT_RESTATE_SERVER";
 pub const HANDLER_BIN_ENV: &str = "FANOUT_HANDLER_BIN";
 
 /// The folder holding `.tools/` and `target/`: the nearest ancestor of the current directory
-/// (or of this executable) that has a `.tools` or `Cargo.lock` file.
+/// (or of this executable) that has a `.tools` folder, else one with a `Cargo.lock` file. A
+/// `.tools` folder wins, so that in a job crate of your own (`fanout new`, which has a
+/// Cargo.lock) the checkout's tools are still found through this executable.
 pub fn project_root() -> Option<PathBuf> {
     let from_cwd = std::env::current_dir().ok();
     let from_exe = std::env::current_exe().ok();
-    [from_cwd, from_exe]
-        .into_iter()
-        .flatten()
-        .find_map(|start| {
+    let starts: Vec<PathBuf> = [from_cwd, from_exe].into_iter().flatten().collect();
+    let find = |marks: &dyn Fn(&Path) -> bool| {
+        starts.iter().find_map(|start| {
             start
                 .ancestors()
-                .find(|dir| dir.join(".tools").is_dir() || dir.join("Cargo.lock").is_file())
+                .find(|dir| marks(dir))
                 .map(Path::to_path_buf)
         })
+    };
+    find(&|dir| dir.join(".tools").is_dir())
+        .or_else(|| find(&|dir| dir.join("Cargo.lock").is_file()))
 }
 
 /// The restate-server binary to start.

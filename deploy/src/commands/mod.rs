@@ -8,6 +8,7 @@ pub mod demo;
 pub mod deploy;
 pub mod invoke;
 pub mod local;
+pub mod new;
 pub mod prune;
 pub mod register;
 pub mod runs;
