@@ -179,6 +179,10 @@ struct DeployArgs {
     /// function's FANOUT_IDENTITY_KEYS: it then serves only requests Restate signed.
     #[arg(long, env = "FANOUT_IDENTITY_KEYS", value_name = "KEYS")]
     identity_keys: Option<String>,
+    /// What the function serves (its FANOUT_SERVE): all (one function, the default), or one
+    /// half of a split layout, coordinator or executor; merged into its environment.
+    #[arg(long, value_enum)]
+    serve: Option<ServeArg>,
     #[command(flatten)]
     restate: RestateArgs,
 }
@@ -415,6 +419,23 @@ struct RunsArgs {
 }
 
 #[derive(Clone, Copy, ValueEnum)]
+enum ServeArg {
+    All,
+    Coordinator,
+    Executor,
+}
+
+impl ServeArg {
+    fn as_str(self) -> &'static str {
+        match self {
+            ServeArg::All => "all",
+            ServeArg::Coordinator => "coordinator",
+            ServeArg::Executor => "executor",
+        }
+    }
+}
+
+#[derive(Clone, Copy, ValueEnum)]
 enum RunStatusArg {
     All,
     Running,
@@ -582,6 +603,7 @@ async fn dispatch(command: Command) -> anyhow::Result<u8> {
                 arch: args.arch,
                 environment: (!args.env.is_empty()).then(|| args.env.into_iter().collect()),
                 identity_keys: args.identity_keys,
+                serve: args.serve.map(|serve| serve.as_str().to_owned()),
             };
             let deployed = deploy::deploy(&lambda, &options, &code).await?;
             println!("{}", deployed.describe(&args.function_name));

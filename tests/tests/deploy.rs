@@ -332,4 +332,23 @@ fn the_sam_template_passes_cfn_lint_and_a_broken_one_does_not() {
         "cfn-lint accepted a dangling reference"
     );
     assert!(String::from_utf8_lossy(&bad.stdout).contains("MissingRole"));
+
+    // The split layout is linted too: its executor's output resolves only while the executor
+    // functions exist.
+    let dangling = text.replace(
+        "!Ref ExecutorFunction.Version",
+        "!Ref MissingExecutor.Version",
+    );
+    assert_ne!(dangling, text, "the template has no split layout");
+    std::fs::write(&broken, dangling).unwrap();
+    assert!(
+        !lint(&broken).status.success(),
+        "cfn-lint accepted a dangling executor"
+    );
+    for split in [
+        "FANOUT_SERVE: !If [Split, coordinator, all]",
+        "FANOUT_SERVE: executor",
+    ] {
+        assert!(text.contains(split), "{split}");
+    }
 }

@@ -36,7 +36,14 @@ pub struct DeployOptions {
     /// Restate's request identity keys for `FANOUT_IDENTITY_KEYS` (`--identity-keys`), added to
     /// the environment given, or to the function's current one when none is given.
     pub identity_keys: Option<String>,
+    /// What the function serves (`FANOUT_SERVE`: `all`, `coordinator` or `executor`), merged
+    /// into the environment like the identity keys: one half of a split layout is the same
+    /// code deployed twice with a different value.
+    pub serve: Option<String>,
 }
+
+/// The handler's variable for what a deployment serves.
+const SERVE_ENV: &str = "FANOUT_SERVE";
 
 #[derive(Debug, Clone)]
 pub struct Deployed {
@@ -181,19 +188,29 @@ pub async fn deploy(client: &Client, options: &DeployOptions, code: &Artifact) -
     })
 }
 
-/// `options` with the identity keys put into the environment: the one given, or else the
-/// existing function's (so `--identity-keys` alone changes nothing else).
+/// `options` with the identity keys and the layout put into the environment: the one given,
+/// or else the existing function's (so `--identity-keys` or `--serve` alone changes nothing
+/// else).
 fn with_identity_keys(
     options: &DeployOptions,
     existing: Option<&FunctionConfiguration>,
 ) -> DeployOptions {
     let mut options = options.clone();
-    if let Some(keys) = options.identity_keys.take() {
+    let settings: Vec<(&str, String)> = [
+        (IDENTITY_KEYS_ENV, options.identity_keys.take()),
+        (SERVE_ENV, options.serve.take()),
+    ]
+    .into_iter()
+    .filter_map(|(name, value)| Some((name, value?.trim().to_owned())))
+    .collect();
+    if !settings.is_empty() {
         let mut environment = options
             .environment
             .take()
             .unwrap_or_else(|| existing.map(variables).unwrap_or_default());
-        environment.insert(IDENTITY_KEYS_ENV.into(), keys.trim().to_owned());
+        for (name, value) in settings {
+            environment.insert(name.into(), value);
+        }
         options.environment = Some(environment);
     }
     options
@@ -237,6 +254,19 @@ fn check_options(options: &DeployOptions) -> Result<()> {
     }
     if let Some(keys) = &options.identity_keys {
         check_public_keys(keys).map_err(|e| anyhow::anyhow!("--identity-keys: {e}"))?;
+    }
+    let serve = options
+        .serve
+        .as_deref()
+        .map(|v| ("--serve", v))
+        .or_else(|| {
+            let value = options.environment.as_ref()?.get(SERVE_ENV)?;
+            Some(("--env FANOUT_SERVE", value.as_str()))
+        });
+    if let Some((given_as, value)) = serve {
+        if !matches!(value.trim(), "all" | "coordinator" | "executor") {
+            bail!("{given_as} {value:?}: use all, coordinator or executor");
+        }
     }
     if let Some(role) = &options.role {
         if !(role.starts_with("arn:") && role.contains(":iam::") && role.contains(":role/")) {
@@ -405,6 +435,7 @@ mod tests {
             arch: Arch::Arm64,
             environment: None,
             identity_keys: None,
+            serve: None,
         }
     }
 
@@ -505,5 +536,42 @@ mod tests {
                 .environment
                 .is_none()
         );
+    }
+
+    #[test]
+    fn the_layout_is_checked_and_merged_into_the_environment() {
+        let executor = DeployOptions {
+            serve: Some("executor".into()),
+            ..options()
+        };
+        check_options(&executor).unwrap();
+        let current = FunctionConfiguration::builder()
+            .environment(
+                aws_sdk_lambda::types::EnvironmentResponse::builder()
+                    .variables("RUST_LOG", "debug")
+                    .build(),
+            )
+            .build();
+        let env = with_identity_keys(&executor, Some(&current))
+            .environment
+            .unwrap();
+        assert_eq!(env.get(SERVE_ENV).map(String::as_str), Some("executor"));
+        assert_eq!(env.get("RUST_LOG").map(String::as_str), Some("debug"));
+        for bad in [
+            DeployOptions {
+                serve: Some("both".into()),
+                ..options()
+            },
+            DeployOptions {
+                environment: Some([(SERVE_ENV.to_owned(), "both".to_owned())].into()),
+                ..options()
+            },
+        ] {
+            let message = check_options(&bad).unwrap_err().to_string();
+            assert!(
+                message.contains("use all, coordinator or executor"),
+                "{message}"
+            );
+        }
     }
 }
