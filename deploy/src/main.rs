@@ -282,6 +282,24 @@ struct LocalArgs {
     /// loopback, replication 2, which keeps serving when a node dies.
     #[arg(long, default_value_t = 1, value_parser = parse_nodes)]
     nodes: usize,
+    /// An environment variable for the handler (its instances on the stand-in, or its
+    /// process), as a function's configuration sets it; repeatable.
+    #[arg(long = "env", value_name = "KEY=VALUE", value_parser = parse_env)]
+    env: Vec<(String, String)>,
+    /// single: one deployment serves everything; split: the coordinator and the executors as
+    /// deployments of their own (FANOUT_SERVE), the executors in --mode.
+    #[arg(long, value_enum, default_value = "single")]
+    layout: LayoutArg,
+    /// With --layout split: how the coordinator runs (default: as --mode). `--mode lambda
+    /// --coordinator-mode http` is the coordinator on a long-running host, executors on Lambda.
+    #[arg(long, value_enum)]
+    coordinator_mode: Option<Mode>,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LayoutArg {
+    Single,
+    Split,
 }
 
 fn parse_nodes(raw: &str) -> Result<usize, String> {
@@ -565,6 +583,13 @@ async fn dispatch(command: Command) -> anyhow::Result<u8> {
                 unsigned: args.handler.unsigned,
                 concurrency_limit: args.concurrency_limit,
                 nodes: args.nodes,
+                env: args.env,
+                layout: match args.layout {
+                    LayoutArg::Single => fanout::stack::Layout::Single,
+                    LayoutArg::Split => fanout::stack::Layout::Split {
+                        coordinator: args.coordinator_mode.unwrap_or(args.handler.mode).into(),
+                    },
+                },
             })
             .await?;
             Ok(0)

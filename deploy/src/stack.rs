@@ -31,6 +31,20 @@ pub enum HandlerMode {
     Lambda,
 }
 
+/// One deployment serving everything, or the coordinator and the executors as deployments of
+/// their own (the handler's `FANOUT_SERVE`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Layout {
+    #[default]
+    Single,
+    /// The executors in [`StackOptions::mode`], the coordinator in `coordinator` mode: e.g. the
+    /// coordinator over HTTP with the executors on the Lambda stand-in.
+    Split { coordinator: HandlerMode },
+}
+
+/// The executors' Lambda function in a split layout: the main function's name with this after.
+pub const EXECUTOR_FUNCTION_SUFFIX: &str = "-executor";
+
 /// The local Lambda function's settings.
 #[derive(Debug, Clone)]
 pub struct LambdaSettings {
@@ -84,6 +98,8 @@ pub struct StackOptions {
     pub nodes: usize,
     /// Signed by default.
     pub identity: RequestIdentity,
+    /// One deployment by default.
+    pub layout: Layout,
 }
 
 impl StackOptions {
@@ -97,6 +113,7 @@ impl StackOptions {
             state_dir: None,
             nodes: 1,
             identity: RequestIdentity::default(),
+            layout: Layout::Single,
         }
     }
 }
@@ -127,6 +144,11 @@ pub struct LocalStack {
     /// The private key restate-server signs with; `None` when it does not sign.
     pub signing_key_pem: Option<PathBuf>,
     http_handler: Option<Managed>,
+    /// A split layout only: the executors' deployment, their function's ARN on Lambda, their
+    /// HTTP process otherwise.
+    pub executor_deployment: Option<Deployment>,
+    pub executor_function_arn: Option<String>,
+    executor_http_handler: Option<Managed>,
     /// How the HTTP handler was started (binary, env, port), to start it again.
     http_launch: Option<HttpLaunch>,
     _temp: Option<tempfile::TempDir>,
@@ -189,48 +211,86 @@ impl LocalStack {
             handler_env.push((IDENTITY_KEYS_ENV.into(), keys.clone()));
         }
 
+        // Which deployments, in which mode, with which FANOUT_SERVE.
+        let serving = |role: &str| {
+            let mut env = handler_env.clone();
+            env.retain(|(name, _)| name != "FANOUT_SERVE");
+            env.push(("FANOUT_SERVE".into(), role.into()));
+            env
+        };
+        let (main_mode, main_env, executors) = match options.layout {
+            Layout::Single => (options.mode, handler_env.clone(), None),
+            Layout::Split { coordinator } => (
+                coordinator,
+                serving("coordinator"),
+                Some((options.mode, serving("executor"))),
+            ),
+        };
+        let executor_function =
+            format!("{}{EXECUTOR_FUNCTION_SUFFIX}", options.lambda.function_name);
+        let function = |name: &str, env: &[(String, String)]| FunctionSpec {
+            name: name.to_owned(),
+            memory_mb: options.lambda.memory_mb,
+            timeout: options.lambda.timeout,
+            concurrency_limit: options.lambda.concurrency_limit,
+            env: env.to_vec(),
+            versions: vec![VersionSpec {
+                version: "1".into(),
+                binary: handler_binary.clone(),
+            }],
+        };
+        let mut functions = Vec::new();
+        if main_mode == HandlerMode::Lambda {
+            functions.push(function(&options.lambda.function_name, &main_env));
+        }
+        if let Some((HandlerMode::Lambda, env)) = &executors {
+            functions.push(function(&executor_function, env));
+        }
         let mut standin = None;
+        if !functions.is_empty() {
+            let config = StandInConfig {
+                metering_path: Some(metering_path.clone()),
+                log_path: Some(handler_log_path.clone()),
+                functions,
+                ..StandInConfig::default()
+            };
+            let started = StandIn::start(config)
+                .await
+                .context("cannot start the local Lambda stand-in")?;
+            server_options
+                .env
+                .extend(lambda_client_env(&started.endpoint_url()));
+            standin = Some(started);
+        }
+        let lambda_target = |name: &str| DeploymentTarget::Lambda {
+            arn: standin
+                .as_ref()
+                .map(|s| s.version_arn(name, "1"))
+                .unwrap_or_default(),
+            assume_role_arn: None,
+        };
         let mut http_handler = None;
         let mut http_launch = None;
-        let target = match options.mode {
-            HandlerMode::Lambda => {
-                let spec = FunctionSpec {
-                    name: options.lambda.function_name.clone(),
-                    memory_mb: options.lambda.memory_mb,
-                    timeout: options.lambda.timeout,
-                    concurrency_limit: options.lambda.concurrency_limit,
-                    env: handler_env.clone(),
-                    versions: vec![VersionSpec {
-                        version: "1".into(),
-                        binary: handler_binary.clone(),
-                    }],
-                };
-                let config = StandInConfig {
-                    metering_path: Some(metering_path.clone()),
-                    log_path: Some(handler_log_path.clone()),
-                    functions: vec![spec],
-                    ..StandInConfig::default()
-                };
-                let started = StandIn::start(config)
-                    .await
-                    .context("cannot start the local Lambda stand-in")?;
-                server_options
-                    .env
-                    .extend(lambda_client_env(&started.endpoint_url()));
-                let arn = started.version_arn(&options.lambda.function_name, "1");
-                standin = Some(started);
-                DeploymentTarget::Lambda {
-                    arn,
-                    assume_role_arn: None,
-                }
-            }
+        let target = match main_mode {
+            HandlerMode::Lambda => lambda_target(&options.lambda.function_name),
             HandlerMode::Http => {
                 let (process, uri) =
-                    start_http_handler(&handler_binary, &handler_env, &handler_log_path).await?;
+                    start_http_handler(&handler_binary, &main_env, &handler_log_path).await?;
                 http_handler = Some(process);
                 let port = uri.rsplit(':').next().and_then(|p| p.parse().ok());
-                http_launch = port.map(|port| (handler_binary.clone(), handler_env.clone(), port));
+                http_launch = port.map(|port| (handler_binary.clone(), main_env.clone(), port));
                 DeploymentTarget::Http { uri }
+            }
+        };
+        let mut executor_http_handler = None;
+        let executor_target = match &executors {
+            None => None,
+            Some((HandlerMode::Lambda, _)) => Some(lambda_target(&executor_function)),
+            Some((HandlerMode::Http, env)) => {
+                let (process, uri) =
+                    start_http_handler(&handler_binary, env, &handler_log_path).await?;
+                executor_http_handler = Some(process);
+                Some(DeploymentTarget::Http { uri })
             }
         };
 
@@ -247,6 +307,20 @@ impl LocalStack {
             (first, rest, Some(cluster.layout), Some(cluster.healthy_at))
         };
         let admin = AdminClient::new(&server.admin_url, None);
+        let executor_deployment = match &executor_target {
+            None => None,
+            Some(target) => Some(
+                admin
+                    .register(target, &RegisterOptions::default())
+                    .await
+                    .with_context(|| {
+                        format!(
+                            "registering the executors failed; handler log:\n{}",
+                            log_tail(&handler_log_path, 20)
+                        )
+                    })?,
+            ),
+        };
         let deployment = admin
             .register(&target, &RegisterOptions::default())
             .await
@@ -266,10 +340,12 @@ impl LocalStack {
             }
             None => None,
         };
-        let function_arn = match &target {
+        let arn_of = |target: &DeploymentTarget| match target {
             DeploymentTarget::Lambda { arn, .. } => Some(arn.clone()),
             DeploymentTarget::Http { .. } => None,
         };
+        let function_arn = arn_of(&target);
+        let executor_function_arn = executor_target.as_ref().and_then(arn_of);
         Ok(Self {
             ingress_url: server.ingress_url.clone(),
             server,
@@ -285,6 +361,9 @@ impl LocalStack {
             identity_keys,
             signing_key_pem: server_pem,
             http_handler,
+            executor_deployment,
+            executor_function_arn,
+            executor_http_handler,
             http_launch,
             _temp: temp,
         })
@@ -346,7 +425,10 @@ impl LocalStack {
     }
 
     pub async fn stop(mut self) {
-        if let Some(handler) = self.http_handler.take() {
+        for handler in [self.http_handler.take(), self.executor_http_handler.take()]
+            .into_iter()
+            .flatten()
+        {
             handler.stop(Duration::from_secs(5)).await;
         }
         if let Some(standin) = self.standin.take() {

@@ -104,36 +104,54 @@ fn bad_configuration_is_explained_not_panicked() {
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
 
-/// `fanout local`: the whole local stack comes up, serves the reference example through its
-/// ingress, and goes away on Ctrl-C.
-#[test]
-fn fanout_local_serves_until_ctrl_c_and_leaves_nothing_behind() {
+/// A running `fanout local`, with its stdout kept open: it prints again when it stops, and
+/// a closed pipe would kill it with SIGPIPE.
+struct FanoutLocal {
+    child: std::process::Child,
+    _stdout: std::io::Lines<std::io::BufReader<std::process::ChildStdout>>,
+}
+
+/// `fanout local ARGS` up until it prints that Ctrl-C stops it: the process, what it printed
+/// and its ingress URL.
+fn start_fanout_local(
+    state: &std::path::Path,
+    args: &[&str],
+) -> (FanoutLocal, Vec<String>, String) {
     use std::io::{BufRead, BufReader};
-    let state = tempfile::tempdir().unwrap();
     let mut child = Command::new(fanout_tests::fanout_binary())
         .args(["local", "--max-subtask-ms", "200", "--state-dir"])
-        .arg(state.path())
+        .arg(state)
+        .args(args)
         .env("FANOUT_HANDLER_BIN", handler_binary())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut printed = Vec::new();
     let mut ingress = None;
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
     for line in lines.by_ref() {
         let line = line.unwrap();
         if let Some(url) = line.trim().strip_prefix("ingress:") {
             ingress = Some(url.trim().to_owned());
         }
-        if line.contains("Ctrl-C stops everything") {
+        let done = line.contains("Ctrl-C stops everything");
+        printed.push(line);
+        if done {
             break;
         }
     }
-    let ingress = ingress.expect("fanout local printed the ingress URL");
-    let port: u16 = ingress.rsplit(':').next().unwrap().parse().unwrap();
+    let ingress = ingress.unwrap_or_else(|| panic!("no ingress URL printed: {printed:#?}"));
+    let local = FanoutLocal {
+        child,
+        _stdout: lines,
+    };
+    (local, printed, ingress)
+}
 
+fn run_reference(ingress: &str) -> serde_json::Value {
     let runtime = tokio::runtime::Runtime::new().unwrap();
-    let answer: serde_json::Value = runtime.block_on(async {
+    runtime.block_on(async {
         reqwest::Client::new()
             .post(format!("{ingress}/worker/run"))
             .json(&serde_json::json!({"description": "get out of bed,shower"}))
@@ -143,18 +161,13 @@ fn fanout_local_serves_until_ctrl_c_and_leaves_nothing_behind() {
             .json()
             .await
             .unwrap()
-    });
-    assert_eq!(
-        answer,
-        serde_json::json!({"description": "get out of bed: DONE,shower: DONE"})
-    );
-    assert!(
-        std::fs::read_to_string(state.path().join("invocations.jsonl"))
-            .unwrap()
-            .contains("/invoke/worker/run"),
-        "the Lambda stand-in metered the run into the state dir"
-    );
+    })
+}
 
+/// Ctrl-C, then: `fanout local` exits 0 and nothing listens on the ingress port any more.
+fn stop_fanout_local(local: FanoutLocal, ingress: &str) {
+    let mut child = local.child;
+    let port: u16 = ingress.rsplit(':').next().unwrap().parse().unwrap();
     fanout::process::interrupt(child.id());
     let deadline = Instant::now() + Duration::from_secs(20);
     let status = loop {
@@ -172,4 +185,62 @@ fn fanout_local_serves_until_ctrl_c_and_leaves_nothing_behind() {
         std::net::TcpStream::connect(("127.0.0.1", port)).is_err(),
         "restate-server still listens on {port} after fanout local stopped"
     );
+}
+
+/// `fanout local`: the whole local stack comes up, serves the reference example through its
+/// ingress, and goes away on Ctrl-C.
+#[test]
+fn fanout_local_serves_until_ctrl_c_and_leaves_nothing_behind() {
+    let state = tempfile::tempdir().unwrap();
+    let (child, _, ingress) = start_fanout_local(state.path(), &[]);
+    assert_eq!(
+        run_reference(&ingress),
+        serde_json::json!({"description": "get out of bed: DONE,shower: DONE"})
+    );
+    assert!(
+        std::fs::read_to_string(state.path().join("invocations.jsonl"))
+            .unwrap()
+            .contains("/invoke/worker/run"),
+        "the Lambda stand-in metered the run into the state dir"
+    );
+    stop_fanout_local(child, &ingress);
+}
+
+/// `fanout local --layout split --coordinator-mode http`: the coordinator over HTTP, the
+/// executors on the Lambda stand-in, with the user's `--env` reaching the instances.
+#[test]
+fn fanout_local_runs_the_split_layout_with_the_users_environment() {
+    let state = tempfile::tempdir().unwrap();
+    let (child, printed, ingress) = start_fanout_local(
+        state.path(),
+        &[
+            "--layout",
+            "split",
+            "--coordinator-mode",
+            "http",
+            "--env",
+            "AWS_LAMBDA_LOG_FORMAT=Text",
+        ],
+    );
+    assert!(
+        printed
+            .iter()
+            .any(|l| l.contains("split:") && l.contains("-executor:1")),
+        "{printed:#?}"
+    );
+    assert_eq!(
+        run_reference(&ingress),
+        serde_json::json!({"description": "get out of bed: DONE,shower: DONE"})
+    );
+    let metered = std::fs::read_to_string(state.path().join("invocations.jsonl")).unwrap();
+    assert!(metered.contains("/invoke/executor/runSubtask"), "{metered}");
+    assert!(!metered.contains("/invoke/worker/"), "{metered}");
+    // The instances log text lines, as --env asked, not their default JSON.
+    let log = std::fs::read_to_string(state.path().join("handler.log")).unwrap();
+    assert!(
+        log.lines()
+            .any(|l| l.starts_with("[executor/runSubtask][inv_") && l.contains("Started executing")),
+        "{log}"
+    );
+    stop_fanout_local(child, &ingress);
 }

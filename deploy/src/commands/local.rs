@@ -1,6 +1,6 @@
 //! `fanout local`: the local stack, up until Ctrl-C.
 
-use crate::stack::{HandlerMode, LocalStack, RequestIdentity, StackOptions};
+use crate::stack::{HandlerMode, Layout, LocalStack, RequestIdentity, StackOptions};
 use anyhow::Result;
 use std::path::PathBuf;
 
@@ -14,6 +14,9 @@ pub struct LocalOptions {
     pub concurrency_limit: usize,
     /// Restate nodes: 1 (a single server) or a cluster of 3 or more.
     pub nodes: usize,
+    /// The handler's environment (`--env`), on top of what the stack sets.
+    pub env: Vec<(String, String)>,
+    pub layout: Layout,
 }
 
 pub async fn run(options: LocalOptions) -> Result<()> {
@@ -36,6 +39,11 @@ pub async fn run(options: LocalOptions) -> Result<()> {
             .handler_env
             .push(("FANOUT_MAX_SUBTASK_MS".into(), ms.to_string()));
     }
+    for (name, value) in options.env {
+        stack_options.handler_env.retain(|(k, _)| *k != name);
+        stack_options.handler_env.push((name, value));
+    }
+    stack_options.layout = options.layout;
     let stack = LocalStack::start(stack_options).await?;
     println!("fanout local stack is up");
     println!("  ingress:     {}", stack.ingress_url);
@@ -49,6 +57,17 @@ pub async fn run(options: LocalOptions) -> Result<()> {
         println!("  metering:    {}", stack.metering_path.display());
     }
     println!("  deployment:  {}", stack.deployment.id);
+    if let Some(executors) = &stack.executor_deployment {
+        println!(
+            "  split:       the deployment above is the coordinator (worker/run); the executors \
+             (executor/runSubtask) are {}{}",
+            executors.id,
+            match &stack.executor_function_arn {
+                Some(arn) => format!(", function {arn}"),
+                None => " over HTTP".into(),
+            }
+        );
+    }
     match (&stack.identity_keys, &stack.signing_key_pem) {
         (Some(keys), Some(pem)) => {
             println!("  signed:      restate-server signs with {}", pem.display());
