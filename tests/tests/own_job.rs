@@ -2,7 +2,9 @@
 //! outside this repo, `fanout build` makes its Lambda zip with cargo-lambda, the local stack runs
 //! it (the stand-in runs the zip's bootstrap, as `fanout local --handler ZIP` does), and the
 //! example in the scaffold's README gets exactly the answer the README prints, through the
-//! ingress. A second test serves the same scaffold as a debug build over HTTP.
+//! ingress; then `fanout deploy --register`, run in the crate's folder, deploys that zip to the
+//! stand-in's Lambda API and the new version answers the same. A second test serves the same
+//! scaffold as a debug build over HTTP.
 //!
 //! Cost: both builds share this workspace's target dir (`CARGO_TARGET_DIR=<checkout>/target`).
 //! The scaffold pins the checkout's Cargo.lock and uses its profiles, so the dependencies that
@@ -13,7 +15,7 @@
 //! release/Lambda test is the one that proves `fanout build` and the zip work.
 
 use fanout::stack::{HandlerMode, StackOptions};
-use fanout_tests::{Harness, fanout_binary};
+use fanout_tests::{Harness, fanout_binary, local_aws_env};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -161,6 +163,51 @@ async fn a_scaffold_built_by_fanout_build_answers_its_readme_example_on_lambda()
     assert!(
         body.contains("chunks must hold at least one chunk of text"),
         "{body}"
+    );
+
+    // `fanout deploy --register` in the crate's folder takes the crate's zip (no --zip), here
+    // to the stand-in's Lambda API; new runs then go to that version.
+    let mut deploy = Command::new(fanout_binary());
+    deploy
+        .args([
+            "deploy",
+            "--function-name",
+            "wordcount-dev",
+            "--arch",
+            "x86_64",
+        ])
+        .args([
+            "--role",
+            "arn:aws:iam::000000000000:role/local",
+            "--register",
+        ])
+        .args(["--admin-url", &harness.stack.server.admin_url])
+        .current_dir(&job.dir);
+    if let Some(keys) = &harness.stack.identity_keys {
+        deploy.args(["--identity-keys", keys]);
+    }
+    for name in [
+        "AWS_PROFILE",
+        "AWS_SESSION_TOKEN",
+        "AWS_DEFAULT_REGION",
+        "AWS_ENDPOINT_URL",
+    ] {
+        deploy.env_remove(name);
+    }
+    deploy.envs(local_aws_env(&harness.standin().endpoint_url()));
+    let (ok, stdout, stderr) = run(&mut deploy);
+    assert!(
+        ok && stdout.contains("function:wordcount-dev:1") && stdout.contains("registered"),
+        "fanout deploy failed:\n{stdout}\n{stderr}"
+    );
+    let (status, body) = ask(&harness, &job.request).await;
+    assert_eq!((status, body.as_str()), (200, job.response.as_str()));
+    assert!(
+        harness
+            .records()
+            .iter()
+            .any(|r| r.function == "wordcount-dev"),
+        "the deployed version served the run"
     );
     harness.stop().await;
 
