@@ -27,7 +27,7 @@ ARN            ?=
 ADMIN_URL      ?= $(or $(RESTATE_ADMIN_URL),http://localhost:9070)
 INGRESS_URL    ?= $(or $(RESTATE_INGRESS_URL),http://localhost:8080)
 
-.PHONY: help tools tools-aws rust-targets build-local lambda-zips build deploy register invoke prune bench demo local test chaos lint fmt clean distclean
+.PHONY: help tools tools-aws rust-targets build-local lambda-zips build deploy register invoke prune bench bench-batches demo local test chaos lint fmt clean distclean
 
 help:
 	@echo "make demo    - run the reference fan-out end to end (restate-server + local Lambda), then stop"
@@ -40,6 +40,7 @@ help:
 	@echo "make register ARN=… / make invoke TASK=… / make prune FUNCTION=…"
 	@echo "make bench   - the benchmark grid on the local stack: spreads 0-10s/0-1s/tail x N 100/1000/10000"
 	@echo "               x caps n, n/5, 1000 x strategies ledger/select-any/in-order, with floors (long)"
+	@echo "make bench-batches - N items one per subtask invocation or K at once (BATCH_ITEMS, BATCH_SIZES, BATCH_WORK_MS)"
 	@echo "make chaos   - the randomized fault suite: CHAOS_RUNS=105 seeded runs from CHAOS_SEED=1000 with"
 	@echo "               kills, restarts, 429/5xx, lost responses, timeouts; prints a table (long)"
 	@echo "make lint    - cargo fmt --check and clippy"
@@ -97,6 +98,16 @@ bench: tools
 	$(FANOUT) bench --handler target/release/fanout-handler --sizes 100,1000,10000 \
 		--spreads 0-10s,0-1s,tail --caps n,n/5,1000 --strategies ledger,select-any,in-order \
 		--json target/bench.json --plot target/bench.svg
+
+# The same N items run one per subtask invocation or K at once (handler/examples/batched_items,
+# parallel::run_all): wall, Lambda invocations, billed time and bytes per item.
+BATCH_ITEMS ?= 1000
+BATCH_SIZES ?= 1,10,50
+BATCH_WORK_MS ?= 200
+bench-batches: tools build-local
+	$(CARGO) build --release -p fanout-handler --example batched_items
+	BATCH_ITEMS=$(BATCH_ITEMS) BATCH_SIZES=$(BATCH_SIZES) BATCH_WORK_MS=$(BATCH_WORK_MS) \
+		$(CARGO) test -p fanout-tests --test parallel batch_sizes_measured -- --ignored --nocapture
 
 demo: tools build-local
 	$(FANOUT) demo --mode $(MODE) --max-subtask-ms $(MAX_SUBTASK_MS) "$(TASK)"

@@ -185,3 +185,159 @@ async fn side_effects_run_together_and_only_what_failed_runs_again() {
     server.stop().await;
     endpoint.abort();
 }
+
+/// The example job `batched_items` (handler/examples), built by `cargo test` (which builds the
+/// workspace's examples) or `cargo build -p fanout-handler --example batched_items`.
+fn batched_items_binary(profile: &str) -> std::path::PathBuf {
+    let binary = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../target")
+        .join(profile)
+        .join("examples/batched_items");
+    assert!(
+        binary.is_file(),
+        "{} is missing: cargo build {}-p fanout-handler --example batched_items",
+        binary.display(),
+        if profile == "release" {
+            "--release "
+        } else {
+            ""
+        }
+    );
+    binary
+}
+
+/// The sum of the items' checksums, computed plainly, as the job must answer it.
+fn expected_checksum(items: u64) -> u64 {
+    (0..items).fold(0u64, |sum, item| {
+        let hash = format!("item-{item}")
+            .bytes()
+            .fold(0xcbf2_9ce4_8422_2325u64, |hash, byte| {
+                (hash ^ u64::from(byte)).wrapping_mul(0x0000_0100_0000_01b3)
+            });
+        sum.wrapping_add(hash)
+    })
+}
+
+/// One run of `batched_items` on a Lambda stack: its answer, wall time and what the stand-in
+/// metered for it.
+struct BatchRun {
+    wall: Duration,
+    answer: serde_json::Value,
+    invocations: usize,
+    subtask_invocations: usize,
+    billed_ms: u64,
+    bytes: usize,
+}
+
+async fn run_batched(h: &fanout_tests::Harness, items: u64, batch: u64, work_ms: u64) -> BatchRun {
+    let before = h.records().len();
+    let started = std::time::Instant::now();
+    let response = h
+        .run_json(&json!({ "items": items, "batch": batch, "work_ms": work_ms }))
+        .await;
+    let wall = started.elapsed();
+    assert_eq!(response.status, 200, "{:?}", response.body);
+    let records: Vec<_> = h
+        .records()
+        .into_iter()
+        .skip(before)
+        .filter(|r| r.path.as_deref().is_some_and(|p| p.starts_with("/invoke/")))
+        .collect();
+    BatchRun {
+        wall,
+        answer: response.body,
+        invocations: records.len(),
+        subtask_invocations: records
+            .iter()
+            .filter(|r| r.path.as_deref() == Some("/invoke/worker/runSubtask"))
+            .count(),
+        billed_ms: records.iter().map(|r| r.billed_ms).sum(),
+        bytes: records
+            .iter()
+            .map(|r| r.request_bytes + r.response_bytes)
+            .sum(),
+    }
+}
+
+async fn batched_stack(profile: &str) -> fanout_tests::Harness {
+    let options =
+        fanout::stack::StackOptions::new(fanout_tests::Mode::Lambda, batched_items_binary(profile));
+    fanout_tests::Harness::start_with(options).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_per_invocation_runs_many_items_in_a_few_invocations() {
+    let h = batched_stack("debug").await;
+    let (items, batch) = (40, 10);
+    let run = run_batched(&h, items, batch, 50).await;
+    assert_eq!(
+        run.answer,
+        json!({ "items": items, "subtasks": 4, "checksum": expected_checksum(items) })
+    );
+    // Four subtask invocations, each resumed once after its round is journaled: far fewer
+    // than one per item.
+    assert!(
+        (4..=12).contains(&run.subtask_invocations),
+        "{} subtask invocations for 4 batches of 10",
+        run.subtask_invocations
+    );
+    let bad = h.run_json(&json!({ "items": 10, "batch": 0 })).await;
+    assert_eq!(bad.status, 400, "{:?}", bad.body);
+    h.stop().await;
+}
+
+/// `make bench-batches`: the same items, one per subtask invocation or K at once, on the
+/// release build of `batched_items` behind the stand-in. BATCH_ITEMS (1000), BATCH_SIZES
+/// (1,10,50) and BATCH_WORK_MS (200) set the conditions.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a benchmark: make bench-batches"]
+async fn batch_sizes_measured() {
+    let number = |name: &str, default: u64| {
+        std::env::var(name)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(default)
+    };
+    let items = number("BATCH_ITEMS", 1000);
+    let work_ms = number("BATCH_WORK_MS", 200);
+    let sizes: Vec<u64> = std::env::var("BATCH_SIZES")
+        .unwrap_or_else(|_| "1,10,50".into())
+        .split(',')
+        .filter_map(|s| s.trim().parse().ok())
+        .collect();
+    let h = batched_stack("release").await;
+    // Warm-up with one instance per item, so no size pays the instances' cold starts.
+    run_batched(&h, items, 1, work_ms).await;
+    println!(
+        "{:>6} {:>6} {:>9} {:>8} {:>10} {:>12} {:>12} {:>10}",
+        "items", "batch", "subtasks", "wall s", "lambda inv", "inv/item", "billed/item", "B/item"
+    );
+    let mut rows = Vec::new();
+    for batch in sizes {
+        let run = run_batched(&h, items, batch, work_ms).await;
+        assert_eq!(run.answer["checksum"], json!(expected_checksum(items)));
+        let per_item = |n: f64| n / items as f64;
+        println!(
+            "{:>6} {:>6} {:>9} {:>8.2} {:>10} {:>12.3} {:>10.1}ms {:>10.0}",
+            items,
+            batch,
+            run.answer["subtasks"],
+            run.wall.as_secs_f64(),
+            run.invocations,
+            per_item(run.invocations as f64),
+            per_item(run.billed_ms as f64),
+            per_item(run.bytes as f64)
+        );
+        rows.push(json!({
+            "items": items, "batch": batch, "workMs": work_ms,
+            "subtasks": run.answer["subtasks"], "wallS": run.wall.as_secs_f64(),
+            "lambdaInvocations": run.invocations, "subtaskInvocations": run.subtask_invocations,
+            "billedMs": run.billed_ms, "bytes": run.bytes,
+        }));
+    }
+    let out =
+        std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/bench-batches.json");
+    std::fs::write(&out, serde_json::to_string_pretty(&rows).unwrap()).unwrap();
+    println!("written to {}", out.display());
+    h.stop().await;
+}
