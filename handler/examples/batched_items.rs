@@ -30,6 +30,9 @@ struct Task {
     batch: u64,
     #[serde(default)]
     work_ms: u64,
+    /// Each item in a `ctx.run` of its own, one after the other: the baseline `run_all` beats.
+    #[serde(default)]
+    steps: bool,
 }
 
 fn one() -> u64 {
@@ -41,6 +44,8 @@ struct Batch {
     first: u64,
     count: u64,
     work_ms: u64,
+    #[serde(default)]
+    steps: bool,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -94,6 +99,7 @@ impl Job for BatchedItems {
                 first,
                 count: task.batch.min(task.items - first),
                 work_ms: task.work_ms,
+                steps: task.steps,
             })
             .collect())
     }
@@ -103,11 +109,26 @@ impl Job for BatchedItems {
             first,
             count,
             work_ms,
+            steps,
         } = batch;
+        let work = move |item: u64| async move {
+            tokio::time::sleep(Duration::from_millis(work_ms)).await;
+            checksum(item)
+        };
+        if steps {
+            let mut sum = 0u64;
+            for item in first..first + count {
+                let value = ctx.run(move || async move { Ok(work(item).await) }).await?;
+                sum = sum.wrapping_add(value);
+            }
+            return Ok(Summed {
+                count,
+                checksum: sum,
+            });
+        }
         let how = RunAll::new("items").concurrency(count as usize);
         let outcomes = run_all(ctx, &how, count as usize, move |i| async move {
-            tokio::time::sleep(Duration::from_millis(work_ms)).await;
-            Ok(checksum(first + i as u64))
+            Ok(work(first + i as u64).await)
         })
         .await?;
         let mut sum = 0u64;

@@ -229,12 +229,17 @@ struct BatchRun {
     bytes: usize,
 }
 
-async fn run_batched(h: &fanout_tests::Harness, items: u64, batch: u64, work_ms: u64) -> BatchRun {
+async fn run_batched(
+    h: &fanout_tests::Harness,
+    items: u64,
+    batch: u64,
+    work_ms: u64,
+    steps: bool,
+) -> BatchRun {
     let before = h.records().len();
     let started = std::time::Instant::now();
-    let response = h
-        .run_json(&json!({ "items": items, "batch": batch, "work_ms": work_ms }))
-        .await;
+    let task = json!({ "items": items, "batch": batch, "work_ms": work_ms, "steps": steps });
+    let response = h.run_json(&task).await;
     let wall = started.elapsed();
     assert_eq!(response.status, 200, "{:?}", response.body);
     let records: Vec<_> = h
@@ -269,7 +274,7 @@ async fn batched_stack(profile: &str) -> fanout_tests::Harness {
 async fn a_batch_per_invocation_runs_many_items_in_a_few_invocations() {
     let h = batched_stack("debug").await;
     let (items, batch) = (40, 10);
-    let run = run_batched(&h, items, batch, 50).await;
+    let run = run_batched(&h, items, batch, 50, false).await;
     assert_eq!(
         run.answer,
         json!({ "items": items, "subtasks": 4, "checksum": expected_checksum(items) })
@@ -307,20 +312,38 @@ async fn batch_sizes_measured() {
         .collect();
     let h = batched_stack("release").await;
     // Warm-up with one instance per item, so no size pays the instances' cold starts.
-    run_batched(&h, items, 1, work_ms).await;
+    run_batched(&h, items, 1, work_ms, false).await;
     println!(
-        "{:>6} {:>6} {:>9} {:>8} {:>10} {:>12} {:>12} {:>10}",
-        "items", "batch", "subtasks", "wall s", "lambda inv", "inv/item", "billed/item", "B/item"
+        "{:>6} {:>6} {:>8} {:>9} {:>8} {:>10} {:>12} {:>12} {:>10}",
+        "items",
+        "batch",
+        "how",
+        "subtasks",
+        "wall s",
+        "lambda inv",
+        "inv/item",
+        "billed/item",
+        "B/item"
     );
     let mut rows = Vec::new();
-    for batch in sizes {
-        let run = run_batched(&h, items, batch, work_ms).await;
+    // Every size with run_all, then the largest but one with one step per item in sequence,
+    // the way a job would write it without run_all.
+    let baseline = sizes.iter().copied().filter(|&k| k > 1).min();
+    let plan: Vec<(u64, bool)> = sizes
+        .iter()
+        .map(|&k| (k, false))
+        .chain(baseline.map(|k| (k, true)))
+        .collect();
+    for (batch, steps) in plan {
+        let run = run_batched(&h, items, batch, work_ms, steps).await;
         assert_eq!(run.answer["checksum"], json!(expected_checksum(items)));
         let per_item = |n: f64| n / items as f64;
+        let how = if steps { "steps" } else { "run_all" };
         println!(
-            "{:>6} {:>6} {:>9} {:>8.2} {:>10} {:>12.3} {:>10.1}ms {:>10.0}",
+            "{:>6} {:>6} {:>8} {:>9} {:>8.2} {:>10} {:>12.3} {:>10.1}ms {:>10.0}",
             items,
             batch,
+            how,
             run.answer["subtasks"],
             run.wall.as_secs_f64(),
             run.invocations,
@@ -329,7 +352,7 @@ async fn batch_sizes_measured() {
             per_item(run.bytes as f64)
         );
         rows.push(json!({
-            "items": items, "batch": batch, "workMs": work_ms,
+            "items": items, "batch": batch, "workMs": work_ms, "how": how,
             "subtasks": run.answer["subtasks"], "wallS": run.wall.as_secs_f64(),
             "lambdaInvocations": run.invocations, "subtaskInvocations": run.subtask_invocations,
             "billedMs": run.billed_ms, "bytes": run.bytes,
