@@ -44,7 +44,15 @@ pub async fn run(options: LocalOptions) -> Result<()> {
         stack_options.handler_env.push((name, value));
     }
     stack_options.layout = options.layout;
-    let stack = LocalStack::start(stack_options).await?;
+    // Ctrl-C while it starts (a cluster takes 10-20 s) stops what has started: dropping the
+    // half-built stack kills its processes by pid, where the default SIGINT would leave them.
+    let stack = tokio::select! {
+        stack = LocalStack::start(stack_options) => stack?,
+        _ = crate::process::stop_requested() => {
+            println!("stopped before the stack was up");
+            return Ok(());
+        }
+    };
     println!("fanout local stack is up");
     println!("  ingress:     {}", stack.ingress_url);
     println!("  admin:       {}", stack.server.admin_url);
