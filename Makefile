@@ -20,6 +20,8 @@ FANOUT                 := target/debug/fanout
 MODE           ?= lambda
 TASK           ?= get out of bed,shower,make coffee,have breakfast
 MAX_SUBTASK_MS ?= 5000
+# Restate nodes for `make local`: 1 server, or a cluster of 3 (see "Beyond one machine").
+NODES          ?= 1
 ARCH           ?= arm64
 FUNCTION       ?= fanout
 ROLE           ?=
@@ -32,7 +34,7 @@ INGRESS_URL    ?= $(or $(RESTATE_INGRESS_URL),http://localhost:8080)
 help:
 	@echo "make demo    - run the reference fan-out end to end (restate-server + local Lambda), then stop"
 	@echo "make test    - install what is missing, build, run every test"
-	@echo "make local   - the local stack until Ctrl-C (MODE=lambda|http)"
+	@echo "make local   - the local stack until Ctrl-C (MODE=lambda|http, NODES=1|3)"
 	@echo "make tools   - install restate-server $(RESTATE_SERVER_VERSION) into $(TOOLS)/"
 	@echo "make tools-aws - install cargo-lambda, moto, cfn-lint from PyPI into $(VENV)"
 	@echo "make build   - Lambda zip with cargo-lambda (ARCH=arm64|x86_64)"
@@ -113,7 +115,7 @@ demo: tools build-local
 	$(FANOUT) demo --mode $(MODE) --max-subtask-ms $(MAX_SUBTASK_MS) "$(TASK)"
 
 local: tools build-local
-	$(FANOUT) local --mode $(MODE) --max-subtask-ms $(MAX_SUBTASK_MS)
+	$(FANOUT) local --mode $(MODE) --max-subtask-ms $(MAX_SUBTASK_MS) --nodes $(NODES)
 
 test: tools tools-aws lambda-zips
 	$(CARGO) test --workspace
