@@ -111,6 +111,10 @@ struct DemoArgs {
     /// The task to fan out.
     #[arg(default_value = demo::REFERENCE_TASK)]
     description: String,
+    /// The task as a JSON file instead (e.g. the example.json of a `fanout new` crate, with
+    /// --handler its zip).
+    #[arg(long, conflicts_with = "description")]
+    input: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -570,6 +574,7 @@ async fn dispatch(command: Command) -> anyhow::Result<u8> {
                 max_subtask_ms: args.handler.max_subtask_ms,
                 unsigned: args.handler.unsigned,
                 description: args.description,
+                input: args.input,
             })
             .await?;
             Ok(0)

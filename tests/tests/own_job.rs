@@ -3,16 +3,17 @@
 //! it (the stand-in runs the zip's bootstrap, as `fanout local --handler ZIP` does), and the
 //! example in the scaffold's README gets exactly the answer the README prints, through the
 //! ingress; then `fanout deploy --register`, run in the crate's folder, deploys that zip to the
-//! stand-in's Lambda API and the new version answers the same. A second test serves the same
-//! scaffold as a debug build over HTTP.
+//! stand-in's Lambda API and the new version answers the same, and `fanout demo --handler ZIP
+//! --input example.json` runs it too. A second test serves the same scaffold as a debug build
+//! over HTTP.
 //!
 //! Cost: both builds share this workspace's target dir (`CARGO_TARGET_DIR=<checkout>/target`).
 //! The scaffold pins the checkout's Cargo.lock and uses its profiles, so the dependencies that
 //! `make lambda-zips` (release, x86_64 via cargo-lambda) and `make build-local` (debug) already
-//! compiled are reused: only fanout-handler and the scaffold itself compile, about a minute for
-//! the release build (thin LTO), seconds for the debug one, instead of several minutes each
-//! from a cold target dir. The debug/HTTP test is the cheap check of the scaffold's code; the
-//! release/Lambda test is the one that proves `fanout build` and the zip work.
+//! compiled are reused: only fanout-handler and the scaffold itself compile, 40 to 100 s for the
+//! release build (thin LTO) on two busy cores and seconds for the debug one, instead of 3 to 4
+//! minutes each from a cold target dir. The debug/HTTP test is the cheap check of the scaffold's
+//! code; the release/Lambda test is the one that proves `fanout build` and the zip work.
 
 use fanout::stack::{HandlerMode, StackOptions};
 use fanout_tests::{Harness, fanout_binary, local_aws_env};
@@ -210,6 +211,18 @@ async fn a_scaffold_built_by_fanout_build_answers_its_readme_example_on_lambda()
         "the deployed version served the run"
     );
     harness.stop().await;
+
+    // `fanout demo --handler ZIP --input example.json` from the crate's folder: the CLI's
+    // path from a zip to a running stack, with the job's own task.
+    let (ok, stdout, stderr) = run(Command::new(fanout_binary())
+        .args(["demo", "--handler"])
+        .arg(&zip)
+        .args(["--input", "example.json"])
+        .current_dir(&job.dir));
+    assert!(
+        ok && stdout.contains(&format!("Aggregated result: {}", job.response)),
+        "fanout demo failed:\n{stdout}\n{stderr}"
+    );
 
     // A zip built for the other CPU is refused with what to do, not started.
     let foreign = std::fs::read(&bootstrap).unwrap();

@@ -19,6 +19,9 @@ pub struct DemoOptions {
     pub max_subtask_ms: Option<u64>,
     /// restate-server does not sign and the handler serves any caller (`--unsigned`).
     pub unsigned: bool,
+    /// The task as a JSON file (`--input`), for a job of your own whose task is not
+    /// `{"description": …}`; `description` is then unused.
+    pub input: Option<PathBuf>,
 }
 
 pub async fn run(options: DemoOptions) -> Result<()> {
@@ -39,13 +42,23 @@ pub async fn run(options: DemoOptions) -> Result<()> {
             .handler_env
             .push(("FANOUT_MAX_SUBTASK_MS".into(), ms.to_string()));
     }
+    let (task, shown) = match &options.input {
+        Some(path) => (
+            invoke::task_from(None, Some(path))?,
+            format!("--input {}", path.display()),
+        ),
+        None => (
+            json!({ "description": options.description }),
+            format!("{:?}", options.description),
+        ),
+    };
     let stack = LocalStack::start(stack_options).await?;
-    let result = run_on(&stack, &options.description).await;
+    let result = run_on(&stack, &task, &shown).await;
     stack.stop().await;
     result
 }
 
-async fn run_on(stack: &LocalStack, description: &str) -> Result<()> {
+async fn run_on(stack: &LocalStack, task: &serde_json::Value, shown: &str) -> Result<()> {
     println!("Registered deployment {}", stack.deployment.id);
     if let Some(arn) = &stack.function_arn {
         println!("  Lambda version ARN: {arn}");
@@ -55,14 +68,13 @@ async fn run_on(stack: &LocalStack, description: &str) -> Result<()> {
         None => println!("  UNSIGNED: the handler serves any caller (--unsigned)"),
     }
     println!(
-        "\n$ fanout invoke --ingress-url {} --admin-url {} {:?}",
-        stack.ingress_url, stack.server.admin_url, description
+        "\n$ fanout invoke --ingress-url {} --admin-url {} {shown}",
+        stack.ingress_url, stack.server.admin_url
     );
     // The same path as `fanout invoke`: send, then follow with live progress.
     let endpoints = Endpoints::new(&stack.ingress_url, &stack.server.admin_url, None);
-    let task = json!({ "description": description });
     let interrupt = Interrupt::listen()?;
-    let started = invoke::send(&endpoints.ingress, &task, None)
+    let started = invoke::send(&endpoints.ingress, task, None)
         .await
         .map_err(|e| anyhow!(e.message))?;
     let id = started.invocation_id;
