@@ -316,3 +316,24 @@ fn the_node_configs_are_read_as_written() {
         );
     }
 }
+
+/// Cluster sizes that cannot survive losing a node are refused before anything starts, saying
+/// what to use instead.
+#[tokio::test]
+async fn useless_cluster_sizes_are_refused_with_a_reason() {
+    for (nodes, says) in [
+        ("2", "use --nodes 3"),
+        ("0", "at least 1"),
+        ("8", "at most 7"),
+        ("three", "takes a number of nodes"),
+    ] {
+        let run: CliRun = tokio::process::Command::new(fanout_tests::fanout_binary())
+            .args(["local", "--nodes", nodes])
+            .output()
+            .await
+            .expect("the fanout binary runs")
+            .into();
+        assert_eq!(run.code, Some(2), "--nodes {nodes}: {run:?}");
+        assert!(run.stderr.contains(says), "--nodes {nodes}: {run:?}");
+    }
+}
