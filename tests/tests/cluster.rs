@@ -254,6 +254,21 @@ async fn lambda_the_node_the_run_entered_through_dies() {
     kill_one_node_mid_fan_out(Mode::Lambda, 0).await;
 }
 
+/// The other two pairings of mode and killed node. CI runs one of each kill and each mode
+/// above (four clusters would double this file's time for no path the two do not take); run
+/// these with `cargo test -p fanout-tests --test cluster -- --ignored`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "the same paths as the two above, in the other modes"]
+async fn lambda_a_node_the_run_did_not_enter_through_dies() {
+    kill_one_node_mid_fan_out(Mode::Lambda, 2).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "the same paths as the two above, in the other modes"]
+async fn http_the_node_the_run_entered_through_dies() {
+    kill_one_node_mid_fan_out(Mode::Http, 0).await;
+}
+
 /// The recipe's keys land where restate-server 1.7.12 reads them (it ignores unknown keys, so
 /// a misspelt one would silently not apply): checked with `--dump-config` on each node's file.
 #[test]
