@@ -205,6 +205,42 @@ async fn deploy_creates_publishes_once_per_change_and_explains_failures() {
     .await;
     assert_eq!(memory.code, Some(0), "{memory:?}");
     assert!(memory.stdout.contains("published version 3"), "{memory:?}");
+
+    // One half of a split layout: the same code, serving only the executors.
+    let executor = run(vec![
+        "deploy".into(),
+        "--function-name".into(),
+        "fanout-executor".into(),
+        "--zip".into(),
+        zip_arg.into(),
+        "--role".into(),
+        role.clone(),
+        "--serve".into(),
+        "executor".into(),
+    ])
+    .await;
+    assert_eq!(executor.code, Some(0), "{executor:?}");
+    // moto routes a request to a service by the credential scope of its signature.
+    let configuration: serde_json::Value = reqwest::Client::new()
+        .get(format!(
+            "{}/2015-03-31/functions/fanout-executor/configuration",
+            moto.url
+        ))
+        .header(
+            "authorization",
+            "AWS4-HMAC-SHA256 Credential=testing/20261201/us-east-1/lambda/aws4_request, \
+             SignedHeaders=host, Signature=0",
+        )
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        configuration["Environment"]["Variables"]["FANOUT_SERVE"], "executor",
+        "{configuration}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
