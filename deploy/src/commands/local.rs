@@ -118,7 +118,9 @@ pub async fn run(options: LocalOptions) -> Result<()> {
         }
     }
     println!(
-        "\nTry: curl {}/worker/run --json '{{\"description\": \"get out of bed,shower,make coffee,have breakfast\"}}'",
+        "\nTry (the reference job's task; a job of your own takes its own, e.g. its example.json \
+         with --json @example.json): curl {}/worker/run --json '{{\"description\": \"get out of \
+         bed,shower,make coffee,have breakfast\"}}'",
         stack.ingress_url
     );
     if let Some(standin) = &stack.standin {
