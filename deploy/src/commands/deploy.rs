@@ -486,6 +486,17 @@ mod tests {
 
     const KEY: &str = "publickeyv1_ChjENKeMvCtRnqG2mrBK1HmPKufgFUc98K8B3ononQvp";
 
+    /// An existing function whose environment is `RUST_LOG=debug`.
+    fn debug_function() -> FunctionConfiguration {
+        FunctionConfiguration::builder()
+            .environment(
+                aws_sdk_lambda::types::EnvironmentResponse::builder()
+                    .variables("RUST_LOG", "debug")
+                    .build(),
+            )
+            .build()
+    }
+
     #[test]
     fn identity_keys_are_checked_and_merged_into_the_environment() {
         let bad = DeployOptions {
@@ -509,13 +520,7 @@ mod tests {
         };
         check_options(&given).unwrap();
         // No --env: the function's current environment is kept and the keys added.
-        let current = FunctionConfiguration::builder()
-            .environment(
-                aws_sdk_lambda::types::EnvironmentResponse::builder()
-                    .variables("RUST_LOG", "debug")
-                    .build(),
-            )
-            .build();
+        let current = debug_function();
         let merged = with_identity_keys(&given, Some(&current));
         let env = merged.environment.unwrap();
         assert_eq!(env.get("RUST_LOG").map(String::as_str), Some("debug"));
@@ -545,13 +550,7 @@ mod tests {
             ..options()
         };
         check_options(&executor).unwrap();
-        let current = FunctionConfiguration::builder()
-            .environment(
-                aws_sdk_lambda::types::EnvironmentResponse::builder()
-                    .variables("RUST_LOG", "debug")
-                    .build(),
-            )
-            .build();
+        let current = debug_function();
         let env = with_identity_keys(&executor, Some(&current))
             .environment
             .unwrap();
