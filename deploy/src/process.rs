@@ -2,7 +2,8 @@
 //!
 //! Every process the toolkit starts (restate-server, handler endpoints, Lambda instances) runs
 //! in a process group of its own and the whole group is killed when its handle is dropped,
-//! including when a test panics half-way, so no grandchild outlives it either.
+//! including when a test panics half-way, so no grandchild outlives it either; and each dies
+//! with its parent when that is killed outright and nothing is dropped.
 
 use anyhow::{Context, Result};
 use std::fs::File;
@@ -32,6 +33,26 @@ pub fn kill_group(pid: u32) {
     }
 }
 
+/// Makes the child that `command` starts die with this process, even when this process is
+/// killed with SIGKILL or a signal it does not handle, when no `Drop` runs: `fanout local`
+/// killed with `kill -9` must not leave restate-server on its ports. (The kernel delivers it
+/// when the thread that spawned the child exits; the toolkit spawns from its runtime's worker
+/// threads, which live as long as the runtime.)
+pub fn die_with_parent(command: &mut Command) {
+    // SAFETY: between fork and exec only async-signal-safe calls: prctl, getppid, kill, _exit.
+    let parent = std::process::id() as libc::pid_t;
+    unsafe {
+        command.pre_exec(move || {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            // The parent died before prctl took effect: nobody would ever stop this child.
+            if libc::getppid() != parent {
+                libc::_exit(1);
+            }
+            Ok(())
+        });
+    }
+}
+
 impl Managed {
     /// Starts `command` with stdout and stderr appended to `log`.
     pub fn spawn(name: &str, mut command: Command, log: &Path) -> Result<Self> {
@@ -47,6 +68,7 @@ impl Managed {
             .stderr(Stdio::from(err_file))
             .process_group(0)
             .kill_on_drop(true);
+        die_with_parent(&mut command);
         let child = command
             .spawn()
             .with_context(|| format!("cannot start {name}"))?;

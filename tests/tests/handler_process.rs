@@ -244,3 +244,27 @@ fn fanout_local_runs_the_split_layout_with_the_users_environment() {
     );
     stop_fanout_local(child, &ingress);
 }
+
+/// `fanout local` killed outright (SIGKILL: no Ctrl-C handler, no drop) takes its
+/// restate-server and the handler's instances with it, instead of leaving them on their ports.
+#[test]
+fn fanout_local_killed_outright_leaves_nothing_behind() {
+    let state = tempfile::tempdir().unwrap();
+    let (local, _, ingress) = start_fanout_local(state.path(), &[]);
+    assert_eq!(
+        run_reference(&ingress),
+        serde_json::json!({"description": "get out of bed: DONE,shower: DONE"})
+    );
+    let port: u16 = ingress.rsplit(':').next().unwrap().parse().unwrap();
+    let mut child = local.child;
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+        assert!(
+            Instant::now() < deadline,
+            "restate-server still listens on {port} 10 s after fanout local was killed"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}

@@ -449,6 +449,7 @@ impl Instance {
         if let Some(dir) = task_root(&version.binary) {
             command.current_dir(dir);
         }
+        crate::process::die_with_parent(&mut command);
         let spawned_at = Instant::now();
         let mut child = command
             .spawn()
