@@ -590,25 +590,46 @@ async fn run_one(plan: Plan) -> RunReport {
     };
 
     // Nothing of the run may be left running, suspended, backing off or paused.
-    let unfinished = h
-        .query_until(
-            "SELECT id, target, status FROM sys_invocation WHERE status <> 'completed'",
-            SETTLE,
-            |rows| rows.is_empty(),
-        )
-        .await;
-    if !unfinished.is_empty() && !matches!(verdict, Verdict::Stuck(_)) {
-        let rows: Vec<String> = unfinished
-            .iter()
-            .take(5)
-            .map(|r| format!("{} {} {}", r["id"], r["target"], r["status"]))
-            .collect();
-        verdict = Verdict::Stuck(format!(
-            "{} invocations unfinished {SETTLE:?} after the client returned ({:?}), e.g. {}",
-            unfinished.len(),
-            verdict,
-            rows.join("; ")
-        ));
+    let sql = "SELECT id, target, status FROM sys_invocation WHERE status <> 'completed'";
+    let settle_by = Instant::now() + SETTLE;
+    let unfinished = loop {
+        match h.stack.admin.query(sql).await {
+            Ok(rows) if rows.is_empty() || Instant::now() >= settle_by => break Ok(rows),
+            Err(e) if Instant::now() >= settle_by => break Err(e),
+            _ => tokio::time::sleep(Duration::from_millis(200)).await,
+        }
+    };
+    match unfinished {
+        Ok(rows) if rows.is_empty() => {}
+        Ok(rows) if !matches!(verdict, Verdict::Stuck(_)) => {
+            let some: Vec<String> = rows
+                .iter()
+                .take(5)
+                .map(|r| format!("{} {} {}", r["id"], r["target"], r["status"]))
+                .collect();
+            verdict = Verdict::Stuck(format!(
+                "{} invocations unfinished {SETTLE:?} after the client returned ({:?}), e.g. {}",
+                rows.len(),
+                verdict,
+                some.join("; ")
+            ));
+        }
+        Ok(_) => {}
+        // The server is gone: nothing injected that (restarts wait until it is healthy).
+        Err(e) => {
+            let log = h.server_log();
+            let tail: Vec<&str> = log.lines().rev().take(25).collect();
+            let tail: Vec<&str> = tail.into_iter().rev().collect();
+            verdict = Verdict::Stuck(format!(
+                "restate-server stopped answering after the run ({verdict:?}; server pid alive: \
+                 {}): {e:#}; its log ends with:\n{}",
+                h.stack
+                    .server
+                    .pid()
+                    .is_some_and(|pid| std::path::Path::new(&format!("/proc/{pid}")).exists()),
+                tail.join("\n")
+            ));
+        }
     }
 
     let handler_log = h.handler_log();
