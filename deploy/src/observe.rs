@@ -138,11 +138,11 @@ impl Progress {
 
     /// Sets the total; subtasks split off but without an invocation yet count as pending.
     pub fn with_total(mut self, total: Option<usize>) -> Self {
-        if self.total.is_none() {
-            if let Some(total) = total {
-                self.pending += total.saturating_sub(self.seen());
-                self.total = Some(total.max(self.seen()));
-            }
+        if self.total.is_none()
+            && let Some(total) = total
+        {
+            self.pending += total.saturating_sub(self.seen());
+            self.total = Some(total.max(self.seen()));
         }
         self
     }

@@ -394,10 +394,10 @@ impl LocalStack {
     /// SIGKILLs the HTTP handler (HTTP mode), a crash; it stays down until
     /// [`Self::restart_http_handler`]. Used by the fault tests.
     pub fn kill_http_handler(&mut self) {
-        if let Some(handler) = self.http_handler.take() {
-            if let Some(pid) = handler.pid() {
-                crate::process::kill_group(pid);
-            }
+        if let Some(handler) = self.http_handler.take()
+            && let Some(pid) = handler.pid()
+        {
+            crate::process::kill_group(pid);
         }
     }
 

@@ -241,10 +241,10 @@ impl Job for Chores {
         ctx: &mut Context<'_>,
         chore: Description,
     ) -> Result<Description, HandlerError> {
-        if let Some(window) = self.flaky_for {
-            if chore.description.starts_with(FLAKY_PREFIX) {
-                fail_within(ctx, window, &chore.description).await?;
-            }
+        if let Some(window) = self.flaky_for
+            && chore.description.starts_with(FLAKY_PREFIX)
+        {
+            fail_within(ctx, window, &chore.description).await?;
         }
         // A chore written `name@MS` sleeps exactly MS ms, so benchmarks can choose the order
         // in which results come back; otherwise the time is drawn from the context's seeded

@@ -220,13 +220,12 @@ impl Adapter {
         if is_discovery && parts.status.is_success() {
             body = advertise_compression(body);
         }
-        if body.len() > COMPRESS_ABOVE {
-            if let Ok(compressed) = zstd::bulk::compress(&body, 3) {
-                if compressed.len() < body.len() {
-                    body = Bytes::from(compressed);
-                    headers.insert("content-encoding".into(), "zstd".into());
-                }
-            }
+        if body.len() > COMPRESS_ABOVE
+            && let Ok(compressed) = zstd::bulk::compress(&body, 3)
+            && compressed.len() < body.len()
+        {
+            body = Bytes::from(compressed);
+            headers.insert("content-encoding".into(), "zstd".into());
         }
 
         let document = lambda_response(parts.status.as_u16(), &headers, &body);

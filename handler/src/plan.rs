@@ -291,10 +291,10 @@ impl Sink {
 
     fn put(&mut self, bytes: &[u8]) {
         self.raw += bytes.len();
-        if let Some(zstd) = &mut self.zstd {
-            if zstd.write_all(bytes).is_err() {
-                self.zstd = None;
-            }
+        if let Some(zstd) = &mut self.zstd
+            && zstd.write_all(bytes).is_err()
+        {
+            self.zstd = None;
         }
     }
 

@@ -115,7 +115,7 @@ impl Spread {
     }
 
     pub fn label(&self) -> String {
-        let bound = if self.max_ms % 1000 == 0 {
+        let bound = if self.max_ms.is_multiple_of(1000) {
             format!("0-{}s", self.max_ms / 1000)
         } else {
             format!("0-{}ms", self.max_ms)

@@ -153,16 +153,16 @@ pub async fn deploy(client: &Client, options: &DeployOptions, code: &Artifact) -
         .configuration
         .with_context(|| format!("Lambda returned no configuration for {name}"))?;
     let identity_keys = variables(&latest).remove(IDENTITY_KEYS_ENV);
-    if let Some(version) = newest_version(client, name).await? {
-        if same_code_and_configuration(&version, &latest) {
-            return Ok(Deployed {
-                version_arn: version.function_arn().unwrap_or_default().to_owned(),
-                version: version.version().unwrap_or_default().to_owned(),
-                created_function,
-                published: false,
-                identity_keys,
-            });
-        }
+    if let Some(version) = newest_version(client, name).await?
+        && same_code_and_configuration(&version, &latest)
+    {
+        return Ok(Deployed {
+            version_arn: version.function_arn().unwrap_or_default().to_owned(),
+            version: version.version().unwrap_or_default().to_owned(),
+            created_function,
+            published: false,
+            identity_keys,
+        });
     }
     let published = client
         .publish_version()
@@ -230,15 +230,15 @@ fn check_options(options: &DeployOptions) -> Result<()> {
             options.function_name
         );
     }
-    if let Some(memory) = options.memory_mb {
-        if !(128..=10_240).contains(&memory) {
-            bail!("--memory {memory} is outside Lambda's range of 128 to 10240 MB");
-        }
+    if let Some(memory) = options.memory_mb
+        && !(128..=10_240).contains(&memory)
+    {
+        bail!("--memory {memory} is outside Lambda's range of 128 to 10240 MB");
     }
-    if let Some(timeout) = options.timeout_s {
-        if !(1..=900).contains(&timeout) {
-            bail!("--timeout {timeout} is outside Lambda's range of 1 to 900 seconds");
-        }
+    if let Some(timeout) = options.timeout_s
+        && !(1..=900).contains(&timeout)
+    {
+        bail!("--timeout {timeout} is outside Lambda's range of 1 to 900 seconds");
     }
     if let Some(variables) = &options.environment {
         if let Some(bad) = variables.keys().find(|k| {
@@ -263,15 +263,15 @@ fn check_options(options: &DeployOptions) -> Result<()> {
             let value = options.environment.as_ref()?.get(SERVE_ENV)?;
             Some(("--env FANOUT_SERVE", value.as_str()))
         });
-    if let Some((given_as, value)) = serve {
-        if !matches!(value.trim(), "all" | "coordinator" | "executor") {
-            bail!("{given_as} {value:?}: use all, coordinator or executor");
-        }
+    if let Some((given_as, value)) = serve
+        && !matches!(value.trim(), "all" | "coordinator" | "executor")
+    {
+        bail!("{given_as} {value:?}: use all, coordinator or executor");
     }
-    if let Some(role) = &options.role {
-        if !(role.starts_with("arn:") && role.contains(":iam::") && role.contains(":role/")) {
-            bail!("--role {role:?} is not an IAM role ARN (arn:aws:iam::ACCOUNT:role/NAME)");
-        }
+    if let Some(role) = &options.role
+        && !(role.starts_with("arn:") && role.contains(":iam::") && role.contains(":role/"))
+    {
+        bail!("--role {role:?} is not an IAM role ARN (arn:aws:iam::ACCOUNT:role/NAME)");
     }
     Ok(())
 }

@@ -60,10 +60,11 @@ pub(crate) fn parse_function_name(
         (Some(d), Some(p)) if d != p => return Err(NameError::QualifierMismatch),
         (d, p) => d.or(p),
     };
-    if let Some(q) = qualifier {
-        if q != LATEST && !valid_name(q) {
-            return Err(NameError::Invalid(format!("invalid qualifier {q:?}")));
-        }
+    if let Some(q) = qualifier
+        && q != LATEST
+        && !valid_name(q)
+    {
+        return Err(NameError::Invalid(format!("invalid qualifier {q:?}")));
     }
     Ok(Target {
         name: name.to_owned(),
