@@ -328,3 +328,19 @@ pub fn changed_zip(zip: &std::path::Path, dir: &std::path::Path) -> PathBuf {
     assert!(status.success(), "could not write {}", out.display());
     out
 }
+
+/// Turns each `async fn NAME(mode: Mode)` of a test file into two tests, `http::NAME` and
+/// `lambda::NAME`, so every end-to-end check runs against both ways of running the handler.
+#[macro_export]
+macro_rules! in_both_modes {
+    ($($test:ident),* $(,)?) => {
+        mod http {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $test() { super::$test($crate::Mode::Http).await })*
+        }
+        mod lambda {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $test() { super::$test($crate::Mode::Lambda).await })*
+        }
+    };
+}

@@ -238,22 +238,7 @@ async fn log_lines_once_per_subtask_despite_replays(mode: Mode) {
     h.stop().await;
 }
 
-macro_rules! in_both_modes {
-    ($($test:ident),* $(,)?) => {
-        mod http {
-            use super::*;
-            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $test() { super::$test(Mode::Http).await })*
-        }
-        mod lambda {
-            use super::*;
-            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $test() { super::$test(Mode::Lambda).await })*
-        }
-    };
-}
-
-in_both_modes!(
+fanout_tests::in_both_modes!(
     reference_example,
     one_subtask,
     hundred_subtasks_all_in_flight,

@@ -340,22 +340,7 @@ async fn rotation_two_keys_serve_an_unrelated_key_is_refused(mode: Mode) {
     assert!(error.contains("401"), "{error}");
 }
 
-macro_rules! in_both_modes {
-    ($($test:ident),* $(,)?) => {
-        mod http {
-            use super::*;
-            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $test() { super::$test(Mode::Http).await })*
-        }
-        mod lambda {
-            use super::*;
-            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $test() { super::$test(Mode::Lambda).await })*
-        }
-    };
-}
-
-in_both_modes!(
+fanout_tests::in_both_modes!(
     signed_runs_succeed_and_everything_else_gets_401,
     rotation_two_keys_serve_an_unrelated_key_is_refused,
 );
