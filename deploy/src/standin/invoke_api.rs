@@ -132,36 +132,31 @@ async fn invoke(
     } else {
         None
     };
-    match fault {
-        Some(Fault::Throttle) => {
-            shared.meter.record(injected_record(
-                &request_id,
-                &function.name,
-                &version.version,
-                &payload,
-                started_at,
-                "throttled",
-            ));
-            return throttled(&request_id);
-        }
+    // A fault that refuses the invoke is metered like Lambda's own refusals, then answered.
+    let refused = match fault {
+        Some(Fault::Throttle) => Some(("throttled", throttled(&request_id))),
         Some(Fault::ServiceError) => {
-            shared.meter.record(injected_record(
-                &request_id,
-                &function.name,
-                &version.version,
-                &payload,
-                started_at,
-                "service_error",
-            ));
             let body = json!({"Type": "Service", "message": "An internal error occurred (injected by the stand-in's faults)."});
-            return lambda_error(
+            let response = lambda_error(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "ServiceException",
                 body,
                 &request_id,
             );
+            Some(("service_error", response))
         }
-        _ => {}
+        _ => None,
+    };
+    if let Some((outcome, response)) = refused {
+        shared.meter.record(injected_record(
+            &request_id,
+            &function.name,
+            &version.version,
+            &payload,
+            started_at,
+            outcome,
+        ));
+        return response;
     }
 
     let executed_version = version.version.clone();
