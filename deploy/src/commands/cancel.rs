@@ -126,7 +126,9 @@ fn still_going(report: &StatusReport) -> usize {
         .count()
 }
 
-/// Polls the run until its coordinator and every subtask it called have ended, or `timeout`.
+/// Polls the run until its coordinator and every subtask it called have ended, or `timeout`,
+/// then reads its full report once. A poll is the coordinator's row and one grouped count of
+/// its subtasks, not the per-subtask detail, which reads every call of the run's journals.
 async fn wait_until_stopped(
     endpoints: &Endpoints,
     id: &str,
@@ -135,15 +137,20 @@ async fn wait_until_stopped(
     let observer = endpoints.observer();
     let deadline = Instant::now() + timeout;
     loop {
-        let report = status::collect(&observer, id)
+        let finished = observer
+            .coordinator(id)
             .await?
-            .ok_or_else(|| anyhow::anyhow!("Restate forgot {id} while it was being cancelled"))?;
-        let stopped = report.coordinator.is_finished() && still_going(&report) == 0;
-        if stopped || Instant::now() >= deadline {
-            return Ok(report);
+            .is_some_and(|c| c.is_finished());
+        let progress = observer.progress(id, None).await?;
+        let going = progress.running + progress.retrying + progress.paused + progress.pending;
+        if (finished && going == 0) || Instant::now() >= deadline {
+            break;
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
+    status::collect(&observer, id)
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("Restate forgot {id} while it was being cancelled"))
 }
 
 fn nothing_to_cancel(id: &str, coordinator: &Coordinator, output: OutputFormat) -> u8 {
