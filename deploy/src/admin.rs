@@ -257,7 +257,7 @@ mod tests {
 
     #[tokio::test]
     async fn an_unreachable_admin_api_says_so() {
-        let port = crate::process::free_port().unwrap();
+        let port = fanout_standin::process::free_port().unwrap();
         let admin = AdminClient::new(&format!("http://127.0.0.1:{port}"), None);
         let err = admin.health().await.unwrap_err().to_string();
         assert!(err.contains("cannot reach Restate's admin API"), "{err}");

@@ -1,12 +1,12 @@
 //! # fanout (the toolkit)
 //!
-//! Everything around the handler: the local stack it runs on, the Lambda stand-in that lets the
-//! real `bootstrap` run without AWS, and the verbs of the `fanout` command line.
+//! Everything around the handler: the local stack it runs on (restate-server and the handler,
+//! over HTTP or behind the local Lambda of the `fanout-standin` crate), and the verbs of the
+//! `fanout` command line.
 //!
 //! | module | responsibility |
 //! |---|---|
 //! | [`tools`] | where restate-server and the handler binary come from |
-//! | [`process`] | child processes killed by pid when dropped; free ports |
 //! | [`restate_server`] | a real restate-server on loopback with a temp base dir |
 //! | [`restate_cluster`] | a Restate cluster of N such servers on loopback, one config file each; waits until it serves |
 //! | [`identity`] | Restate's request identity: the signing key pair, its `publickeyv1_` form |
@@ -14,7 +14,6 @@
 //! | [`admin`] | Restate's admin API: register, list, delete, SQL introspection |
 //! | [`ingress`] | Restate's ingress: start a fan-out, get its result |
 //! | [`observe`] | a fan-out's progress and per-subtask detail from SQL introspection; bar/plain display |
-//! | [`standin`] | the local Lambda: Invoke API, Runtime API, instances, metering |
 //! | [`stack`] | restate-server + handler (HTTP or Lambda) registered: the local stack |
 //! | [`report`] | per-invocation tables and summaries from the stand-in's metering |
 //! | [`commands`] | one module per CLI verb (`build`, `deploy`, `register`, `prune`, `local`, `demo`, `bench`, `invoke`, `attach`, `status`, `cancel`, `runs`) |
@@ -25,10 +24,8 @@ pub mod commands;
 pub mod identity;
 pub mod ingress;
 pub mod observe;
-pub mod process;
 pub mod report;
 pub mod restate_cluster;
 pub mod restate_server;
 pub mod stack;
-pub mod standin;
 pub mod tools;

@@ -1,6 +1,6 @@
 //! Tables and summaries of what the Lambda stand-in metered.
 
-use crate::standin::InvocationRecord;
+use fanout_standin::InvocationRecord;
 use std::fmt::Write as _;
 use std::time::Duration;
 

@@ -1,7 +1,7 @@
 //! A real restate-server on loopback: temp base dir, free ports, telemetry off, stopped by pid.
 
-use crate::process::{Managed, free_port, wait_until};
 use anyhow::{Context, Result, bail};
+use fanout_standin::process::{Managed, free_port, wait_until};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 use tokio::process::Command;
@@ -219,7 +219,7 @@ impl RestateServer {
     pub fn kill(&mut self) {
         if let Some(process) = self.process.take() {
             if let Some(pid) = process.pid() {
-                crate::process::kill_group(pid);
+                fanout_standin::process::kill_group(pid);
             }
             drop(process);
         }

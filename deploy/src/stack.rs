@@ -16,11 +16,11 @@
 
 use crate::admin::{AdminClient, Deployment, DeploymentTarget, RegisterOptions};
 use crate::identity::{IDENTITY_KEYS_ENV, PRIVATE_KEY_PEM_ENV, SigningSetup};
-use crate::process::{Managed, free_port, wait_until};
 use crate::restate_cluster::{ClusterLayout, RestateCluster, SERVE_TIMEOUT, wait_until_serving};
 use crate::restate_server::{RestateServer, ServerOptions, log_tail};
-use crate::standin::{FunctionSpec, StandIn, StandInConfig, VersionSpec};
 use anyhow::{Context, Result, bail};
+use fanout_standin::process::{Managed, free_port, wait_until};
+use fanout_standin::{FunctionSpec, StandIn, StandInConfig, VersionSpec};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 use tokio::process::Command;
@@ -397,7 +397,7 @@ impl LocalStack {
         if let Some(handler) = self.http_handler.take()
             && let Some(pid) = handler.pid()
         {
-            crate::process::kill_group(pid);
+            fanout_standin::process::kill_group(pid);
         }
     }
 

@@ -122,11 +122,11 @@ impl Harness {
     }
 
     /// What the local Lambda stand-in metered so far (Lambda mode only).
-    pub fn records(&self) -> Vec<fanout::standin::InvocationRecord> {
+    pub fn records(&self) -> Vec<fanout_standin::InvocationRecord> {
         self.standin().records()
     }
 
-    pub fn standin(&self) -> &fanout::standin::StandIn {
+    pub fn standin(&self) -> &fanout_standin::StandIn {
         self.stack
             .standin
             .as_ref()

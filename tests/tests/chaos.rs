@@ -24,7 +24,7 @@
 //! `make chaos` runs `chaos_many` (`--ignored`): `CHAOS_RUNS` runs (default 105) from
 //! `CHAOS_SEED` (default 1000). Replay one run: `CHAOS_SEED=1042 CHAOS_RUNS=1 make chaos`.
 
-use fanout::standin::FaultPlan;
+use fanout_standin::FaultPlan;
 use fanout_tests::{Harness, Mode};
 use serde_json::Value;
 use std::collections::{BTreeMap, HashMap};

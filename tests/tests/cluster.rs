@@ -135,7 +135,7 @@ async fn kill_one_node_mid_fan_out(mode: Mode, kill: usize) {
     let killed = h.stack.node_mut(kill).expect("three nodes");
     let pid = killed.pid().expect("the node runs");
     killed.kill();
-    let dead = fanout::process::wait_until(Duration::from_secs(30), || async move {
+    let dead = fanout_standin::process::wait_until(Duration::from_secs(30), || async move {
         // Gone, or a zombie until its parent reaps it.
         std::fs::read_to_string(format!("/proc/{pid}/stat"))
             .map_or(true, |stat| stat.contains(") Z "))

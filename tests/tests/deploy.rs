@@ -2,7 +2,7 @@
 //! control plane emulated) and the template against cfn-lint; the zips `fanout build` made
 //! with cargo-lambda (`make test` builds them first).
 
-use fanout::process::{Managed, free_port, wait_until};
+use fanout_standin::process::{Managed, free_port, wait_until};
 use fanout_tests::{
     changed_zip, fanout_with_env as fanout, lambda_zip as zip_for, local_aws_env as aws_env,
 };

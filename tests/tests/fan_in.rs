@@ -98,7 +98,7 @@ async fn an_unknown_strategy_is_refused_with_the_choices() {
 
 /// The most subtasks whose Lambda activity overlapped: each subtask spans from its first
 /// invocation's start to its last invocation's end, as the stand-in metered them.
-fn most_in_flight(records: &[fanout::standin::InvocationRecord]) -> usize {
+fn most_in_flight(records: &[fanout_standin::InvocationRecord]) -> usize {
     schedule(&subtask_intervals(records), usize::MAX).max_in_flight
 }
 

@@ -17,7 +17,7 @@ fn wait_for_port(port: u16) -> bool {
 
 #[test]
 fn serves_on_the_given_port_and_stops_cleanly_on_sigterm() {
-    let port = fanout::process::free_port().unwrap();
+    let port = fanout_standin::process::free_port().unwrap();
     let mut child = Command::new(handler_binary())
         .args(["--port", &port.to_string()])
         .env_remove("AWS_LAMBDA_RUNTIME_API")
@@ -26,7 +26,7 @@ fn serves_on_the_given_port_and_stops_cleanly_on_sigterm() {
         .spawn()
         .unwrap();
     assert!(wait_for_port(port), "the handler never listened on {port}");
-    fanout::process::terminate(child.id());
+    fanout_standin::process::terminate(child.id());
     let deadline = Instant::now() + Duration::from_secs(10);
     let status = loop {
         if let Some(status) = child.try_wait().unwrap() {
@@ -43,7 +43,7 @@ fn serves_on_the_given_port_and_stops_cleanly_on_sigterm() {
 
 #[test]
 fn the_port_env_var_is_honoured() {
-    let port = fanout::process::free_port().unwrap();
+    let port = fanout_standin::process::free_port().unwrap();
     let mut child = Command::new(handler_binary())
         .env("PORT", port.to_string())
         .env_remove("AWS_LAMBDA_RUNTIME_API")
@@ -168,7 +168,7 @@ fn run_reference(ingress: &str) -> serde_json::Value {
 fn stop_fanout_local(local: FanoutLocal, ingress: &str) {
     let mut child = local.child;
     let port: u16 = ingress.rsplit(':').next().unwrap().parse().unwrap();
-    fanout::process::interrupt(child.id());
+    fanout_standin::process::interrupt(child.id());
     let deadline = Instant::now() + Duration::from_secs(20);
     let status = loop {
         if let Some(status) = child.try_wait().unwrap() {

@@ -383,7 +383,7 @@ fn handler_stderr(port: u16, args: &[&str], env: &[(&str, &str)]) -> String {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
-    fanout::process::terminate(child.id());
+    fanout_standin::process::terminate(child.id());
     let _ = child.wait();
     let mut stderr = String::new();
     use std::io::Read as _;
@@ -399,7 +399,7 @@ fn handler_stderr(port: u16, args: &[&str], env: &[(&str, &str)]) -> String {
 #[test]
 fn http_mode_warns_once_without_keys_and_binds_where_told() {
     const WARNING: &str = "FANOUT_IDENTITY_KEYS is not set: anyone who can reach";
-    let port = fanout::process::free_port().unwrap();
+    let port = fanout_standin::process::free_port().unwrap();
     let unsigned = handler_stderr(port, &["--bind", "127.0.0.1"], &[]);
     assert_eq!(unsigned.matches(WARNING).count(), 1, "{unsigned}");
     assert!(
@@ -410,7 +410,7 @@ fn http_mode_warns_once_without_keys_and_binds_where_told() {
     );
 
     let key = KeyPair::generate().unwrap().public_key();
-    let port = fanout::process::free_port().unwrap();
+    let port = fanout_standin::process::free_port().unwrap();
     let signed = handler_stderr(
         port,
         &[],
@@ -430,7 +430,7 @@ fn http_mode_warns_once_without_keys_and_binds_where_told() {
 #[test]
 fn a_bound_address_is_the_only_one_served() {
     // 127.0.0.2 is loopback too: a listener on 0.0.0.0 would take it, one on 127.0.0.1 not.
-    let port = fanout::process::free_port().unwrap();
+    let port = fanout_standin::process::free_port().unwrap();
     let mut child = Command::new(handler_binary())
         .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
         .env_remove("AWS_LAMBDA_RUNTIME_API")

@@ -3,9 +3,9 @@
 
 use fanout::admin::{AdminClient, DeploymentTarget, RegisterOptions};
 use fanout::ingress::IngressClient;
-use fanout::process::free_port;
 use fanout::restate_server::{RestateServer, ServerOptions};
 use fanout_handler::{InvalidInput, Job, Worker, http_endpoint};
+use fanout_standin::process::free_port;
 use restate_sdk::prelude::*;
 use serde::{Deserialize, Serialize};
 use serde_json::json;

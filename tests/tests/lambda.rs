@@ -4,10 +4,10 @@
 
 use fanout::admin::sql_string;
 use fanout::report::{COORDINATOR_PATH, SUBTASK_PATH};
-use fanout::standin::InvocationRecord;
 use fanout_handler::chores::{Chores, Description};
 use fanout_handler::plan::{self, Estimate, PayloadBudget};
 use fanout_handler::worker::split_and_plan;
+use fanout_standin::InvocationRecord;
 use fanout_tests::{Harness, Mode, numbered_results, numbered_subtasks};
 use serde_json::{Value, json};
 use std::time::Duration;

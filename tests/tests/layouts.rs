@@ -3,7 +3,7 @@
 //! function (the bootstrap behind the stand-in) that scales on its own.
 
 use fanout::admin::{DeploymentTarget, RegisterOptions};
-use fanout::process::{Managed, free_port, wait_until};
+use fanout_standin::process::{Managed, free_port, wait_until};
 use fanout_tests::{Harness, Mode, handler_binary};
 use serde_json::json;
 use std::time::Duration;

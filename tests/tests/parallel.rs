@@ -4,10 +4,10 @@
 
 use fanout::admin::{AdminClient, DeploymentTarget, RegisterOptions, sql_string};
 use fanout::ingress::IngressClient;
-use fanout::process::free_port;
 use fanout::restate_server::{RestateServer, ServerOptions};
 use fanout_handler::parallel::{RunAll, SideEffectError, run_all};
 use fanout_handler::{InvalidInput, Job, Worker, http_endpoint};
+use fanout_standin::process::free_port;
 use restate_sdk::prelude::*;
 use serde::Deserialize;
 use serde_json::json;

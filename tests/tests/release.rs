@@ -114,7 +114,7 @@ async fn deploy_register_run_deploy_again_and_prune_only_what_is_drained() {
         .as_str()
         .expect("an invocation id")
         .to_owned();
-    let pinned = fanout::process::wait_until(Duration::from_secs(10), || {
+    let pinned = fanout_standin::process::wait_until(Duration::from_secs(10), || {
         let (h, id) = (&h, id.clone());
         async move {
             let rows = h

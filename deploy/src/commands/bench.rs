@@ -379,7 +379,7 @@ impl Ord for Ms {
 
 /// Invocations and bytes per Restate handler.
 pub fn by_handler(
-    records: &[crate::standin::InvocationRecord],
+    records: &[fanout_standin::InvocationRecord],
 ) -> std::collections::BTreeMap<String, (usize, usize)> {
     let mut totals = std::collections::BTreeMap::new();
     for r in records {
@@ -396,7 +396,7 @@ pub fn by_handler(
 }
 
 /// Each subtask's lifetime, from the records of its Lambda invocations.
-pub fn subtask_intervals(records: &[crate::standin::InvocationRecord]) -> Vec<(f64, f64)> {
+pub fn subtask_intervals(records: &[fanout_standin::InvocationRecord]) -> Vec<(f64, f64)> {
     let mut by_invocation: std::collections::HashMap<&str, (f64, f64)> = Default::default();
     for r in records {
         if r.path.as_deref() != Some(report::SUBTASK_PATH) || r.outcome == "throttled" {
@@ -460,7 +460,7 @@ pub async fn run(options: BenchOptions) -> Result<BenchReport> {
         let peak = stack
             .server
             .pid()
-            .and_then(|pid| crate::process::status_kb(pid, "VmHWM"));
+            .and_then(|pid| fanout_standin::process::status_kb(pid, "VmHWM"));
         server_peak_rss_kb = server_peak_rss_kb.max(peak);
         records.extend(
             stack
@@ -535,7 +535,10 @@ async fn measure(
                     .with_header("x-fanout-fan-in", strategy.header())
                     .with_header("x-fanout-max-concurrency", cap.to_string());
                 let before = standin.records().len();
-                let server_rss = stack.server.pid().map(crate::process::RssSampler::start);
+                let server_rss = stack
+                    .server
+                    .pid()
+                    .map(fanout_standin::process::RssSampler::start);
                 let started = Instant::now();
                 let chores = order.chores(n, spread);
                 let description = chores.join(",");
@@ -544,7 +547,8 @@ async fn measure(
                     .run(&json!({ "description": description }), None)
                     .await?;
                 let wall = started.elapsed();
-                let server_rss_kb = server_rss.and_then(crate::process::RssSampler::finish);
+                let server_rss_kb =
+                    server_rss.and_then(fanout_standin::process::RssSampler::finish);
                 if response.status != 200 {
                     bail!(
                         "the fan-out of {n} ({order:?}, {strategy:?}, cap {cap}) failed with \

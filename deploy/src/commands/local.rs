@@ -48,7 +48,7 @@ pub async fn run(options: LocalOptions) -> Result<()> {
     // half-built stack kills its processes by pid, where the default SIGINT would leave them.
     let stack = tokio::select! {
         stack = LocalStack::start(stack_options) => stack?,
-        _ = crate::process::stop_requested() => {
+        _ = fanout_standin::process::stop_requested() => {
             println!("stopped before the stack was up");
             return Ok(());
         }
@@ -139,7 +139,7 @@ pub async fn run(options: LocalOptions) -> Result<()> {
         );
     }
     println!("Ctrl-C stops everything.");
-    crate::process::stop_requested().await;
+    fanout_standin::process::stop_requested().await;
     println!("stopping…");
     stack.stop().await;
     Ok(())

@@ -1,5 +1,8 @@
-//! A local AWS Lambda: the real `bootstrap` runs unchanged, and restate-server reaches it
-//! through `AWS_ENDPOINT_URL_LAMBDA=`[`StandIn::endpoint_url`].
+//! # fanout-standin: a local AWS Lambda
+//!
+//! The real `bootstrap` runs unchanged, and restate-server (or aws-sdk-lambda, or any tool
+//! that deploys to Lambda) reaches it through `AWS_ENDPOINT_URL_LAMBDA=`[`StandIn::endpoint_url`].
+//! Nothing in it is specific to fanout: any Restate-on-Lambda project can run its handler here.
 //!
 //! - `invoke_api`: Lambda's Invoke API (`POST /2015-03-31/functions/{name}/invocations`)
 //!   with Lambda's status codes, error types and headers, plus `GET /fanout/health`,
@@ -35,6 +38,7 @@ mod invocation;
 mod invoke_api;
 mod metering;
 mod names;
+pub mod process;
 mod runtime_api;
 #[cfg(test)]
 mod tests;
