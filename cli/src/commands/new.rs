@@ -4,7 +4,7 @@
 //! work with no network) and a `main` that serves it with one call, `fanout_handler::serve`,
 //! which picks Lambda or HTTP from the environment. It depends on a fanout checkout by path,
 //! since nothing is published to crates.io: `--fanout-path`, else the checkout this `fanout`
-//! was built from. The files are templates in `deploy/templates/new/`.
+//! was built from. The files are templates in `cli/templates/new/`.
 
 use anyhow::{Context, Result, bail};
 use std::path::{Path, PathBuf};
@@ -37,7 +37,7 @@ const TEMPLATES: &[(&str, &str)] = &[
     ),
 ];
 
-/// The checkout this `fanout` was built from (the parent of the `deploy` crate).
+/// The checkout this `fanout` was built from (the parent of the `cli` crate).
 fn build_checkout() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
@@ -175,7 +175,7 @@ fn checkout(path: &Path, what: &str) -> Result<PathBuf> {
     let text = std::fs::read_to_string(&manifest).map_err(|_| {
         anyhow::anyhow!(
             "{} ({what}) is not a fanout checkout: it has no handler/Cargo.toml; give the \
-             folder of a fanout clone (the one holding handler/ and deploy/)",
+             folder of a fanout clone (the one holding handler/ and cli/)",
             path.display()
         )
     })?;
