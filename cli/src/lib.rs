@@ -16,14 +16,18 @@
 //! | [`observe`] | a fan-out's progress and per-subtask detail from SQL introspection; bar/plain display |
 //! | [`stack`] | restate-server + handler (HTTP or Lambda) registered: the local stack |
 //! | [`report`] | per-invocation tables and summaries from the stand-in's metering |
-//! | [`commands`] | one module per CLI verb (`build`, `deploy`, `register`, `prune`, `local`, `demo`, `bench`, `invoke`, `attach`, `status`, `cancel`, `runs`) |
+//! | [`exit`] | the exit codes of every verb, one table |
+//! | [`outcome`] | what the verbs that follow a run share: endpoints, output format, the outcome report |
+//! | [`commands`] | one module per CLI verb, each owning its `Args` and `run` (`build`, `deploy`, `register`, `prune`, `local`, `demo`, `bench`, `invoke`, `attach`, `status`, `cancel`, `runs`) |
 
 pub mod admin;
 pub mod aws;
 pub mod commands;
+pub mod exit;
 pub mod identity;
 pub mod ingress;
 pub mod observe;
+pub mod outcome;
 pub mod report;
 pub mod restate_cluster;
 pub mod restate_server;

@@ -68,7 +68,7 @@ impl Coordinator {
 }
 
 /// Which runs `fanout runs` lists.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum RunStatus {
     All,
     /// Not finished: running, suspended, backing off or waiting to start.

@@ -25,9 +25,12 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 use tokio::process::Command;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// How the handler runs locally.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum HandlerMode {
+    /// The handler as an HTTP endpoint.
     Http,
+    /// The handler as a Lambda bootstrap behind the local Lambda stand-in.
     Lambda,
 }
 

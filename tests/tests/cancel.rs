@@ -3,7 +3,7 @@
 //! `sys_invocation`. Through Restate's admin API and through `fanout cancel`, for every fan-in
 //! strategy, on the real server with the handler as a Lambda bootstrap.
 
-use fanout::commands::invoke::exit;
+use fanout::exit;
 use fanout_tests::{Harness, Mode};
 use serde_json::{Value, json};
 use std::time::Duration;

@@ -5,7 +5,7 @@
 //! A chore named `flaky…` fails while `FANOUT_FLAKY_MS` lasts; with one attempt and
 //! kill-at-limit, Restate gives up on it at once, so it fails for good.
 
-use fanout::commands::invoke::exit;
+use fanout::exit;
 use fanout::stack::HandlerMode;
 use fanout_tests::{Harness, Mode};
 use serde_json::{Value, json};

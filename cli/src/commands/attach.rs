@@ -2,70 +2,23 @@
 //! client, one that was killed) with the same live progress as `fanout invoke`, and print its
 //! result. Also the follow-and-report half of `fanout invoke`.
 
-use crate::admin::AdminClient;
-use crate::commands::invoke::{OutputFormat, exit};
-use crate::ingress::{IngressClient, IngressResponse, RECONNECT_WINDOW, Reconnect};
-use crate::observe::{self, Display, DisplayMode, Observer, Progress};
+use crate::commands::args::{RestateArgs, WatchArgs};
+use crate::exit;
+use crate::observe::{self, Display};
+use crate::outcome::{Endpoints, Followed, fail, fail_with, report};
 use anyhow::{Context, Result};
-use serde_json::{Value, json};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-/// Where Restate is: its ingress (to start and attach) and its admin API (to observe).
-#[derive(Clone)]
-pub struct Endpoints {
-    pub ingress: IngressClient,
-    pub admin: AdminClient,
-}
-
-impl Endpoints {
-    pub fn new(ingress_url: &str, admin_url: &str, token: Option<String>) -> Self {
-        Self {
-            ingress: IngressClient::new(ingress_url, token.clone()),
-            admin: AdminClient::new(admin_url, token),
-        }
-    }
-
-    pub fn observer(&self) -> Observer {
-        Observer::new(self.admin.clone())
-    }
-
-    /// `GET /restate/invocation/{id}/attach`: waits for the invocation's result, however long
-    /// the run takes (no client timeout).
-    pub async fn attach(&self, id: &str) -> Result<IngressResponse> {
-        self.ingress.attach(id).await
-    }
-
-    /// [`Self::attach`], re-attaching while Restate is away: the run goes on in Restate
-    /// regardless, so a restart of the server (or a proxy closing a long request) does not end
-    /// the wait; see [`crate::ingress::IngressClient::attach_until_answered`].
-    async fn attach_patiently(&self, id: &str) -> Result<IngressResponse> {
-        self.ingress
-            .attach_until_answered(id, RECONNECT_WINDOW, |event| match event {
-                Reconnect::Lost(why) => eprintln!(
-                    "lost Restate while waiting for {id} ({why}); reconnecting for up to {} min, \
-                     the run goes on in Restate",
-                    RECONNECT_WINDOW.as_secs() / 60
-                ),
-                Reconnect::Back => eprintln!("Restate is back; still waiting for {id}"),
-            })
-            .await
-    }
-}
-
-/// Whether `error` is a transport failure (connection refused, DNS, timeout) rather than an
-/// answer: those get exit code 5.
-pub fn is_unreachable(error: &anyhow::Error) -> bool {
-    error
-        .chain()
-        .any(|cause| cause.downcast_ref::<reqwest::Error>().is_some())
-}
-
-/// A followed run: Restate's answer, or `None` when the user pressed Ctrl-C.
-pub struct Followed {
-    pub invocation_id: String,
-    pub answer: Option<IngressResponse>,
-    pub progress: Progress,
-    pub elapsed: Duration,
+/// Wait for a fan-out started earlier (by id) with live progress, and print its result.
+#[derive(clap::Args)]
+#[command(after_help = exit::HELP)]
+pub struct Args {
+    /// The coordinator's invocation id (inv_…), as `fanout invoke --send` prints it.
+    id: String,
+    #[command(flatten)]
+    watch: WatchArgs,
+    #[command(flatten)]
+    restate: RestateArgs,
 }
 
 /// Ctrl-C (SIGINT), caught from the moment this is created: one pressed right after the run
@@ -113,137 +66,14 @@ pub async fn follow(
     })
 }
 
-/// Prints a followed run's outcome (stdout: the result or the JSON report; stderr: the rest)
-/// and returns the exit code.
-pub fn report(followed: &Followed, output: OutputFormat, previously_accepted: bool) -> u8 {
-    let id = &followed.invocation_id;
-    let Some(answer) = &followed.answer else {
-        let message = format!(
-            "interrupted: {id} goes on in Restate; follow it again with `fanout attach {id}`"
-        );
-        return fail(output, exit::INTERRUPTED, "interrupted", Some(id), &message);
-    };
-    let (code, outcome, error) = match answer.status {
-        200..=299 => (exit::OK, "succeeded", None),
-        404 => (
-            exit::UNKNOWN_ID,
-            "unknown",
-            Some(format!(
-                "Restate does not know {id}: check the id, and that --ingress-url points at the \
-                 Restate that ran it (finished runs are kept 24 h by default)"
-            )),
-        ),
-        401 | 403 => (
-            exit::BAD_INPUT,
-            "rejected",
-            Some(format!(
-                "Restate's ingress refused the request (HTTP {}): pass a valid token with \
-                 --token or RESTATE_AUTH_TOKEN",
-                answer.status
-            )),
-        ),
-        // The coordinator refuses bad input (400) and a fan-out that cannot finish (413)
-        // before any subtask starts; every other failure ended a run that was under way.
-        400 | 413 => (
-            exit::BAD_INPUT,
-            "rejected",
-            Some(format!(
-                "the task was rejected (HTTP {}): {}",
-                answer.status,
-                answer.message()
-            )),
-        ),
-        _ => (
-            exit::RUN_FAILED,
-            "failed",
-            Some(format!(
-                "the run failed (HTTP {}): {}; per-subtask detail: fanout status {id}",
-                answer.status,
-                answer.message()
-            )),
-        ),
-    };
-    match output {
-        OutputFormat::Json => {
-            let report = json!({
-                "invocationId": id,
-                "outcome": outcome,
-                "httpStatus": answer.status,
-                "result": if code == exit::OK { answer.body.clone() } else { Value::Null },
-                "error": error,
-                "previouslyAccepted": previously_accepted,
-                "elapsedMs": followed.elapsed.as_millis() as u64,
-                "progress": followed.progress,
-            });
-            println!("{report}");
-            if let Some(error) = &error {
-                eprintln!("error: {error}");
-            }
-        }
-        OutputFormat::Text => match &error {
-            None => {
-                println!("{}", answer.body);
-                let p = &followed.progress;
-                eprintln!(
-                    "{id}: {}/{} subtasks done in {}; per-subtask detail: fanout status {id}",
-                    p.finished(),
-                    p.total.unwrap_or(0),
-                    observe::format_duration(followed.elapsed.as_millis() as u64)
-                );
-                // A tolerant run succeeds with failures in it; say so where a user looks.
-                if let Some(failed) = answer.body["failed"].as_array().filter(|f| !f.is_empty()) {
-                    eprintln!(
-                        "{id}: {} subtask(s) failed, within what the failure policy \
-                         tolerates; each is listed under \"failed\" in the result",
-                        failed.len()
-                    );
-                }
-            }
-            Some(error) => eprintln!("error: {error}"),
-        },
-    }
-    code
-}
-
-/// Reports an error that ended a verb before or instead of a result, and returns `code`.
-pub fn fail(
-    output: OutputFormat,
-    code: u8,
-    outcome: &str,
-    invocation_id: Option<&str>,
-    message: &str,
-) -> u8 {
-    if output == OutputFormat::Json {
-        println!(
-            "{}",
-            json!({ "invocationId": invocation_id, "outcome": outcome, "error": message })
-        );
-    }
-    if code == exit::INTERRUPTED {
-        eprintln!("{message}");
-    } else {
-        eprintln!("error: {message}");
-    }
-    code
-}
-
-/// Reports an error from Restate's admin API or ingress: unreachable (5) or another error (1).
-pub fn fail_with(output: OutputFormat, invocation_id: Option<&str>, error: &anyhow::Error) -> u8 {
-    let (code, outcome) = if is_unreachable(error) {
-        (exit::UNREACHABLE, "unreachable")
-    } else {
-        (exit::OTHER, "error")
-    };
-    fail(output, code, outcome, invocation_id, &format!("{error:#}"))
-}
-
 /// `fanout attach ID`.
-pub async fn run(
-    endpoints: &Endpoints,
-    id: &str,
-    output: OutputFormat,
-    display_mode: DisplayMode,
-) -> u8 {
+pub async fn run(args: Args) -> Result<u8> {
+    Ok(attach(&args).await)
+}
+
+async fn attach(args: &Args) -> u8 {
+    let (endpoints, id) = (&args.restate.endpoints(), args.id.as_str());
+    let (output, display_mode) = (args.watch.output, args.watch.display());
     if let Err(message) = observe::check_invocation_id(id) {
         return fail(output, exit::BAD_INPUT, "rejected", None, &message);
     }

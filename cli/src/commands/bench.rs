@@ -195,6 +195,106 @@ impl Cap {
     }
 }
 
+/// Measure fan-outs of several widths on the local stack (Lambda mode) and print a table.
+#[derive(clap::Args)]
+pub struct Args {
+    /// The handler binary (default: target/release/fanout-handler, else target/debug).
+    #[arg(long, env = "FANOUT_HANDLER_BIN")]
+    handler: Option<PathBuf>,
+    /// Fan-out widths to run, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "10,100,1000")]
+    sizes: Vec<usize>,
+    /// Completion orders to run for each width, comma-separated (random, increasing, decreasing).
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "random")]
+    orders: Vec<Order>,
+    /// Caps on each run's subtasks in flight, comma-separated: a number, n (the width) or n/D
+    /// (a share of it); a cap at or above the width is run once.
+    #[arg(
+        long,
+        alias = "max-concurrency",
+        value_delimiter = ',',
+        value_parser = Cap::parse,
+        default_value = "n,n/5"
+    )]
+    caps: Vec<Cap>,
+    /// Fan-in strategies to compare, comma-separated (ledger, select-any, in-order).
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        default_value = "ledger,select-any,in-order"
+    )]
+    strategies: Vec<Strategy>,
+    /// How long subtasks take, comma-separated: 0-10s, 0-500ms, a number of ms, tail (0-1s
+    /// with 5 % of the subtasks 20 times longer) or tail:0-2s:5%x20. Each spread gets a
+    /// stack of its own.
+    #[arg(
+        long,
+        alias = "max-subtask-ms",
+        value_delimiter = ',',
+        value_parser = Spread::parse,
+        default_value = "0-1s"
+    )]
+    spreads: Vec<Spread>,
+    /// Skip the floor (the same subtasks sent straight through the ingress).
+    #[arg(long)]
+    no_floor: bool,
+    /// Skip the unmeasured warm-up before each width (the floor's subtasks once), which
+    /// starts the instances so that no row pays for cold starts the others do not.
+    #[arg(long)]
+    no_warm_up: bool,
+    /// Also write an SVG plot of invocations and bytes against N.
+    #[arg(long)]
+    plot: Option<PathBuf>,
+    /// Concurrent executions allowed to the local Lambda function.
+    #[arg(long, default_value_t = 1000)]
+    concurrency_limit: usize,
+    /// A restate-server setting for every stack, as its env var (repeatable), e.g.
+    /// --server-env RESTATE_WORKER__INVOKER__REQUEST_COMPRESSION_THRESHOLD="4 MiB".
+    #[arg(long, value_name = "KEY=VALUE", value_parser = crate::commands::args::parse_env)]
+    server_env: Vec<(String, String)>,
+    /// Measure the select-any baseline only up to this width: its coordinator replays one
+    /// call per subtask on every wake (O(N²) bytes), which takes long at 10,000.
+    #[arg(long, default_value_t = 1000)]
+    select_any_up_to: usize,
+    /// Also write the report as JSON to this file.
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+pub async fn run(args: Args) -> Result<u8> {
+    let handler_binary = match args.handler {
+        Some(path) => path,
+        None => {
+            crate::tools::handler_binary(true).or_else(|_| crate::tools::handler_binary(false))?
+        }
+    };
+    let report = bench(BenchOptions {
+        handler_binary,
+        sizes: args.sizes,
+        orders: args.orders,
+        strategies: args.strategies,
+        caps: args.caps,
+        spreads: args.spreads,
+        concurrency_limit: args.concurrency_limit,
+        server_env: args.server_env,
+        select_any_up_to: args.select_any_up_to,
+        floor: !args.no_floor,
+        warm_up: !args.no_warm_up,
+    })
+    .await?;
+    print!("{}", table(&report));
+    if let Some(path) = args.plot {
+        std::fs::write(&path, plot(&report))?;
+        println!("wrote {}", path.display());
+    }
+    if let Some(path) = args.json {
+        std::fs::write(&path, serde_json::to_string_pretty(&report)?)?;
+        println!("wrote {}", path.display());
+    }
+    Ok(crate::exit::OK)
+}
+
 pub struct BenchOptions {
     pub handler_binary: PathBuf,
     pub sizes: Vec<usize>,
@@ -430,7 +530,7 @@ pub struct BenchReport {
     pub rows: Vec<BenchRow>,
 }
 
-pub async fn run(options: BenchOptions) -> Result<BenchReport> {
+pub async fn bench(options: BenchOptions) -> Result<BenchReport> {
     if options.sizes.is_empty() || options.sizes.contains(&0) {
         bail!("--sizes needs one or more widths above 0, e.g. --sizes 10,100,1000");
     }

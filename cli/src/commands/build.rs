@@ -108,29 +108,31 @@ fn lambda_dir(root: &Path) -> PathBuf {
     root.join("target/lambda")
 }
 
+/// Build a job crate (default: the one in the current directory; here, fanout-handler) as a
+/// Lambda zip with cargo-lambda; print its path, size and SHA-256.
+///
 /// What to build: the crate in the current directory unless told otherwise, like
 /// `cargo lambda build`.
-#[derive(Debug, Clone)]
-pub struct BuildOptions {
+#[derive(Debug, Clone, clap::Args)]
+pub struct Args {
+    /// CPU architecture of the function.
+    #[arg(long, value_enum, default_value = "arm64")]
     pub arch: Arch,
-    /// The crate's (or workspace's) Cargo.toml; default: the nearest one above the current
-    /// directory.
+    /// The crate's Cargo.toml (default: the nearest above the current directory).
+    #[arg(long, value_name = "PATH")]
     pub manifest_path: Option<PathBuf>,
-    /// The package, in a workspace of several.
+    /// The package to build, in a workspace of several.
+    #[arg(long, short = 'p', value_name = "SPEC")]
     pub package: Option<String>,
-    /// The binary; needed only when there is more than one to choose from.
+    /// The binary to build; needed only when there is more than one.
+    #[arg(long, value_name = "NAME")]
     pub bin: Option<String>,
 }
 
-impl BuildOptions {
-    pub fn new(arch: Arch) -> Self {
-        Self {
-            arch,
-            manifest_path: None,
-            package: None,
-            bin: None,
-        }
-    }
+pub fn run(args: Args) -> Result<u8> {
+    let artifact = build(&args)?;
+    println!("{}", artifact.describe());
+    Ok(crate::exit::OK)
 }
 
 /// A binary a build can pick: its name and its package.
@@ -336,7 +338,7 @@ fn names(names: impl Iterator<Item = String>) -> String {
 
 /// Builds the job crate's binary as a Lambda zip with cargo-lambda; the zip lands in the
 /// crate's `target/lambda/BIN/bootstrap-ARCH.zip`.
-pub fn build(options: &BuildOptions) -> Result<Artifact> {
+pub fn build(options: &Args) -> Result<Artifact> {
     let manifest = manifest(options.manifest_path.as_deref())?;
     let meta = metadata(&manifest)?;
     let bin = pick_bin(

@@ -4,22 +4,43 @@
 //! the run's status line.
 
 use crate::admin::CancelAnswer;
-use crate::commands::attach::{Endpoints, fail, fail_with};
-use crate::commands::invoke::{OutputFormat, exit};
+use crate::commands::args::RestateArgs;
 use crate::commands::status::{self, StatusReport};
+use crate::exit;
 use crate::observe::{self, Coordinator};
+use crate::outcome::{Endpoints, OutputFormat, fail, fail_with};
 use serde_json::json;
 use std::time::{Duration, Instant};
+
+/// Cancel a fan-out: its coordinator, its lanes and its subtasks in flight; nothing more
+/// starts. Waits until nothing of it is left running, then prints its status line.
+#[derive(clap::Args)]
+#[command(after_help = HELP)]
+pub struct Args {
+    /// The coordinator's invocation id (inv_…).
+    id: String,
+    /// Return as soon as Restate has taken the cancel, without waiting for the run to stop.
+    #[arg(long)]
+    no_wait: bool,
+    /// How long to wait for the run to stop, in seconds.
+    #[arg(long, default_value_t = 60, value_name = "SECONDS")]
+    timeout: u64,
+    /// text: the run's status line; json: one object for scripts.
+    #[arg(long, value_enum, default_value = "text")]
+    output: OutputFormat,
+    #[command(flatten)]
+    restate: RestateArgs,
+}
 
 /// The coordinator's target: `fanout cancel` stops fan-outs, not arbitrary invocations.
 const RUN_TARGET: &str = "worker/run";
 
-pub struct CancelOptions {
+struct CancelOptions {
     /// Return once Restate took the cancel, without waiting for the run to stop.
-    pub no_wait: bool,
+    no_wait: bool,
     /// How long to wait for the run to stop before saying it has not.
-    pub timeout: Duration,
-    pub output: OutputFormat,
+    timeout: Duration,
+    output: OutputFormat,
 }
 
 /// The exit codes, for `--help`.
@@ -36,7 +57,16 @@ missing or invalid token
 
 /// `fanout cancel ID`: 0 once the run is cancelled and stopped; 1 when there was nothing to
 /// cancel (it had finished) or it did not stop in time; 4, 5, 6 as for the other verbs.
-pub async fn run(endpoints: &Endpoints, id: &str, options: CancelOptions) -> u8 {
+pub async fn run(args: Args) -> anyhow::Result<u8> {
+    let options = CancelOptions {
+        no_wait: args.no_wait,
+        timeout: Duration::from_secs(args.timeout),
+        output: args.output,
+    };
+    Ok(cancel(&args.restate.endpoints(), &args.id, options).await)
+}
+
+async fn cancel(endpoints: &Endpoints, id: &str, options: CancelOptions) -> u8 {
     let output = options.output;
     if let Err(message) = observe::check_invocation_id(id) {
         return fail(output, exit::BAD_INPUT, "rejected", None, &message);

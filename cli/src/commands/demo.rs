@@ -1,9 +1,11 @@
 //! `fanout demo`: the reference example end to end on the local stack through `fanout invoke`'s
 //! path (live progress, then the per-subtask table), then everything stops.
 
-use crate::commands::attach::{self, Endpoints, Interrupt};
+use crate::commands::args::HandlerArgs;
+use crate::commands::attach::{self, Interrupt};
 use crate::commands::{invoke, status};
 use crate::observe::{Display, DisplayMode};
+use crate::outcome::Endpoints;
 use crate::report;
 use crate::stack::{HandlerMode, LocalStack, RequestIdentity, StackOptions};
 use anyhow::{Result, anyhow, bail};
@@ -12,19 +14,22 @@ use std::path::PathBuf;
 
 pub const REFERENCE_TASK: &str = "get out of bed,shower,make coffee,have breakfast";
 
-pub struct DemoOptions {
-    pub mode: HandlerMode,
-    pub description: String,
-    pub handler_binary: PathBuf,
-    pub max_subtask_ms: Option<u64>,
-    /// restate-server does not sign and the handler serves any caller (`--unsigned`).
-    pub unsigned: bool,
-    /// The task as a JSON file (`--input`), for a job of your own whose task is not
-    /// `{"description": …}`; `description` is then unused.
-    pub input: Option<PathBuf>,
+/// Run the reference example end to end on a local stack, print logs and figures, stop.
+#[derive(clap::Args)]
+pub struct Args {
+    #[command(flatten)]
+    handler: HandlerArgs,
+    /// The task to fan out.
+    #[arg(default_value = REFERENCE_TASK)]
+    description: String,
+    /// The task as a JSON file instead (e.g. the example.json of a `fanout new` crate, with
+    /// --handler its zip).
+    #[arg(long, conflicts_with = "description")]
+    input: Option<PathBuf>,
 }
 
-pub async fn run(options: DemoOptions) -> Result<()> {
+pub async fn run(args: Args) -> Result<u8> {
+    let options = &args.handler;
     let mode_text = match options.mode {
         HandlerMode::Lambda => "as a Lambda function behind the local Lambda stand-in",
         HandlerMode::Http => "as an HTTP endpoint",
@@ -33,7 +38,7 @@ pub async fn run(options: DemoOptions) -> Result<()> {
         "Starting restate-server {} and fanout-handler {mode_text}…",
         crate::tools::RESTATE_SERVER_VERSION
     );
-    let mut stack_options = StackOptions::new(options.mode, options.handler_binary);
+    let mut stack_options = StackOptions::new(options.mode, options.binary()?);
     if options.unsigned {
         stack_options.identity = RequestIdentity::Unsigned;
     }
@@ -42,20 +47,20 @@ pub async fn run(options: DemoOptions) -> Result<()> {
             .handler_env
             .push(("FANOUT_MAX_SUBTASK_MS".into(), ms.to_string()));
     }
-    let (task, shown) = match &options.input {
+    let (task, shown) = match &args.input {
         Some(path) => (
             invoke::task_from(None, Some(path))?,
             format!("--input {}", path.display()),
         ),
         None => (
-            json!({ "description": options.description }),
-            format!("{:?}", options.description),
+            json!({ "description": args.description }),
+            format!("{:?}", args.description),
         ),
     };
     let stack = LocalStack::start(stack_options).await?;
     let result = run_on(&stack, &task, &shown).await;
     stack.stop().await;
-    result
+    result.map(|()| crate::exit::OK)
 }
 
 async fn run_on(stack: &LocalStack, task: &serde_json::Value, shown: &str) -> Result<()> {

@@ -4,8 +4,11 @@
 //! Idempotent: when neither the code (same `CodeSha256`) nor the configuration changed since
 //! the newest published version, nothing is published and that version is printed again.
 
+use crate::admin::{DeploymentTarget, RegisterOptions};
 use crate::aws::explain;
-use crate::commands::build::{Arch, Artifact};
+use crate::commands::args::{RestateArgs, parse_env};
+use crate::commands::build::{self, Arch, Artifact};
+use crate::commands::register;
 use crate::identity::{IDENTITY_KEYS_ENV, check_public_keys};
 use anyhow::{Context, Result, bail};
 use aws_sdk_lambda::Client;
@@ -23,6 +26,104 @@ const READY_TIMEOUT: Duration = Duration::from_secs(300);
 
 pub const DEFAULT_MEMORY_MB: i32 = 256;
 pub const DEFAULT_TIMEOUT_S: i32 = 60;
+
+/// Create or update the Lambda function, publish a version, print its ARN (and register it with
+/// --register).
+#[derive(clap::Args)]
+pub struct Args {
+    /// The Lambda function to create or update.
+    #[arg(long)]
+    function_name: String,
+    /// Execution role ARN (needed to create the function).
+    #[arg(long)]
+    role: Option<String>,
+    /// Memory in MB (128-10240; default 256 when creating).
+    #[arg(long)]
+    memory: Option<i32>,
+    /// Timeout in seconds (1-900; default 60 when creating).
+    #[arg(long)]
+    timeout: Option<i32>,
+    /// CPU architecture of the function.
+    #[arg(long, value_enum, default_value = "arm64")]
+    arch: Arch,
+    /// Environment variable of the function, KEY=VALUE (repeatable; replaces the function's
+    /// environment when given).
+    #[arg(long = "env", value_name = "KEY=VALUE", value_parser = parse_env)]
+    env: Vec<(String, String)>,
+    /// The zip to deploy (default: the one `fanout build --arch ARCH` left for the crate in
+    /// the current directory, target/lambda/BIN/bootstrap-ARCH.zip).
+    #[arg(long)]
+    zip: Option<std::path::PathBuf>,
+    /// AWS region (default: the AWS chain's, e.g. AWS_REGION).
+    #[arg(long)]
+    region: Option<String>,
+    /// Also register the published version with Restate.
+    #[arg(long)]
+    register: bool,
+    /// With --register: IAM role Restate assumes to invoke the function.
+    #[arg(long)]
+    assume_role_arn: Option<String>,
+    /// Restate's request identity public keys (publickeyv1_…, comma-separated), set as the
+    /// function's FANOUT_IDENTITY_KEYS: it then serves only requests Restate signed.
+    #[arg(long, env = "FANOUT_IDENTITY_KEYS", value_name = "KEYS")]
+    identity_keys: Option<String>,
+    /// What the function serves (its FANOUT_SERVE): all (one function, the default), or one
+    /// half of a split layout, coordinator or executor; merged into its environment.
+    #[arg(long, value_enum)]
+    serve: Option<Serve>,
+    #[command(flatten)]
+    restate: RestateArgs,
+}
+
+/// The handler's `FANOUT_SERVE` values.
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum Serve {
+    All,
+    Coordinator,
+    Executor,
+}
+
+impl Serve {
+    fn as_str(self) -> &'static str {
+        match self {
+            Serve::All => "all",
+            Serve::Coordinator => "coordinator",
+            Serve::Executor => "executor",
+        }
+    }
+}
+
+pub async fn run(args: Args) -> Result<u8> {
+    let zip = match args.zip {
+        Some(zip) => zip,
+        None => build::default_zip(args.arch)?,
+    };
+    let code = build::artifact(&zip)?;
+    let lambda = crate::aws::lambda_client(args.region.as_deref()).await?;
+    let options = DeployOptions {
+        function_name: args.function_name.clone(),
+        role: args.role,
+        memory_mb: args.memory,
+        timeout_s: args.timeout,
+        arch: args.arch,
+        environment: (!args.env.is_empty()).then(|| args.env.into_iter().collect()),
+        identity_keys: args.identity_keys,
+        serve: args.serve.map(|serve| serve.as_str().to_owned()),
+    };
+    let deployed = deploy(&lambda, &options, &code).await?;
+    println!("{}", deployed.describe(&args.function_name));
+    eprintln!("{}", deployed.identity_note());
+    if args.register {
+        let target = DeploymentTarget::Lambda {
+            arn: deployed.version_arn.clone(),
+            assume_role_arn: args.assume_role_arn,
+        };
+        let registered =
+            register::register(&args.restate.admin(), target, RegisterOptions::default()).await?;
+        print!("{}", register::describe(&registered, false));
+    }
+    Ok(crate::exit::OK)
+}
 
 #[derive(Debug, Clone)]
 pub struct DeployOptions {

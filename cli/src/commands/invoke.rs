@@ -9,12 +9,79 @@
 //! the wait re-attaches by id. Together `fanout invoke` rides out a restart of Restate and still
 //! prints the run's exact result with its usual exit code.
 
-use crate::commands::attach::{self, Endpoints, Interrupt, fail, fail_with};
+use crate::commands::args::{RestateArgs, WatchArgs};
+use crate::commands::attach::{self, Interrupt};
+use crate::exit;
 use crate::ingress::{IngressClient, IngressResponse, RECONNECT_WINDOW, Reconnect};
 use crate::observe::{Display, DisplayMode};
+use crate::outcome::{Endpoints, OutputFormat, fail, fail_with, report};
 use anyhow::{Context, Result};
 use serde_json::{Value, json};
-use std::path::Path;
+use std::path::{Path, PathBuf};
+
+/// Start a fan-out through Restate's ingress, show its progress, print its result.
+#[derive(clap::Args)]
+#[command(after_help = exit::HELP)]
+pub struct Args {
+    /// The task as a description: comma-separated subtasks.
+    description: Option<String>,
+    /// The task as a JSON file (e.g. {"description": "a,b"}).
+    #[arg(long, conflicts_with = "description")]
+    input: Option<PathBuf>,
+    /// Repeating an invoke with the same key returns the same run instead of starting another.
+    #[arg(long)]
+    idempotency_key: Option<String>,
+    /// Start the run, print its invocation id and return; `fanout attach ID` waits for it.
+    #[arg(long)]
+    send: bool,
+    /// At most this many subtasks in flight at once (default: the handler's, 1000).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    max_concurrency: Option<u32>,
+    /// How the coordinator waits: ledger (lanes keep the cap full, the coordinator wakes at
+    /// most 3 times), select-any (the coordinator keeps the cap full itself) or in-order
+    /// (default: the handler's, ledger).
+    #[arg(long, value_parser = ["ledger", "select-any", "in-order"])]
+    fan_in: Option<String>,
+    /// Let up to N subtasks (or P% of them, e.g. 10%) fail for good: the run still
+    /// aggregates, and its result lists every failure (default: the handler's, fail-fast).
+    #[arg(long, value_name = "N|P%", value_parser = parse_tolerance)]
+    tolerate_failures: Option<String>,
+    /// Succeed when at least N subtasks succeed; the result lists every failure.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..),
+          conflicts_with = "tolerate_failures")]
+    min_successful: Option<u32>,
+    /// Fail the run at its first failed subtask (the default unless the handler's
+    /// FANOUT_FAILURE_POLICY says otherwise).
+    #[arg(long, conflicts_with_all = ["tolerate_failures", "min_successful"])]
+    fail_fast: bool,
+    #[command(flatten)]
+    watch: WatchArgs,
+    #[command(flatten)]
+    restate: RestateArgs,
+}
+
+impl Args {
+    /// The run's `x-fanout-*` headers: what it asks of the handler beyond its defaults.
+    fn run_headers(&self) -> Vec<(&'static str, String)> {
+        let mut headers = Vec::new();
+        if let Some(cap) = self.max_concurrency {
+            headers.push(("x-fanout-max-concurrency", cap.to_string()));
+        }
+        if let Some(strategy) = &self.fan_in {
+            headers.push(("x-fanout-fan-in", strategy.clone()));
+        }
+        let failure_policy = match (self.fail_fast, &self.tolerate_failures, self.min_successful) {
+            (true, _, _) => Some("fail-fast".to_owned()),
+            (_, Some(tolerance), _) => Some(format!("tolerate:{tolerance}")),
+            (_, _, Some(n)) => Some(format!("min-successful:{n}")),
+            _ => None,
+        };
+        if let Some(policy) = failure_policy {
+            headers.push(("x-fanout-failure-policy", policy));
+        }
+        headers
+    }
+}
 
 /// The JSON task: from `--input FILE`, or a description string.
 pub fn task_from(description: Option<&str>, input: Option<&Path>) -> Result<Value> {
@@ -32,50 +99,13 @@ pub fn task_from(description: Option<&str>, input: Option<&Path>) -> Result<Valu
     }
 }
 
-/// Exit codes of `fanout invoke`, `attach` and `status`, documented in their `--help`.
-pub mod exit {
-    pub const OK: u8 = 0;
-    pub const OTHER: u8 = 1;
-    pub const RUN_FAILED: u8 = 3;
-    pub const BAD_INPUT: u8 = 4;
-    pub const UNREACHABLE: u8 = 5;
-    pub const UNKNOWN_ID: u8 = 6;
-    /// Ctrl-C while waiting: the run goes on (128 + SIGINT, as shells report it).
-    pub const INTERRUPTED: u8 = 130;
-
-    /// The `--help` text listing them.
-    pub const HELP: &str = "Exit codes:
-  0    success (status: the run succeeded or is still going)
-  1    other errors
-  2    a bad flag or argument (nothing was sent)
-  3    the run failed terminally (cancelled, or a subtask failed for good: the first under \
-fail-fast, one more than the failure policy tolerates otherwise)
-  4    rejected: bad input (unreadable --input, HTTP 4xx from the ingress, a task the handler \
-refused with 400/413 before any subtask started, a malformed invocation id) or a missing or \
-invalid token
-  5    Restate unreachable (connection refused, DNS, timeout) or its ingress answered 5xx; \
-once a run is started, invoke and attach ride out a restart of Restate (reconnecting for up to \
-10 min) before giving up with 5
-  6    unknown invocation id (never existed here, or past its retention)
-  130  interrupted with Ctrl-C while waiting; the run goes on, `fanout attach ID` follows it again";
-}
-
-/// How a verb prints its outcome.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum OutputFormat {
-    /// The result on stdout, progress and messages on stderr.
-    Text,
-    /// One JSON object on stdout, for scripts.
-    Json,
-}
-
-pub struct InvokeOptions {
-    pub task: Value,
-    pub idempotency_key: Option<String>,
+struct InvokeOptions {
+    task: Value,
+    idempotency_key: Option<String>,
     /// Start the run and print its invocation id, without waiting.
-    pub send_only: bool,
-    pub output: OutputFormat,
-    pub display: DisplayMode,
+    send_only: bool,
+    output: OutputFormat,
+    display: DisplayMode,
 }
 
 /// A run Restate accepted.
@@ -198,7 +228,30 @@ pub fn started_from(ingress_url: &str, response: &IngressResponse) -> Result<Sta
 }
 
 /// `fanout invoke`.
-pub async fn run(endpoints: &Endpoints, options: InvokeOptions) -> u8 {
+pub async fn run(args: Args) -> Result<u8> {
+    let output = args.watch.output;
+    let task = match task_from(args.description.as_deref(), args.input.as_deref()) {
+        Ok(task) => task,
+        Err(e) => {
+            let message = format!("{e:#}");
+            return Ok(fail(output, exit::BAD_INPUT, "rejected", None, &message));
+        }
+    };
+    let mut endpoints = args.restate.endpoints();
+    for (name, value) in args.run_headers() {
+        endpoints.ingress = endpoints.ingress.with_header(name, value);
+    }
+    let options = InvokeOptions {
+        task,
+        idempotency_key: args.idempotency_key,
+        send_only: args.send,
+        output,
+        display: args.watch.display(),
+    };
+    Ok(invoke(&endpoints, options).await)
+}
+
+async fn invoke(endpoints: &Endpoints, options: InvokeOptions) -> u8 {
     let output = options.output;
     // Before the run exists, so no Ctrl-C can leave a run without telling its id.
     let interrupt = match Interrupt::listen() {
@@ -250,7 +303,7 @@ pub async fn run(endpoints: &Endpoints, options: InvokeOptions) -> u8 {
     }
     let mut display = Display::new(options.display);
     match attach::follow(endpoints, id, &mut display, interrupt).await {
-        Ok(followed) => attach::report(&followed, output, started.previously_accepted),
+        Ok(followed) => report(&followed, output, started.previously_accepted),
         Err(e) => {
             display.abandon();
             fail_with(output, Some(id), &e)

@@ -1,56 +1,93 @@
 //! `fanout local`: the local stack, up until Ctrl-C.
 
+use crate::commands::args::{HandlerArgs, parse_env};
 use crate::stack::{HandlerMode, Layout, LocalStack, RequestIdentity, StackOptions};
 use anyhow::Result;
+use clap::ValueEnum;
 use std::path::PathBuf;
 
-pub struct LocalOptions {
-    pub mode: HandlerMode,
-    pub handler_binary: PathBuf,
-    pub state_dir: PathBuf,
-    pub max_subtask_ms: Option<u64>,
-    /// restate-server does not sign and the handler serves any caller (`--unsigned`).
-    pub unsigned: bool,
-    pub concurrency_limit: usize,
-    /// Restate nodes: 1 (a single server) or a cluster of 3 or more.
-    pub nodes: usize,
-    /// The handler's environment (`--env`), on top of what the stack sets.
-    pub env: Vec<(String, String)>,
-    pub layout: Layout,
+/// Start restate-server and the handler (as a local Lambda by default), register it, and stay
+/// up until Ctrl-C.
+#[derive(clap::Args)]
+pub struct Args {
+    #[command(flatten)]
+    handler: HandlerArgs,
+    /// Where logs and metering are kept.
+    #[arg(long, default_value = ".fanout/local")]
+    state_dir: PathBuf,
+    /// Concurrent executions allowed to the local Lambda function (429 beyond).
+    #[arg(long, default_value_t = 1000)]
+    concurrency_limit: usize,
+    /// Restate nodes: 1 runs a single restate-server; 3 (up to 7) a Restate cluster on
+    /// loopback, replication 2, which keeps serving when a node dies.
+    #[arg(long, default_value_t = 1, value_parser = parse_nodes)]
+    nodes: usize,
+    /// An environment variable for the handler (its instances on the stand-in, or its
+    /// process), as a function's configuration sets it; repeatable.
+    #[arg(long = "env", value_name = "KEY=VALUE", value_parser = parse_env)]
+    env: Vec<(String, String)>,
+    /// single: one deployment serves everything; split: the coordinator and the executors as
+    /// deployments of their own (FANOUT_SERVE), the executors in --mode.
+    #[arg(long, value_enum, default_value = "single")]
+    layout: LayoutArg,
+    /// With --layout split: how the coordinator runs (default: as --mode). `--mode lambda
+    /// --coordinator-mode http` is the coordinator on a long-running host, executors on Lambda.
+    #[arg(long, value_enum)]
+    coordinator_mode: Option<HandlerMode>,
 }
 
-pub async fn run(options: LocalOptions) -> Result<()> {
-    let mut stack_options = StackOptions::new(options.mode, options.handler_binary);
-    stack_options.state_dir = Some(options.state_dir.clone());
-    stack_options.lambda.concurrency_limit = options.concurrency_limit;
-    if options.unsigned {
+#[derive(Clone, Copy, ValueEnum)]
+enum LayoutArg {
+    Single,
+    Split,
+}
+
+fn parse_nodes(raw: &str) -> Result<usize, String> {
+    let nodes = raw
+        .parse()
+        .map_err(|_| format!("--nodes takes a number of nodes (1, or 3 to 7), not {raw:?}"))?;
+    crate::restate_cluster::check_nodes(nodes)?;
+    Ok(nodes)
+}
+
+pub async fn run(args: Args) -> Result<u8> {
+    let handler = &args.handler;
+    let mut stack_options = StackOptions::new(handler.mode, handler.binary()?);
+    stack_options.state_dir = Some(args.state_dir.clone());
+    stack_options.lambda.concurrency_limit = args.concurrency_limit;
+    if handler.unsigned {
         stack_options.identity = RequestIdentity::Unsigned;
     }
-    stack_options.nodes = options.nodes;
-    if options.nodes > 1 {
+    stack_options.nodes = args.nodes;
+    if args.nodes > 1 {
         println!(
             "starting a {}-node Restate cluster; it serves once partition leaders are elected, \
              10-20 s from now…",
-            options.nodes
+            args.nodes
         );
     }
-    if let Some(ms) = options.max_subtask_ms {
+    if let Some(ms) = handler.max_subtask_ms {
         stack_options
             .handler_env
             .push(("FANOUT_MAX_SUBTASK_MS".into(), ms.to_string()));
     }
-    for (name, value) in options.env {
+    for (name, value) in args.env {
         stack_options.handler_env.retain(|(k, _)| *k != name);
         stack_options.handler_env.push((name, value));
     }
-    stack_options.layout = options.layout;
+    stack_options.layout = match args.layout {
+        LayoutArg::Single => Layout::Single,
+        LayoutArg::Split => Layout::Split {
+            coordinator: args.coordinator_mode.unwrap_or(handler.mode),
+        },
+    };
     // Ctrl-C while it starts (a cluster takes 10-20 s) stops what has started: dropping the
     // half-built stack kills its processes by pid, where the default SIGINT would leave them.
     let stack = tokio::select! {
         stack = LocalStack::start(stack_options) => stack?,
         _ = fanout_standin::process::stop_requested() => {
             println!("stopped before the stack was up");
-            return Ok(());
+            return Ok(crate::exit::OK);
         }
     };
     println!("fanout local stack is up");
@@ -142,5 +179,5 @@ pub async fn run(options: LocalOptions) -> Result<()> {
     fanout_standin::process::stop_requested().await;
     println!("stopping…");
     stack.stop().await;
-    Ok(())
+    Ok(crate::exit::OK)
 }

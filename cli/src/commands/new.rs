@@ -42,14 +42,24 @@ fn build_checkout() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
-#[derive(Debug, Clone)]
-pub struct NewOptions {
-    /// Where the crate goes; must not exist, or be empty.
+/// Create a job crate of your own in DIR: one job and a main that serves it, to build with
+/// `fanout build` and run with `fanout local --handler`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Args {
+    /// The folder to create (it must not exist, or be empty); its name names the crate.
     pub dir: PathBuf,
-    /// The package (and binary) name; default: the folder's name.
+    /// The crate's name (default: the folder's).
+    #[arg(long)]
     pub name: Option<String>,
-    /// The fanout checkout to depend on.
+    /// The fanout checkout to depend on by path (default: the one this fanout was built from).
+    #[arg(long, value_name = "PATH")]
     pub fanout_path: Option<PathBuf>,
+}
+
+pub fn run(args: Args) -> Result<u8> {
+    let created = new(&args)?;
+    print!("{}", created.describe());
+    Ok(crate::exit::OK)
 }
 
 /// What `fanout new` made.
@@ -99,7 +109,7 @@ impl Created {
 }
 
 /// Writes the crate.
-pub fn new(options: &NewOptions) -> Result<Created> {
+pub fn new(options: &Args) -> Result<Created> {
     let dir = &options.dir;
     let name = match &options.name {
         Some(name) => name.clone(),
@@ -249,7 +259,7 @@ mod tests {
     #[test]
     fn a_crate_is_written_and_an_occupied_folder_refused() {
         let temp = tempfile::tempdir().unwrap();
-        let options = NewOptions {
+        let options = Args {
             dir: temp.path().join("wordcount"),
             name: None,
             fanout_path: None,
@@ -265,7 +275,7 @@ mod tests {
         );
         let again = new(&options).unwrap_err().to_string();
         assert!(again.contains("already exists and is not empty"), "{again}");
-        let bad = NewOptions {
+        let bad = Args {
             dir: temp.path().join("other"),
             name: None,
             fanout_path: Some(temp.path().to_path_buf()),

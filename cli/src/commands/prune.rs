@@ -8,9 +8,38 @@
 
 use crate::admin::{AdminClient, sql_string};
 use crate::aws::{VersionArn, explain};
+use crate::commands::args::RestateArgs;
 use anyhow::Result;
 use serde_json::Value;
 use std::fmt::Write as _;
+
+/// Remove old versions (Restate deployment, then Lambda version) once nothing is pinned to them.
+#[derive(clap::Args)]
+pub struct Args {
+    /// The Lambda function whose old versions to remove.
+    #[arg(long)]
+    function_name: String,
+    /// Print the plan without changing anything.
+    #[arg(long)]
+    dry_run: bool,
+    /// AWS region (default: the AWS chain's).
+    #[arg(long)]
+    region: Option<String>,
+    #[command(flatten)]
+    restate: RestateArgs,
+}
+
+pub async fn run(args: Args) -> Result<u8> {
+    let admin = args.restate.admin();
+    let lambda = crate::aws::lambda_client(args.region.as_deref()).await?;
+    let scope = scope(&lambda, &args.function_name).await?;
+    let entries = plan(&admin, &args.function_name, scope.as_ref()).await?;
+    if !args.dry_run {
+        apply(&admin, &lambda, &args.function_name, &entries).await?;
+    }
+    print!("{}", describe(&entries, args.dry_run));
+    Ok(crate::exit::OK)
+}
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Action {

@@ -1,7 +1,52 @@
 //! `fanout register`: tell Restate about a published Lambda version (or an HTTP endpoint).
 
 use crate::admin::{AdminClient, Deployment, DeploymentTarget, RegisterOptions};
+use crate::commands::args::RestateArgs;
 use anyhow::{Result, bail};
+
+/// Register a published Lambda version (or an HTTP endpoint) with Restate.
+#[derive(clap::Args)]
+pub struct Args {
+    /// The published Lambda version ARN (arn:aws:lambda:REGION:ACCOUNT:function:NAME:VERSION).
+    #[arg(long, required_unless_present = "uri", conflicts_with = "uri")]
+    arn: Option<String>,
+    /// An HTTP endpoint instead of Lambda (e.g. http://localhost:9080).
+    #[arg(long)]
+    uri: Option<String>,
+    /// IAM role Restate assumes to invoke the function.
+    #[arg(long)]
+    assume_role_arn: Option<String>,
+    /// Replace a deployment with the same endpoint.
+    #[arg(long, conflicts_with = "breaking")]
+    force: bool,
+    /// Accept breaking changes to existing services.
+    #[arg(long)]
+    breaking: bool,
+    /// Show what would be registered without registering.
+    #[arg(long)]
+    dry_run: bool,
+    #[command(flatten)]
+    restate: RestateArgs,
+}
+
+pub async fn run(args: Args) -> Result<u8> {
+    let target = match (args.arn, args.uri) {
+        (Some(arn), _) => DeploymentTarget::Lambda {
+            arn,
+            assume_role_arn: args.assume_role_arn,
+        },
+        (None, Some(uri)) => DeploymentTarget::Http { uri },
+        (None, None) => bail!("give the deployment to register: --arn ARN or --uri URL"),
+    };
+    let options = RegisterOptions {
+        force: args.force,
+        breaking: args.breaking,
+        dry_run: args.dry_run,
+    };
+    let deployment = register(&args.restate.admin(), target, options).await?;
+    print!("{}", describe(&deployment, args.dry_run));
+    Ok(crate::exit::OK)
+}
 
 /// Checks that `arn` names a published Lambda version or alias.
 ///

@@ -2,33 +2,41 @@
 //! id, when it started and finished, its width, its status and how many subtasks are done and
 //! failed. `fanout status ID` then shows one of them subtask by subtask.
 
-use crate::commands::attach::{Endpoints, fail_with};
-use crate::commands::invoke::{OutputFormat, exit};
+use crate::commands::args::RestateArgs;
+use crate::exit;
 use crate::observe::{RunStatus, RunSummary};
+use crate::outcome::{OutputFormat, fail_with};
 use serde_json::json;
 use std::fmt::Write as _;
 
-pub struct RunsOptions {
-    pub status: RunStatus,
-    pub limit: usize,
-    pub output: OutputFormat,
+/// List the most recent fan-outs: id, started, finished, width, status, done and failed.
+#[derive(clap::Args)]
+pub struct Args {
+    /// Only runs in this state.
+    #[arg(long, value_enum, default_value = "all")]
+    status: RunStatus,
+    /// At most this many, newest first.
+    #[arg(long, default_value_t = 20)]
+    limit: usize,
+    /// text: a table; json: one object for scripts.
+    #[arg(long, value_enum, default_value = "text")]
+    output: OutputFormat,
+    #[command(flatten)]
+    restate: RestateArgs,
 }
 
 /// `fanout runs`: 0 with the list (empty or not), 5 when Restate is unreachable, 1 otherwise.
-pub async fn run(endpoints: &Endpoints, options: RunsOptions) -> u8 {
-    let runs = match endpoints
-        .observer()
-        .runs(options.status, options.limit)
-        .await
-    {
+pub async fn run(args: Args) -> anyhow::Result<u8> {
+    let endpoints = args.restate.endpoints();
+    let runs = match endpoints.observer().runs(args.status, args.limit).await {
         Ok(runs) => runs,
-        Err(e) => return fail_with(options.output, None, &e),
+        Err(e) => return Ok(fail_with(args.output, None, &e)),
     };
-    match options.output {
+    match args.output {
         OutputFormat::Json => println!("{}", json!({ "runs": runs })),
         OutputFormat::Text if runs.is_empty() => eprintln!(
             "no runs{} on Restate at {}",
-            match options.status {
+            match args.status {
                 RunStatus::All => "",
                 _ => " with that status",
             },
@@ -36,7 +44,7 @@ pub async fn run(endpoints: &Endpoints, options: RunsOptions) -> u8 {
         ),
         OutputFormat::Text => print!("{}", table(&runs)),
     }
-    exit::OK
+    Ok(exit::OK)
 }
 
 /// One line per run, newest first.

@@ -2,10 +2,24 @@
 //! status, attempts, duration, last error) and a summary, from Restate's introspection. Works
 //! while the run is going and after it finished.
 
-use crate::commands::attach::{fail, fail_with};
-use crate::commands::invoke::{OutputFormat, exit};
+use crate::commands::args::RestateArgs;
+use crate::exit;
 use crate::observe::{self, Coordinator, Observer, Subtask, Totals};
+use crate::outcome::{OutputFormat, fail, fail_with};
 use serde_json::json;
+
+/// Show every subtask of a fan-out: status, attempts, duration, last error.
+#[derive(clap::Args)]
+#[command(after_help = exit::HELP)]
+pub struct Args {
+    /// The coordinator's invocation id (inv_…).
+    id: String,
+    /// text: a table and a summary line; json: one object for scripts.
+    #[arg(long, value_enum, default_value = "text")]
+    output: OutputFormat,
+    #[command(flatten)]
+    restate: RestateArgs,
+}
 
 /// What `fanout status` found.
 pub struct StatusReport {
@@ -53,7 +67,12 @@ pub async fn collect(observer: &Observer, id: &str) -> anyhow::Result<Option<Sta
 }
 
 /// `fanout status ID`: exit 0 while the run goes on or after it succeeded, 3 when it failed.
-pub async fn run(observer: &Observer, admin_url: &str, id: &str, output: OutputFormat) -> u8 {
+pub async fn run(args: Args) -> anyhow::Result<u8> {
+    let observer = args.restate.endpoints().observer();
+    Ok(status(&observer, &args.restate.admin_url, &args.id, args.output).await)
+}
+
+async fn status(observer: &Observer, admin_url: &str, id: &str, output: OutputFormat) -> u8 {
     if let Err(message) = observe::check_invocation_id(id) {
         return fail(output, exit::BAD_INPUT, "rejected", None, &message);
     }
