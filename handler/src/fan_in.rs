@@ -47,6 +47,7 @@
 
 use crate::job::SubtaskFailure;
 use crate::payload::Payload;
+use crate::source::Sink;
 use restate_sdk::prelude::TerminalError;
 use serde::{Deserialize, Serialize};
 use std::sync::OnceLock;
@@ -64,7 +65,7 @@ pub const HAND_OVER_AFTER: usize = 2 * LANE_WIDTH;
 pub const DRAIN_LANE_WIDTH: usize = 128;
 
 /// The header on a lane's call to `runSubtask` that gives the subtask's position in the task.
-pub const INDEX_HEADER: &str = "x-fanout-index";
+pub const INDEX_HEADER: &str = fanout_contract::headers::INDEX;
 
 /// A subtask (or its outcome) with its position in the whole task.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -95,6 +96,10 @@ pub struct Run {
     pub total: usize,
     /// How many of the run's subtasks may fail (0: fail-fast).
     pub tolerated: usize,
+    /// A run of items from S3 ([`crate::source`]): lanes read their grants from the items
+    /// object and write their outcomes as parts, and the ledger keeps counts only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sink: Option<Sink>,
 }
 
 /// One lane invocation, as `worker/runShard` receives it.
@@ -106,6 +111,10 @@ pub struct Lane<S> {
     pub window: usize,
     /// Claimed subtasks not started yet, in index order.
     pub pending: Vec<Indexed<S>>,
+    /// Items `[start, end)` granted to the lane and not read yet (a run from a source): the
+    /// lane reads them from the items object before it starts any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unread: Option<(usize, usize)>,
     /// Calls started by an earlier invocation of this lane.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub in_flight: Vec<InFlight>,
@@ -160,6 +169,10 @@ pub fn low_water(window: usize) -> usize {
 pub struct ClaimRequest {
     pub lane: usize,
     pub window: usize,
+    /// Grant a range of indexes, not inputs: the lane reads the items itself (a run from a
+    /// source, whose ledger holds no inputs).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub range: bool,
 }
 
 /// The ledger's answer to a claim.
@@ -167,6 +180,9 @@ pub struct ClaimRequest {
 pub struct Claim<S> {
     /// The next subtasks in index order; empty when none are left.
     pub subtasks: Vec<Indexed<S>>,
+    /// For a ranged claim: the next indexes `[start, end)`; none when none are left.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub range: Option<(usize, usize)>,
     /// The run already failed: stop and cancel what is in flight.
     pub closed: bool,
 }
@@ -200,6 +216,14 @@ pub struct Gathered<O> {
     pub outcomes: Vec<Indexed<O>>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub failures: Vec<SubtaskFailure>,
+    /// Outcomes that succeeded and were written elsewhere (a run's results object in S3):
+    /// counted, not carried.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub elsewhere: usize,
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
 }
 
 impl<O> Default for Gathered<O> {
@@ -207,13 +231,14 @@ impl<O> Default for Gathered<O> {
         Self {
             outcomes: Vec::new(),
             failures: Vec::new(),
+            elsewhere: 0,
         }
     }
 }
 
 impl<O> Gathered<O> {
     pub fn len(&self) -> usize {
-        self.outcomes.len() + self.failures.len()
+        self.outcomes.len() + self.failures.len() + self.elsewhere
     }
 
     pub fn is_empty(&self) -> bool {
@@ -256,12 +281,13 @@ impl<O> Gathered<O> {
     pub fn append(&mut self, other: Self) {
         self.outcomes.extend(other.outcomes);
         self.failures.extend(other.failures);
+        self.elsewhere += other.elsewhere;
     }
 
     /// Every subtask's outcome in index order, each failure at its index.
     pub fn into_results(mut self) -> Vec<Result<O, SubtaskFailure>> {
         self.sort();
-        let total = self.len();
+        let total = self.outcomes.len() + self.failures.len();
         let mut outcomes = self.outcomes.into_iter().map(|o| o.item);
         let mut failures = self.failures.into_iter().peekable();
         (0..total)
@@ -384,10 +410,12 @@ mod tests {
         let mut all = Gathered {
             outcomes: vec![at(2, "c"), at(0, "a")],
             failures: vec![failure(5)],
+            elsewhere: 0,
         };
         all.append(Gathered {
             outcomes: vec![at(4, "e")],
             failures: vec![failure(3), failure(1)],
+            elsewhere: 0,
         });
         let results = all.into_results();
         assert_eq!(results.len(), 6);
@@ -400,6 +428,7 @@ mod tests {
         let ordered = Gathered {
             outcomes: vec![at(1, "b"), at(0, "a")],
             failures: vec![],
+            elsewhere: 0,
         };
         assert_eq!(ordered.into_outcomes(), vec!["a", "b"]);
     }
@@ -466,6 +495,7 @@ mod tests {
         let none: Gathered<u8> = Gathered {
             outcomes: vec![Indexed { index: 0, item: 1 }],
             failures: vec![],
+            elsewhere: 0,
         };
         assert_eq!(
             serde_json::to_string(&none).unwrap(),

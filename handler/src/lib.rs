@@ -13,6 +13,7 @@
 //! | [`fan_in`] | the fan-in ledger: lanes that keep the cap full and the ledger that wakes the coordinator once |
 //! | [`worker`] | the Restate service `worker` with `run` and `runSubtask` (or, split by `FANOUT_SERVE`, `executor/runSubtask` apart), generic over the job |
 //! | [`policy`] | how a run behaves: fan-in strategy, concurrency cap, failure policy, retries |
+//! | [`source`] | items from S3 and results to S3 (`worker/runItems`): the scan, ranged reads, result parts and their merge |
 //! | [`plan`] | the journal planner: refuses a fan-out whose journal cannot fit Lambda's payload limit |
 //! | [`payload`] | JSON on the wire with errors that say what was wrong |
 //! | [`parallel`] | several side effects at once inside one invocation, each outcome journaled (`run_all`) |
@@ -35,6 +36,7 @@ pub mod payload;
 pub mod plan;
 pub mod policy;
 pub mod serve;
+pub mod source;
 pub mod worker;
 
 pub use chores::Chores;

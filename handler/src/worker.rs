@@ -16,6 +16,8 @@ use crate::policy::{
     DEFAULT_MAX_CONCURRENCY, FailurePolicy, FanInStrategy, MAX_CONCURRENCY_HEADER, SubtaskRetry,
     parse_max_concurrency,
 };
+use crate::source::{self, ItemsRequest, ItemsSummary, S3Location, Sink};
+use fanout_contract::names;
 use restate_sdk::context::macro_support::SealedDurableFuture;
 use restate_sdk::context::{Request, RequestTarget};
 use restate_sdk::prelude::*;
@@ -23,45 +25,10 @@ use std::collections::VecDeque;
 use std::marker::PhantomData;
 use std::sync::Arc;
 
-/// What one deployment of the handler serves: the whole worker, or one side of a split in
-/// which the executors are a deployment (a Lambda function) of their own, sized and scaled
-/// apart from the coordinator.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Serve {
-    /// `worker` with `run` and `runSubtask`: the reference contract, one deployment.
-    All,
-    /// `worker/run` and the fan-in machinery; subtasks go to `executor/runSubtask`.
-    Coordinator,
-    /// Only `executor/runSubtask`.
-    Executor,
-}
-
-impl Serve {
-    pub const ENV: &str = "FANOUT_SERVE";
-
-    pub fn parse(raw: &str) -> Result<Self, String> {
-        match raw.trim() {
-            "all" => Ok(Self::All),
-            "coordinator" => Ok(Self::Coordinator),
-            "executor" => Ok(Self::Executor),
-            other => Err(format!(
-                "{other:?} is not a layout; use all (one deployment), coordinator or executor \
-                 (the two halves of a split)"
-            )),
-        }
-    }
-
-    /// The service whose `runSubtask` the coordinator calls.
-    fn executor_service(self) -> &'static str {
-        match self {
-            Self::All => "worker",
-            Self::Coordinator | Self::Executor => EXECUTOR_SERVICE,
-        }
-    }
-}
+pub use fanout_contract::layout::Serve;
 
 /// The executors' own service in a split layout.
-pub const EXECUTOR_SERVICE: &str = "executor";
+pub const EXECUTOR_SERVICE: &str = names::EXECUTOR;
 
 /// The fan-out worker for a job `J`.
 pub struct Worker<J> {
@@ -101,19 +68,28 @@ impl<J: Job> Worker<J> {
 
     /// The run's failure policy, refused up front if the job cannot aggregate failures.
     fn failure_policy(&self, ctx: &Context<'_>) -> Result<FailurePolicy, TerminalError> {
-        let refuse = |message: String| TerminalError::new_with_code(400, message);
-        let policy = match ctx.headers().get(FailurePolicy::HEADER) {
-            None => self.failure_policy,
-            Some(raw) => FailurePolicy::parse(raw)
-                .map_err(|e| refuse(format!("{}: {e}", FailurePolicy::HEADER)))?,
-        };
+        let policy = self.requested_failure_policy(ctx)?;
         if !policy.is_fail_fast() && !self.job.tolerates_failures() {
-            return Err(refuse(format!(
-                "failure policy {policy}: this job cannot aggregate failed subtasks \
-                 (Job::tolerates_failures is false); run it fail-fast"
-            )));
+            return Err(TerminalError::new_with_code(
+                400,
+                format!(
+                    "failure policy {policy}: this job cannot aggregate failed subtasks \
+                     (Job::tolerates_failures is false); run it fail-fast"
+                ),
+            ));
         }
         Ok(policy)
+    }
+
+    /// The run's failure policy as its header or the handler sets it. A run of items needs no
+    /// more: its failed items are written in place, not aggregated.
+    fn requested_failure_policy(&self, ctx: &Context<'_>) -> Result<FailurePolicy, TerminalError> {
+        match ctx.headers().get(FailurePolicy::HEADER) {
+            None => Ok(self.failure_policy),
+            Some(raw) => FailurePolicy::parse(raw).map_err(|e| {
+                TerminalError::new_with_code(400, format!("{}: {e}", FailurePolicy::HEADER))
+            }),
+        }
     }
 
     /// How Restate retries `runSubtask` (published in the deployment's discovery manifest).
@@ -173,7 +149,7 @@ impl<J: Job> Worker<J> {
             return Endpoint::builder().bind(
                 Executor(Arc::clone(&self.job))
                     .into_service_definition()
-                    .options(ServiceOptions::new().handler("runSubtask", subtask)),
+                    .options(ServiceOptions::new().handler(names::RUN_SUBTASK, subtask)),
             );
         }
         // A coordinator's own runSubtask only refuses (see `run_subtask`); private, so the
@@ -186,8 +162,8 @@ impl<J: Job> Worker<J> {
             .bind(
                 self.into_service_definition().options(
                     ServiceOptions::new()
-                        .handler("runShard", internal())
-                        .handler("runSubtask", own_subtask),
+                        .handler(names::RUN_SHARD, internal())
+                        .handler(names::RUN_SUBTASK, own_subtask),
                 ),
             )
             // Lazy state: a claim or a record loads only the keys it touches, not every input
@@ -242,7 +218,7 @@ impl<J: Job> Worker<J> {
         ctx: Context<'_>,
         task: Payload<J::Task>,
     ) -> Result<Payload<J::Output>, HandlerError> {
-        let log = InvocationLog::new("worker/run", ctx.invocation_id());
+        let log = InvocationLog::new(names::RUN_TARGET, ctx.invocation_id());
         let job = Arc::clone(&self.job);
         let budget = self.budget;
         // How the run behaves comes from its headers: checked before anything is journaled.
@@ -258,7 +234,7 @@ impl<J: Job> Worker<J> {
                     .map_err(|e| TerminalError::new_with_code(e.code, e.message))?;
                 Ok(Payload(subtasks))
             })
-            .name("split task")
+            .name(names::SPLIT_STEP)
             .await?;
 
         let width = subtasks.len();
@@ -302,6 +278,7 @@ impl<J: Job> Worker<J> {
                         awakeable,
                         total: width,
                         tolerated,
+                        sink: None,
                     },
                     windows: fan_in::windows(width, cap),
                     subtasks,
@@ -339,6 +316,83 @@ impl<J: Job> Worker<J> {
         Ok(Payload(output))
     }
 
+    /// A fan-out of items from S3 with its results written to S3 (see [`crate::source`]):
+    /// neither passes through this journal, which holds the scan's count and ETag and the
+    /// summary whatever the width. Always the ledger strategy, so the coordinator wakes at
+    /// most three times.
+    #[handler(name = "runItems")]
+    async fn run_items(
+        &self,
+        ctx: Context<'_>,
+        request: Payload<ItemsRequest>,
+    ) -> Result<Payload<ItemsSummary>, HandlerError> {
+        let log = InvocationLog::new("worker/runItems", ctx.invocation_id());
+        let refuse = |message: String| TerminalError::new_with_code(400, message);
+        if let Some(raw) = ctx.headers().get(FanInStrategy::HEADER)
+            && self.strategy(&ctx)? != FanInStrategy::Ledger
+        {
+            return Err(refuse(format!(
+                "{}: {raw:?}: a run of items always waits through the ledger (its outcomes \
+                 never pass through the coordinator); drop the header",
+                FanInStrategy::HEADER
+            ))
+            .into());
+        }
+        let cap = self.max_concurrency(&ctx)?;
+        let policy = self.requested_failure_policy(&ctx)?;
+        let ItemsRequest { items, results } = request.0;
+        let items = S3Location::parse("items", &items).map_err(refuse)?;
+        let results = S3Location::parse("results", &results).map_err(refuse)?;
+        if items == results {
+            return Err(refuse(format!(
+                "items and results are both {items}: the results would replace the items; \
+                 give the results another key"
+            ))
+            .into());
+        }
+        let ledger = ctx.invocation_id().to_owned();
+        let mut sink = Sink::new(items, results, &ledger);
+
+        // Every line is checked before any subtask starts; only the count and the ETag are
+        // journaled, the offsets go to the index object.
+        let scanning = sink.clone();
+        let Payload(scanned) = ctx
+            .run(|| async move { Ok(Payload(source::scan::<J::Subtask>(&scanning).await?)) })
+            .name("scan items")
+            .await?;
+        sink.etag = scanned.etag;
+        let width = scanned.count;
+        let tolerated = policy.tolerated(width).map_err(|e| {
+            TerminalError::new_with_code(400, format!("{}: {e}", FailurePolicy::HEADER))
+        })?;
+        let (awakeable, all_reported) = ctx.awakeable::<Payload<ItemsSummary>>();
+        let plan = fan_in::Plan::<J::Subtask> {
+            run: fan_in::Run {
+                ledger: ledger.clone(),
+                awakeable,
+                total: width,
+                tolerated,
+                sink: Some(sink),
+            },
+            windows: fan_in::windows(width, cap),
+            subtasks: Vec::new(),
+        };
+        ctx.object_client::<FanInClient<J>>(ledger.clone())
+            .start(Payload(plan))
+            .send();
+        if let Err(cancelled) = done_unless_cancelled(&all_reported).await {
+            log.info(format_args!("Run cancelled: stopping its lanes"));
+            ctx.object_client::<FanInClient<J>>(ledger).cancel().send();
+            return Err(cancelled.into());
+        }
+        let summary = all_reported.await?.0;
+        log.info(format_args!(
+            "Results written: {} ({} items: {} succeeded, {} failed)",
+            summary.results, summary.items, summary.succeeded, summary.failed
+        ));
+        Ok(Payload(summary))
+    }
+
     /// One lane of a ledger fan-out: keeps its window of subtasks in flight, claiming more
     /// from the ledger, then reports to it (handing over to a fresh invocation when it has
     /// made enough calls). Internal (not reachable from the ingress).
@@ -352,13 +406,18 @@ impl<J: Job> Worker<J> {
             run,
             lane,
             window,
-            pending,
+            mut pending,
+            unread,
             in_flight,
             exhausted,
             sole,
         } = lane.0;
+        if let (Some(sink), Some(range)) = (&run.sink, unread) {
+            pending.extend(read_granted::<J::Subtask>(&ctx, sink, range).await?);
+        }
         let setup = LaneSetup {
             executor: self.serve.executor_service(),
+            sink: run.sink.as_ref(),
             pending,
             in_flight,
             window,
@@ -368,7 +427,32 @@ impl<J: Job> Worker<J> {
             hand_over_after: Some(fan_in::HAND_OVER_AFTER),
             drain_in_order: true,
         };
-        let end = run_lane(&ctx, &*self.job, setup).await?;
+        let mut end = run_lane(&ctx, &*self.job, setup).await?;
+        if let Some(sink) = &run.sink {
+            if sole && let LaneEnd::Finished(gathered) = &end {
+                // Every outcome is here: the results object is written at once, no parts.
+                let (body, failed) =
+                    source::results_body::<J>(&gathered.outcomes, &gathered.failures);
+                let (sink, id, total) = (sink.clone(), run.ledger.clone(), run.total);
+                let written = ctx
+                    .run(|| async move {
+                        Ok(Payload(
+                            source::write_results(&sink, &id, body, total, failed).await?,
+                        ))
+                    })
+                    .name("write results")
+                    .await;
+                ctx.object_client::<FanInClient<J>>(run.ledger.clone())
+                    .forget()
+                    .send();
+                match written {
+                    Ok(summary) => ctx.resolve_awakeable(&run.awakeable, summary),
+                    Err(error) => ctx.reject_awakeable(&run.awakeable, error),
+                }
+                return Ok(());
+            }
+            end = write_part::<J>(&ctx, sink, end).await?;
+        }
         if sole {
             // Every outcome is here: answer the coordinator without a hop through the ledger,
             // which keeps only this lane's invocation id, for a cancel.
@@ -400,6 +484,7 @@ impl<J: Job> Worker<J> {
                     lane,
                     window,
                     pending: hand_over.pending,
+                    unread: None,
                     in_flight: hand_over.in_flight,
                     exhausted: hand_over.exhausted,
                     sole: false,
@@ -439,7 +524,7 @@ impl<J: Job> Worker<J> {
             )
             .into());
         }
-        execute_subtask(&*self.job, "worker/runSubtask", ctx, subtask.0).await
+        execute_subtask(&*self.job, names::SUBTASK_TARGET, ctx, subtask.0).await
     }
 }
 
@@ -536,7 +621,7 @@ fn subtask_request<'c, J: Job>(
     subtask: J::Subtask,
 ) -> Request<'c, Payload<J::Subtask>, Payload<J::Outcome>> {
     ctx.request(
-        RequestTarget::service(executor, "runSubtask"),
+        RequestTarget::service(executor, names::RUN_SUBTASK),
         Payload(subtask),
     )
 }
@@ -545,6 +630,8 @@ fn subtask_request<'c, J: Job>(
 struct LaneSetup<'a, S> {
     /// The service whose `runSubtask` runs the subtasks.
     executor: &'a str,
+    /// A run of items: claims grant ranges, which the lane reads itself.
+    sink: Option<&'a Sink>,
     /// Claimed subtasks not started yet, in index order.
     pending: Vec<Indexed<S>>,
     /// Calls handed over by an earlier invocation of the lane: attached to, not made again.
@@ -568,6 +655,7 @@ impl<'a, S> LaneSetup<'a, S> {
     fn alone(pending: Vec<Indexed<S>>, window: usize, tolerated: usize, executor: &'a str) -> Self {
         Self {
             executor,
+            sink: None,
             pending,
             in_flight: Vec::new(),
             window,
@@ -616,6 +704,7 @@ async fn run_lane<J: Job>(
 ) -> Result<LaneEnd<J::Subtask, J::Outcome>, TerminalError> {
     let LaneSetup {
         executor,
+        sink,
         pending,
         in_flight,
         window,
@@ -678,7 +767,11 @@ async fn run_lane<J: Job>(
         {
             claim = Some(
                 ctx.object_client::<FanInClient<J>>(ledger)
-                    .claim(Payload(ClaimRequest { lane, window }))
+                    .claim(Payload(ClaimRequest {
+                        lane,
+                        window,
+                        range: sink.is_some(),
+                    }))
                     .call(),
             );
         }
@@ -723,8 +816,11 @@ async fn run_lane<J: Job>(
                 cancel_all(ctx, &calls, attached).await?;
                 return Ok(LaneEnd::Closed);
             }
-            exhausted = answer.subtasks.is_empty();
+            exhausted = answer.subtasks.is_empty() && answer.range.is_none();
             pending.extend(answer.subtasks);
+            if let (Some(sink), Some(range)) = (sink, answer.range) {
+                pending.extend(read_granted::<J::Subtask>(ctx, sink, range).await?);
+            }
             continue;
         };
         if let Err(too_many) = gathered.add(index, || label, result.map(|p| p.0), tolerated) {
@@ -809,6 +905,56 @@ fn cancel_attached<A>(ctx: &Context<'_>, attached: Vec<(InFlight, A)>) {
     }
 }
 
+/// Reads items `[start, end)` of a run from a source in a journaled step, so a replay takes
+/// them from the journal, not from S3.
+async fn read_granted<S>(
+    ctx: &Context<'_>,
+    sink: &Sink,
+    (start, end): (usize, usize),
+) -> Result<Vec<Indexed<S>>, TerminalError>
+where
+    S: serde::Serialize + serde::de::DeserializeOwned + Send + Sync + 'static,
+{
+    if start >= end {
+        return Ok(Vec::new());
+    }
+    let sink = sink.clone();
+    let Payload(items) = ctx
+        .run(|| async move { Ok(Payload(source::read_items::<S>(&sink, start, end).await?)) })
+        .name(format!("read items {start}..{end}"))
+        .await?;
+    Ok(items)
+}
+
+/// Writes the outcomes a lane invocation gathered (successes and failures, each at its index)
+/// as one part object named after the invocation, and keeps for the ledger only their count
+/// and the failures (for the tally).
+async fn write_part<J: Job>(
+    ctx: &Context<'_>,
+    sink: &Sink,
+    mut end: LaneEnd<J::Subtask, J::Outcome>,
+) -> Result<LaneEnd<J::Subtask, J::Outcome>, TerminalError> {
+    let gathered = match &mut end {
+        LaneEnd::Finished(gathered) => gathered,
+        LaneEnd::HandOver(hand_over) => &mut hand_over.gathered,
+        LaneEnd::TooManyFailures(_) | LaneEnd::Closed => return Ok(end),
+    };
+    if gathered.outcomes.is_empty() && gathered.failures.is_empty() {
+        return Ok(end);
+    }
+    let (body, _) = source::part_body(&gathered.outcomes, &gathered.failures);
+    let (sink, name) = (sink.clone(), ctx.invocation_id().to_owned());
+    ctx.run(|| async move {
+        source::write_part(&sink, &name, body).await?;
+        Ok(Payload(()))
+    })
+    .name("write outcomes")
+    .await?;
+    gathered.elsewhere += gathered.outcomes.len();
+    gathered.outcomes.clear();
+    Ok(end)
+}
+
 /// Cancels the current invocation of each of a run's `lanes` (each cancels its subtasks in
 /// turn) and forgets the run.
 async fn stop_lanes(ctx: &ObjectContext<'_>, lanes: usize) -> Result<(), TerminalError> {
@@ -843,16 +989,30 @@ impl<J: Job> FanIn<J> {
             windows,
             subtasks,
         } = plan.0;
-        let total = subtasks.len();
+        // A run of items hands its lanes ranges to read; the ledger never holds an input.
+        let from_source = run.sink.is_some();
+        let total = if from_source {
+            run.total
+        } else {
+            subtasks.len()
+        };
         let mut subtasks = subtasks
             .into_iter()
             .enumerate()
             .map(|(index, item)| Indexed { index, item });
-        let lanes: Vec<Vec<_>> = windows
+        let mut started = 0;
+        let lanes: Vec<(Vec<_>, Option<(usize, usize)>)> = windows
             .iter()
-            .map(|&window| subtasks.by_ref().take(window).collect())
+            .map(|&window| {
+                let range = (started, (started + window).min(total));
+                started = range.1;
+                if from_source {
+                    (Vec::new(), Some(range))
+                } else {
+                    (subtasks.by_ref().take(window).collect(), None)
+                }
+            })
             .collect();
-        let started: usize = lanes.iter().map(Vec::len).sum();
         let exhausted = started == total;
         // What claims read; nothing when every subtask starts now.
         if !exhausted {
@@ -869,13 +1029,14 @@ impl<J: Job> FanIn<J> {
             .into_iter()
             .zip(windows)
             .enumerate()
-            .map(|(lane, (pending, window))| {
+            .map(|(lane, ((pending, unread), window))| {
                 ctx.service_client::<WorkerClient<J>>()
                     .run_shard(Payload(Lane {
                         run: run.clone(),
                         lane,
                         window,
                         pending,
+                        unread,
                         in_flight: Vec::new(),
                         exhausted,
                         sole,
@@ -924,6 +1085,7 @@ impl<J: Job> FanIn<J> {
         let lanes = lanes.await?;
         let mut answer = Claim {
             subtasks: Vec::new(),
+            range: None,
             // The run ended (failed or cancelled) and its state is gone.
             closed: lanes.is_none(),
         };
@@ -934,6 +1096,11 @@ impl<J: Job> FanIn<J> {
             return Ok(Payload(answer));
         }
         let granted = fan_in::grant(total - next, lanes, request.0.window);
+        ctx.set("next", (next + granted) as u64);
+        if request.0.range {
+            answer.range = Some((next, next + granted));
+            return Ok(Payload(answer));
+        }
         let inputs: Vec<_> = (next..next + granted)
             .map(|index| {
                 (
@@ -948,7 +1115,6 @@ impl<J: Job> FanIn<J> {
             }
             ctx.clear(fan_in::input_key(index));
         }
-        ctx.set("next", (next + granted) as u64);
         Ok(Payload(answer))
     }
 
@@ -1016,7 +1182,8 @@ impl<J: Job> FanIn<J> {
         let done = done.await?.unwrap_or(0) as usize + gathered.len();
         let reports = reports.await?.unwrap_or(0) as usize;
         if done < run.total {
-            if !gathered.is_empty() {
+            // A run of items keeps counts only: its outcomes are in the parts.
+            if run.sink.is_none() && !gathered.is_empty() {
                 ctx.set(fan_in::report_key(reports), Payload(gathered));
                 ctx.set("reports", reports as u64 + 1);
             }
@@ -1030,6 +1197,20 @@ impl<J: Job> FanIn<J> {
                     .await?;
                 ctx.set(fan_in::lane_key(lane), handle.invocation_id().to_owned());
             }
+            return Ok(());
+        }
+        if let Some(sink) = run.sink.clone() {
+            // The last count is in: the parts become the results object, in index order.
+            let (id, total) = (run.ledger.clone(), run.total);
+            let merged = ctx
+                .run(|| async move { Ok(Payload(source::merge(&sink, &id, total, failed).await?)) })
+                .name("merge results")
+                .await;
+            match merged {
+                Ok(summary) => ctx.resolve_awakeable(&run.awakeable, summary),
+                Err(error) => ctx.reject_awakeable(&run.awakeable, error),
+            }
+            ctx.clear_all();
             return Ok(());
         }
         // Every earlier report, requested together so Restate sends them in one go.

@@ -16,6 +16,9 @@ use crate::ingress::{IngressClient, IngressResponse, RECONNECT_WINDOW, Reconnect
 use crate::observe::{Display, DisplayMode};
 use crate::outcome::{Endpoints, OutputFormat, fail, fail_with, report};
 use anyhow::{Context, Result};
+use fanout_contract::headers;
+use fanout_contract::names::RUN_TARGET;
+use fanout_contract::policy::{FailurePolicy, FanInStrategy};
 use serde_json::{Value, json};
 use std::path::{Path, PathBuf};
 
@@ -40,12 +43,12 @@ pub struct Args {
     /// How the coordinator waits: ledger (lanes keep the cap full, the coordinator wakes at
     /// most 3 times), select-any (the coordinator keeps the cap full itself) or in-order
     /// (default: the handler's, ledger).
-    #[arg(long, value_parser = ["ledger", "select-any", "in-order"])]
-    fan_in: Option<String>,
+    #[arg(long, value_name = "ledger|select-any|in-order", value_parser = FanInStrategy::parse)]
+    fan_in: Option<FanInStrategy>,
     /// Let up to N subtasks (or P% of them, e.g. 10%) fail for good: the run still
     /// aggregates, and its result lists every failure (default: the handler's, fail-fast).
-    #[arg(long, value_name = "N|P%", value_parser = parse_tolerance)]
-    tolerate_failures: Option<String>,
+    #[arg(long, value_name = "N|P%", value_parser = FailurePolicy::tolerate)]
+    tolerate_failures: Option<FailurePolicy>,
     /// Succeed when at least N subtasks succeed; the result lists every failure.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..),
           conflicts_with = "tolerate_failures")]
@@ -63,23 +66,23 @@ pub struct Args {
 impl Args {
     /// The run's `x-fanout-*` headers: what it asks of the handler beyond its defaults.
     fn run_headers(&self) -> Vec<(&'static str, String)> {
-        let mut headers = Vec::new();
+        let mut run = Vec::new();
         if let Some(cap) = self.max_concurrency {
-            headers.push(("x-fanout-max-concurrency", cap.to_string()));
+            run.push((headers::MAX_CONCURRENCY, cap.to_string()));
         }
-        if let Some(strategy) = &self.fan_in {
-            headers.push(("x-fanout-fan-in", strategy.clone()));
+        if let Some(strategy) = self.fan_in {
+            run.push((headers::FAN_IN, strategy.as_str().to_owned()));
         }
-        let failure_policy = match (self.fail_fast, &self.tolerate_failures, self.min_successful) {
-            (true, _, _) => Some("fail-fast".to_owned()),
-            (_, Some(tolerance), _) => Some(format!("tolerate:{tolerance}")),
-            (_, _, Some(n)) => Some(format!("min-successful:{n}")),
+        let failure_policy = match (self.fail_fast, self.tolerate_failures, self.min_successful) {
+            (true, _, _) => Some(FailurePolicy::FailFast),
+            (_, Some(tolerance), _) => Some(tolerance),
+            (_, _, Some(n)) => Some(FailurePolicy::MinSuccessful(n as usize)),
             _ => None,
         };
         if let Some(policy) = failure_policy {
-            headers.push(("x-fanout-failure-policy", policy));
+            run.push((headers::FAILURE_POLICY, policy.to_string()));
         }
-        headers
+        run
     }
 }
 
@@ -148,7 +151,7 @@ pub async fn send(
     };
     let (response, repeated) = ingress
         .post_idempotent(
-            "/worker/run/send",
+            &format!("/{RUN_TARGET}/send"),
             "application/json",
             body,
             key,
@@ -307,46 +310,6 @@ async fn invoke(endpoints: &Endpoints, options: InvokeOptions) -> u8 {
         Err(e) => {
             display.abandon();
             fail_with(output, Some(id), &e)
-        }
-    }
-}
-
-/// Checks a `--tolerate-failures` value: a whole number of subtasks (at least 1) or a share
-/// above 0% and at most 100%. Whether it fits the task's width is the handler's to say, once
-/// the task is split.
-pub fn parse_tolerance(raw: &str) -> Result<String, String> {
-    let raw = raw.trim();
-    if let Some(percent) = raw.strip_suffix('%') {
-        return match percent.trim().parse::<f64>() {
-            Ok(p) if p > 0.0 && p <= 100.0 => Ok(format!("{p}%")),
-            _ => Err(format!(
-                "{raw:?} is not a share of subtasks above 0% and at most 100% (e.g. 10%)"
-            )),
-        };
-    }
-    match raw.parse::<i64>() {
-        Ok(n) if n >= 1 => Ok(n.to_string()),
-        Ok(n) => Err(format!(
-            "{n} is impossible: tolerate at least 1 failed subtask (leave the flag out for \
-             fail-fast)"
-        )),
-        Err(_) => Err(format!(
-            "{raw:?} is neither a number of subtasks (e.g. 3) nor a share (e.g. 10%)"
-        )),
-    }
-}
-
-#[cfg(test)]
-mod tolerance_tests {
-    use super::parse_tolerance;
-
-    #[test]
-    fn tolerances_are_counts_or_shares() {
-        assert_eq!(parse_tolerance("3").unwrap(), "3");
-        assert_eq!(parse_tolerance("12.5%").unwrap(), "12.5%");
-        assert_eq!(parse_tolerance("100%").unwrap(), "100%");
-        for bad in ["0", "-1", "0%", "101%", "-5%", "some"] {
-            assert!(parse_tolerance(bad).is_err(), "{bad}");
         }
     }
 }
