@@ -10,17 +10,13 @@ use anyhow::{Context, Result};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use ed25519_dalek::SigningKey;
+use fanout_contract::identity;
+pub use fanout_contract::identity::{IDENTITY_KEYS_ENV, PUBLIC_KEY_PREFIX};
 use std::path::{Path, PathBuf};
 
 /// restate-server's setting: the path of the ed25519 private key (PKCS#8 PEM) it signs with.
 pub const PRIVATE_KEY_PEM_ENV: &str =
     "RESTATE_WORKER__INVOKER__REQUEST_IDENTITY_PRIVATE_KEY_PEM_FILE";
-
-/// The handler's setting: the public keys it accepts, comma-separated.
-pub const IDENTITY_KEYS_ENV: &str = "FANOUT_IDENTITY_KEYS";
-
-/// The prefix of Restate's v1 identity keys; the rest is the base58 of the 32-byte public key.
-pub const PUBLIC_KEY_PREFIX: &str = "publickeyv1_";
 
 /// PKCS#8 v1 (RFC 8410) `PrivateKeyInfo` for Ed25519 up to the 32-byte seed:
 /// `SEQUENCE { INTEGER 0, SEQUENCE { OID 1.3.101.112 }, OCTET STRING { OCTET STRING (32) } }`.
@@ -138,17 +134,7 @@ fn write_private(path: &Path, contents: &[u8]) -> std::io::Result<()> {
 /// verifier does): one or more `publickeyv1_` + base58 of 32 bytes, comma-separated. Returns
 /// how many keys it holds.
 pub fn check_public_keys(raw: &str) -> Result<usize, String> {
-    let keys: Vec<&str> = raw
-        .split(',')
-        .map(str::trim)
-        .filter(|k| !k.is_empty())
-        .collect();
-    if keys.is_empty() {
-        return Err(format!(
-            "{IDENTITY_KEYS_ENV} holds no key; give the publickeyv1_… key restate-server prints \
-             at startup (several: comma-separated)"
-        ));
-    }
+    let keys = identity::key_list(raw)?;
     for (i, key) in keys.iter().enumerate() {
         let why = match key.strip_prefix(PUBLIC_KEY_PREFIX) {
             None => Some(format!("it does not start with {PUBLIC_KEY_PREFIX}")),
@@ -162,12 +148,7 @@ pub fn check_public_keys(raw: &str) -> Result<usize, String> {
             },
         };
         if let Some(why) = why {
-            return Err(format!(
-                "{IDENTITY_KEYS_ENV}: key {} of {} ({key:?}) is not a Restate request identity \
-                 key: {why}; give the publickeyv1_… key restate-server prints at startup",
-                i + 1,
-                keys.len()
-            ));
+            return Err(identity::not_a_key(i, keys.len(), key, &why));
         }
     }
     Ok(keys.len())

@@ -25,6 +25,7 @@ use crate::plan::PayloadBudget;
 use crate::policy::{self, FailurePolicy, FanInStrategy};
 use crate::worker::{Serve, Worker};
 use crate::{http_endpoint, lambda};
+use fanout_contract::identity;
 use restate_sdk::endpoint::Builder;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::process::ExitCode;
@@ -239,7 +240,7 @@ fn option_from_env<T>(
 }
 
 /// Restate's request identity keys: the env var that lists them.
-pub const IDENTITY_KEYS_ENV: &str = "FANOUT_IDENTITY_KEYS";
+pub use fanout_contract::identity::IDENTITY_KEYS_ENV;
 
 /// The listen address of the HTTP endpoint.
 pub const BIND_ENV: &str = "FANOUT_BIND";
@@ -251,29 +252,13 @@ fn with_identity_keys(builder: Builder, raw: Option<&str>) -> Result<(Builder, u
     let Some(raw) = raw else {
         return Ok((builder, 0));
     };
-    let keys: Vec<&str> = raw
-        .split(',')
-        .map(str::trim)
-        .filter(|k| !k.is_empty())
-        .collect();
-    if keys.is_empty() {
-        return Err(format!(
-            "{IDENTITY_KEYS_ENV} is set but holds no key; give the publickeyv1_… key \
-             restate-server prints at startup (several: comma-separated), or unset it to serve \
-             unsigned requests"
-        ));
-    }
+    let keys = identity::key_list(raw)?;
     let count = keys.len();
     let mut builder = builder;
     for (i, key) in keys.into_iter().enumerate() {
-        builder = builder.identity_key(key).map_err(|e| {
-            format!(
-                "{IDENTITY_KEYS_ENV}: key {} of {count} ({key:?}) is not a Restate request \
-                 identity key: {e}; give the publickeyv1_… key restate-server prints at startup \
-                 (several: comma-separated)",
-                i + 1
-            )
-        })?;
+        builder = builder
+            .identity_key(key)
+            .map_err(|e| identity::not_a_key(i, count, key, &e.to_string()))?;
     }
     Ok((builder, count))
 }

@@ -8,6 +8,8 @@ use crate::ingress::IngressClient;
 use crate::report::{self, Summary};
 use crate::stack::{HandlerMode, LocalStack, StackOptions};
 use anyhow::{Context, Result, bail};
+use fanout_contract::policy::FanInStrategy;
+use fanout_contract::{headers, names};
 use serde::Serialize;
 use serde_json::{Value, json};
 use std::fmt::Write as _;
@@ -61,10 +63,11 @@ pub enum Strategy {
 impl Strategy {
     fn header(self) -> &'static str {
         match self {
-            Strategy::Ledger => "ledger",
-            Strategy::SelectAny => "select-any",
-            Strategy::InOrder => "in-order",
+            Strategy::Ledger => FanInStrategy::Ledger,
+            Strategy::SelectAny => FanInStrategy::SelectAny,
+            Strategy::InOrder => FanInStrategy::InOrder,
         }
+        .as_str()
     }
 }
 
@@ -632,8 +635,8 @@ async fn measure(
             {
                 let ingress = IngressClient::new(&stack.ingress_url, None)
                     .with_timeout(Duration::from_secs(3600))
-                    .with_header("x-fanout-fan-in", strategy.header())
-                    .with_header("x-fanout-max-concurrency", cap.to_string());
+                    .with_header(headers::FAN_IN, strategy.header())
+                    .with_header(headers::MAX_CONCURRENCY, cap.to_string());
                 let before = standin.records().len();
                 let server_rss = stack
                     .server
@@ -730,7 +733,7 @@ async fn floor(ingress_url: &str, chores: &[String]) -> Result<Duration> {
     let started = Instant::now();
     let sends = chores.iter().map(|chore| {
         let http = http.clone();
-        let url = format!("{ingress_url}/worker/runSubtask/send");
+        let url = format!("{ingress_url}/{}/send", names::SUBTASK_TARGET);
         let body = json!({ "description": chore });
         async move {
             let sent: Value = http.post(url).json(&body).send().await?.json().await?;

@@ -33,7 +33,7 @@ pub struct Args {
 }
 
 /// The coordinator's target: `fanout cancel` stops fan-outs, not arbitrary invocations.
-const RUN_TARGET: &str = "worker/run";
+use fanout_contract::names::RUN_TARGET;
 
 struct CancelOptions {
     /// Return once Restate took the cancel, without waiting for the run to stop.

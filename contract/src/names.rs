@@ -1,0 +1,27 @@
+//! Services, handlers and journal step names on the wire.
+//!
+//! restate-sdk's service macros take their names as literals, so the handler spells them there
+//! too; its discovery test holds them to these.
+
+/// The reference service: `run` (the coordinator) and `runSubtask` (one subtask).
+pub const WORKER: &str = "worker";
+/// The coordinator handler.
+pub const RUN: &str = "run";
+/// The subtask handler, on `worker` or, in a split layout, on [`EXECUTOR`].
+pub const RUN_SUBTASK: &str = "runSubtask";
+/// A lane of the fan-in ledger (internal to a run).
+pub const RUN_SHARD: &str = "runShard";
+/// The fan-in ledger: a Virtual Object keyed by the run's invocation id.
+pub const LEDGER: &str = "fanIn";
+/// The executors' own service in a split layout.
+pub const EXECUTOR: &str = "executor";
+
+/// `worker/run`: what `fanout invoke` starts and `fanout runs` lists.
+pub const RUN_TARGET: &str = "worker/run";
+/// `worker/runSubtask`: a subtask of the one-deployment layout, as log lines name it.
+pub const SUBTASK_TARGET: &str = "worker/runSubtask";
+/// `worker/runShard`: a lane invocation, as introspection's `target` column names it.
+pub const LANE_TARGET: &str = "worker/runShard";
+
+/// The coordinator's journaled step whose result is the list of subtasks.
+pub const SPLIT_STEP: &str = "split task";
