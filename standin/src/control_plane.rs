@@ -37,307 +37,37 @@
 //! - Not modelled: aliases, layers, tags, S3 or image code, VPC, concurrency settings, signing,
 //!   function URLs; fields for them in a request are ignored.
 
+mod package;
+mod requests;
+
 use super::Shared;
-use super::instances::{Code, Config, Function, Version, Versions, civil_from_days};
-use super::invoke_api::{lambda_error, with_request_id};
-use super::names::{LATEST, NameError, Target, parse_function_name, version_order};
-use axum::Router;
-use axum::body::{Body, to_bytes};
+use super::api::{ApiError, ApiResult};
+use super::instances::{Code, Config, Function, Version, Versions};
+use super::names::{LATEST, Target, last_modified, parse_function_name, version_order};
+use axum::Json;
+use axum::body::Body;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post, put};
-use base64::Engine as _;
-use base64::engine::general_purpose::STANDARD as BASE64;
-use serde::Deserialize;
-use serde::de::DeserializeOwned;
+use package::{code_facts, code_sha256, unpack};
+use requests::{
+    CreateFunctionRequest, PageQuery, PublishVersionRequest, QualifierQuery, UpdateCodeRequest,
+    UpdateConfigurationRequest, architectures, description, environment, handler, memory,
+    read_json, revision_matches, role, runtime, timeout, zip_only,
+};
 use serde_json::{Map, Value, json};
-use sha2::{Digest as _, Sha256};
-use std::collections::BTreeMap;
-use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
-/// Lambda's limit on a CreateFunction or UpdateFunctionCode request (50 MB of zip, base64).
-const REQUEST_LIMIT: usize = 69_905_067;
-/// Lambda's limit on a deployment package's unzipped size.
-const UNZIPPED_LIMIT: u64 = 262_144_000;
 /// Lambda's default regional concurrency, for functions created through the API.
 const CONCURRENCY_LIMIT: usize = 1000;
-const RUNTIMES: [&str; 2] = ["provided.al2023", "provided.al2"];
-/// Variables Lambda sets itself and refuses in `Environment.Variables`.
-const RESERVED_VARIABLES: [&str; 18] = [
-    "_HANDLER",
-    "_X_AMZN_TRACE_ID",
-    "AWS_DEFAULT_REGION",
-    "AWS_REGION",
-    "AWS_EXECUTION_ENV",
-    "AWS_LAMBDA_FUNCTION_NAME",
-    "AWS_LAMBDA_FUNCTION_MEMORY_SIZE",
-    "AWS_LAMBDA_FUNCTION_VERSION",
-    "AWS_LAMBDA_INITIALIZATION_TYPE",
-    "AWS_LAMBDA_LOG_GROUP_NAME",
-    "AWS_LAMBDA_LOG_STREAM_NAME",
-    "AWS_ACCESS_KEY",
-    "AWS_ACCESS_KEY_ID",
-    "AWS_SECRET_ACCESS_KEY",
-    "AWS_SESSION_TOKEN",
-    "AWS_LAMBDA_RUNTIME_API",
-    "LAMBDA_TASK_ROOT",
-    "LAMBDA_RUNTIME_DIR",
-];
-
-pub(crate) fn router() -> Router<Arc<Shared>> {
-    Router::new()
-        .route(
-            "/2015-03-31/functions",
-            post(create_function).get(list_functions),
-        )
-        .route(
-            "/2015-03-31/functions/{function}",
-            get(get_function).delete(delete_function),
-        )
-        .route(
-            "/2015-03-31/functions/{function}/configuration",
-            get(get_function_configuration).put(update_function_configuration),
-        )
-        .route(
-            "/2015-03-31/functions/{function}/code",
-            put(update_function_code),
-        )
-        .route(
-            "/2015-03-31/functions/{function}/versions",
-            get(list_versions_by_function).post(publish_version),
-        )
-}
-
-/// `x86_64` or `arm64`: what the stand-in's host runs natively.
-pub(crate) fn host_architecture() -> &'static str {
-    if cfg!(target_arch = "aarch64") {
-        "arm64"
-    } else {
-        "x86_64"
-    }
-}
-
-/// Lambda's `LastModified` format: `2026-11-28T09:00:00.000+0000`.
-pub(crate) fn timestamp(at: SystemTime) -> String {
-    let ms = at
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis());
-    let (days, ms_of_day) = ((ms / 86_400_000) as i64, (ms % 86_400_000) as u64);
-    let (y, m, d) = civil_from_days(days);
-    let (h, min, s, frac) = (
-        ms_of_day / 3_600_000,
-        ms_of_day / 60_000 % 60,
-        ms_of_day / 1000 % 60,
-        ms_of_day % 1000,
-    );
-    format!("{y:04}-{m:02}-{d:02}T{h:02}:{min:02}:{s:02}.{frac:03}+0000")
-}
-
-// ---------------------------------------------------------------------------------------------
-// Errors
-
-/// A Lambda error: status, `x-amzn-ErrorType`, and `{"Type":"User","message":...}`.
-#[derive(Debug)]
-struct ApiError {
-    status: StatusCode,
-    kind: &'static str,
-    message: String,
-}
-
-type ApiResult<T> = Result<T, ApiError>;
-
-impl ApiError {
-    fn new(status: StatusCode, kind: &'static str, message: impl Into<String>) -> Self {
-        Self {
-            status,
-            kind,
-            message: message.into(),
-        }
-    }
-
-    fn invalid(message: impl Into<String>) -> Self {
-        Self::new(
-            StatusCode::BAD_REQUEST,
-            "InvalidParameterValueException",
-            message,
-        )
-    }
-
-    fn validation(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::BAD_REQUEST, "ValidationException", message)
-    }
-
-    fn not_found(arn: &str) -> Self {
-        Self::new(
-            StatusCode::NOT_FOUND,
-            "ResourceNotFoundException",
-            format!("Function not found: {arn}"),
-        )
-    }
-
-    fn conflict(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::CONFLICT, "ResourceConflictException", message)
-    }
-
-    fn precondition(message: impl Into<String>) -> Self {
-        Self::new(
-            StatusCode::PRECONDITION_FAILED,
-            "PreconditionFailedException",
-            message,
-        )
-    }
-
-    fn internal(message: impl Into<String>) -> Self {
-        Self::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "ServiceException",
-            message,
-        )
-    }
-}
-
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        let body = json!({"Type": "User", "message": self.message});
-        lambda_error(
-            self.status,
-            self.kind,
-            body,
-            &uuid::Uuid::new_v4().to_string(),
-        )
-    }
-}
-
-fn answer(status: StatusCode, body: Value) -> Response {
-    with_request_id(
-        (status, axum::Json(body)).into_response(),
-        &uuid::Uuid::new_v4().to_string(),
-    )
-}
-
-fn respond(result: ApiResult<Response>) -> Response {
-    result.unwrap_or_else(IntoResponse::into_response)
-}
-
-// ---------------------------------------------------------------------------------------------
-// Requests
-
-#[derive(Deserialize, Default)]
-#[serde(rename_all = "PascalCase")]
-struct CreateFunctionRequest {
-    function_name: Option<String>,
-    runtime: Option<String>,
-    role: Option<String>,
-    handler: Option<String>,
-    code: Option<CodeInput>,
-    description: Option<String>,
-    timeout: Option<i64>,
-    memory_size: Option<i64>,
-    publish: Option<bool>,
-    environment: Option<EnvironmentInput>,
-    architectures: Option<Vec<String>>,
-    package_type: Option<String>,
-}
-
-#[derive(Deserialize, Default)]
-#[serde(rename_all = "PascalCase")]
-struct CodeInput {
-    zip_file: Option<String>,
-    #[serde(rename = "S3Bucket")]
-    s3_bucket: Option<String>,
-    image_uri: Option<String>,
-}
-
-#[derive(Deserialize, Default)]
-#[serde(rename_all = "PascalCase")]
-struct EnvironmentInput {
-    variables: Option<BTreeMap<String, String>>,
-}
-
-#[derive(Deserialize, Default)]
-#[serde(rename_all = "PascalCase")]
-struct UpdateCodeRequest {
-    zip_file: Option<String>,
-    #[serde(rename = "S3Bucket")]
-    s3_bucket: Option<String>,
-    image_uri: Option<String>,
-    publish: Option<bool>,
-    architectures: Option<Vec<String>>,
-    dry_run: Option<bool>,
-    revision_id: Option<String>,
-}
-
-#[derive(Deserialize, Default)]
-#[serde(rename_all = "PascalCase")]
-struct UpdateConfigurationRequest {
-    role: Option<String>,
-    handler: Option<String>,
-    description: Option<String>,
-    timeout: Option<i64>,
-    memory_size: Option<i64>,
-    environment: Option<EnvironmentInput>,
-    runtime: Option<String>,
-    revision_id: Option<String>,
-}
-
-#[derive(Deserialize, Default)]
-#[serde(rename_all = "PascalCase")]
-struct PublishVersionRequest {
-    code_sha256: Option<String>,
-    description: Option<String>,
-    revision_id: Option<String>,
-}
-
-#[derive(Deserialize)]
-struct QualifierQuery {
-    #[serde(rename = "Qualifier")]
-    qualifier: Option<String>,
-}
-
-#[derive(Deserialize)]
-struct PageQuery {
-    #[serde(rename = "Marker")]
-    marker: Option<String>,
-    #[serde(rename = "MaxItems")]
-    max_items: Option<usize>,
-}
-
-async fn read_json<T: DeserializeOwned + Default>(body: Body, operation: &str) -> ApiResult<T> {
-    let bytes = to_bytes(body, REQUEST_LIMIT).await.map_err(|_| {
-        ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "RequestEntityTooLargeException",
-            format!(
-                "Request must be smaller than {REQUEST_LIMIT} bytes for the {operation} operation"
-            ),
-        )
-    })?;
-    if bytes.iter().all(u8::is_ascii_whitespace) {
-        return Ok(T::default());
-    }
-    serde_json::from_slice(&bytes).map_err(|e| {
-        ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "InvalidRequestContentException",
-            format!("Could not parse request body into json: {e}"),
-        )
-    })
-}
-
-// ---------------------------------------------------------------------------------------------
-// Validation
 
 fn target(shared: &Shared, raw: &str, qualifier: Option<&str>) -> ApiResult<Target> {
-    parse_function_name(raw, qualifier, &shared.region, &shared.account).map_err(|e| match e {
-        NameError::Invalid(message) => ApiError::validation(message),
-        NameError::QualifierMismatch => ApiError::invalid(
-            "The derived qualifier from the function name does not match the specified qualifier.",
-        ),
-        NameError::Elsewhere(arn) => ApiError::not_found(&arn),
-    })
+    Ok(parse_function_name(
+        raw,
+        qualifier,
+        &shared.region,
+        &shared.account,
+    )?)
 }
 
 /// For operations on the function itself, which take no qualifier.
@@ -355,240 +85,6 @@ fn existing(shared: &Shared, name: &str) -> ApiResult<Arc<Function>> {
     shared
         .function(name)
         .ok_or_else(|| ApiError::not_found(&shared.arn(name, None)))
-}
-
-/// `arn:PARTITION:iam::ACCOUNT:role/[PATH/]NAME`, as Lambda's pattern for `Role` has it.
-fn role(raw: Option<&str>) -> ApiResult<String> {
-    let raw = raw.ok_or_else(|| {
-        ApiError::invalid("Role is required: the ARN of the function's execution role, arn:aws:iam::ACCOUNT:role/NAME")
-    })?;
-    let parts: Vec<&str> = raw.splitn(6, ':').collect();
-    let ok = match parts.as_slice() {
-        ["arn", partition, "iam", "", account, resource] => {
-            partition.starts_with("aws")
-                && account.len() == 12
-                && account.bytes().all(|b| b.is_ascii_digit())
-                && resource.strip_prefix("role/").is_some_and(|name| {
-                    !name.is_empty()
-                        && !name.ends_with('/')
-                        && name
-                            .bytes()
-                            .all(|b| b.is_ascii_alphanumeric() || b"+=,.@-_/".contains(&b))
-                })
-        }
-        _ => false,
-    };
-    if ok {
-        Ok(raw.to_owned())
-    } else {
-        Err(ApiError::invalid(format!(
-            "The role ARN {raw:?} is not valid: it must look like arn:aws:iam::123456789012:role/NAME"
-        )))
-    }
-}
-
-fn runtime(raw: &str) -> ApiResult<String> {
-    if RUNTIMES.contains(&raw) {
-        Ok(raw.to_owned())
-    } else {
-        Err(ApiError::invalid(format!(
-            "The runtime parameter of {raw} is not supported by the Lambda stand-in: it runs OS-only runtimes ({}), whose bootstrap it starts natively",
-            RUNTIMES.join(", ")
-        )))
-    }
-}
-
-fn handler(raw: &str) -> ApiResult<String> {
-    if raw.is_empty() || raw.len() > 128 || raw.chars().any(char::is_whitespace) {
-        return Err(ApiError::validation(format!(
-            "1 validation error detected: Value '{raw}' at 'handler' failed to satisfy constraint: Member must satisfy regular expression pattern: [^\\s]+"
-        )));
-    }
-    Ok(raw.to_owned())
-}
-
-fn in_range(value: i64, member: &str, min: i64, max: i64) -> ApiResult<u32> {
-    if value < min {
-        return Err(ApiError::validation(format!(
-            "1 validation error detected: Value '{value}' at '{member}' failed to satisfy constraint: Member must have value greater than or equal to {min}"
-        )));
-    }
-    if value > max {
-        return Err(ApiError::validation(format!(
-            "1 validation error detected: Value '{value}' at '{member}' failed to satisfy constraint: Member must have value less than or equal to {max}"
-        )));
-    }
-    Ok(value as u32)
-}
-
-fn memory(value: i64) -> ApiResult<u32> {
-    in_range(value, "memorySize", 128, 10_240)
-}
-
-fn timeout(value: i64) -> ApiResult<Duration> {
-    in_range(value, "timeout", 1, 900).map(|s| Duration::from_secs(s.into()))
-}
-
-fn architectures(raw: &[String]) -> ApiResult<Vec<String>> {
-    match raw {
-        [one] if one == "x86_64" || one == "arm64" => Ok(raw.to_vec()),
-        _ => Err(ApiError::validation(format!(
-            "1 validation error detected: Value '{raw:?}' at 'architectures' failed to satisfy constraint: Member must have length 1, and each member must be x86_64 or arm64"
-        ))),
-    }
-}
-
-fn description(raw: String) -> ApiResult<String> {
-    if raw.chars().count() > 256 {
-        return Err(ApiError::validation(
-            "1 validation error detected: Value at 'description' failed to satisfy constraint: Member must have length less than or equal to 256",
-        ));
-    }
-    Ok(raw)
-}
-
-fn environment(input: EnvironmentInput) -> ApiResult<Vec<(String, String)>> {
-    let variables = input.variables.unwrap_or_default();
-    let reserved: Vec<&str> = variables
-        .keys()
-        .map(String::as_str)
-        .filter(|k| RESERVED_VARIABLES.contains(k))
-        .collect();
-    if !reserved.is_empty() {
-        return Err(ApiError::invalid(format!(
-            "Lambda was unable to configure your environment variables because the environment variables you have provided contains reserved keys that are currently not supported for modification. Reserved keys used in this request: {}",
-            reserved.join(",")
-        )));
-    }
-    if let Some(bad) = variables.keys().find(|k| !valid_variable_name(k)) {
-        return Err(ApiError::validation(format!(
-            "1 validation error detected: Value '{bad}' at 'environment.variables' failed to satisfy constraint: Map keys must satisfy constraint: [Member must satisfy regular expression pattern: [a-zA-Z]([a-zA-Z0-9_])+]"
-        )));
-    }
-    Ok(variables.into_iter().collect())
-}
-
-fn valid_variable_name(name: &str) -> bool {
-    let mut bytes = name.bytes();
-    name.len() >= 2
-        && bytes.next().is_some_and(|b| b.is_ascii_alphabetic())
-        && bytes.all(|b| b.is_ascii_alphanumeric() || b == b'_')
-}
-
-/// `Code.ZipFile` is the one code source the stand-in has.
-fn zip_only(zip: Option<String>, s3: bool, image: bool) -> ApiResult<String> {
-    if s3 || image {
-        return Err(ApiError::invalid(
-            "The Lambda stand-in takes code only as ZipFile (a base64 .zip); S3 and container image code are not supported",
-        ));
-    }
-    zip.ok_or_else(|| {
-        ApiError::invalid("Code.ZipFile is required: the deployment package as a base64 .zip")
-    })
-}
-
-fn revision_matches(given: Option<&str>, current: &Version) -> ApiResult<()> {
-    match given {
-        Some(given) if given != current.config.revision_id => Err(ApiError::precondition(
-            "The Revision Id provided does not match the latest Revision Id. Call the GetFunction/GetAlias API to retrieve the latest Revision Id",
-        )),
-        _ => Ok(()),
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
-// Code
-
-/// Decodes, hashes and extracts a deployment package into a new directory under the code root.
-async fn unpack(shared: &Shared, function: &str, zip_base64: String) -> ApiResult<Arc<Code>> {
-    let dir = shared
-        .code_root
-        .path()
-        .join(format!("{function}-{}", uuid::Uuid::new_v4().simple()));
-    tokio::task::spawn_blocking(move || unpack_blocking(dir, &zip_base64))
-        .await
-        .map_err(|e| ApiError::internal(format!("unpacking the code failed: {e}")))?
-        .map(Arc::new)
-}
-
-fn unpack_blocking(dir: PathBuf, zip_base64: &str) -> ApiResult<Code> {
-    use std::os::unix::fs::PermissionsExt as _;
-
-    let zip = BASE64.decode(zip_base64.trim()).map_err(|e| {
-        ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "InvalidRequestContentException",
-            format!("Code.ZipFile is not valid base64: {e}"),
-        )
-    })?;
-    let unreadable = |detail: String| {
-        ApiError::invalid(format!(
-            "Could not unzip uploaded file. Please check your file, then try to upload again. ({detail})"
-        ))
-    };
-    let mut archive =
-        zip::ZipArchive::new(std::io::Cursor::new(&zip)).map_err(|e| unreadable(e.to_string()))?;
-    let mut unzipped: u64 = 0;
-    for i in 0..archive.len() {
-        unzipped += archive
-            .by_index_raw(i)
-            .map_err(|e| unreadable(e.to_string()))?
-            .size();
-    }
-    if unzipped > UNZIPPED_LIMIT {
-        return Err(ApiError::invalid(format!(
-            "Unzipped size must be smaller than {UNZIPPED_LIMIT} bytes"
-        )));
-    }
-    // The Code owns the directory from here on: an error below removes it.
-    let code = Code {
-        sha256: BASE64.encode(Sha256::digest(&zip)),
-        size: zip.len() as u64,
-        dir,
-    };
-    std::fs::create_dir_all(&code.dir)
-        .map_err(|e| ApiError::internal(format!("cannot create {}: {e}", code.dir.display())))?;
-    archive
-        .extract(&code.dir)
-        .map_err(|e| unreadable(e.to_string()))?;
-    let bootstrap = code.dir.join("bootstrap");
-    if !std::fs::metadata(&bootstrap).is_ok_and(|m| m.is_file()) {
-        return Err(ApiError::invalid(
-            "The deployment package has no bootstrap: bootstrap not found at the root of the .zip. An OS-only runtime (provided.al2023) runs the executable file named `bootstrap` at the zip's root; put the handler binary there under that name",
-        ));
-    }
-    std::fs::set_permissions(&bootstrap, std::fs::Permissions::from_mode(0o755))
-        .map_err(|e| ApiError::internal(format!("cannot make bootstrap executable: {e}")))?;
-    Ok(code)
-}
-
-/// `CodeSha256` and `CodeSize`: of the zip for uploaded code, of the binary for versions given
-/// at start (hashed once, off the async threads).
-async fn code_facts(version: &Version) -> (String, u64) {
-    if let Some(code) = &version.config.code {
-        return (code.sha256.clone(), code.size);
-    }
-    let size = std::fs::metadata(&version.binary).map_or(0, |m| m.len());
-    if let Some(sha) = version.config.binary_sha256.get() {
-        return (sha.clone(), size);
-    }
-    let binary = version.binary.clone();
-    let sha = tokio::task::spawn_blocking(move || {
-        std::fs::read(&binary)
-            .map(|bytes| BASE64.encode(Sha256::digest(&bytes)))
-            .unwrap_or_default()
-    })
-    .await
-    .unwrap_or_default();
-    let _ = version.config.binary_sha256.set(sha.clone());
-    (sha, size)
-}
-
-fn code_sha256(version: &Version) -> Option<&str> {
-    match &version.config.code {
-        Some(code) => Some(&code.sha256),
-        None => version.config.binary_sha256.get().map(String::as_str),
-    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -629,7 +125,7 @@ fn publish(versions: &mut Versions, description: Option<String>) -> ApiResult<Ve
     if let Some(description) = description {
         config.description = description;
     }
-    config.last_modified = timestamp(SystemTime::now());
+    config.last_modified = last_modified(SystemTime::now());
     config.revision_id = uuid::Uuid::new_v4().to_string();
     let version = Version::new(number.to_string(), latest.binary.clone(), Arc::new(config));
     versions.published.push(version.clone());
@@ -650,7 +146,7 @@ fn latest_version(code: Arc<Code>, config: Config) -> Version {
         Arc::new(Config {
             code: Some(code),
             binary_sha256: OnceLock::new(),
-            last_modified: timestamp(SystemTime::now()),
+            last_modified: last_modified(SystemTime::now()),
             revision_id: uuid::Uuid::new_v4().to_string(),
             ..config
         }),
@@ -739,18 +235,17 @@ fn page<T>(items: Vec<T>, query: &PageQuery) -> ApiResult<(Vec<T>, Option<String
 }
 
 // ---------------------------------------------------------------------------------------------
-// Handlers
+// Handlers, one per operation (routed in `router`)
 
-async fn create_function(State(shared): State<Arc<Shared>>, body: Body) -> Response {
-    respond(create_function_inner(&shared, body).await)
-}
-
-async fn create_function_inner(shared: &Shared, body: Body) -> ApiResult<Response> {
+pub(crate) async fn create_function(
+    State(shared): State<Arc<Shared>>,
+    body: Body,
+) -> ApiResult<(StatusCode, Json<Value>)> {
     let request: CreateFunctionRequest = read_json(body, "CreateFunction").await?;
     let raw_name = request.function_name.as_deref().ok_or_else(|| {
         ApiError::validation("1 validation error detected: Value null at 'functionName' failed to satisfy constraint: Member must not be null")
     })?;
-    let name = unqualified(shared, raw_name)?;
+    let name = unqualified(&shared, raw_name)?;
     if let Some(package_type) = request.package_type.as_deref().filter(|p| *p != "Zip") {
         return Err(ApiError::invalid(format!(
             "PackageType {package_type} is not supported by the Lambda stand-in; use Zip"
@@ -781,7 +276,7 @@ async fn create_function_inner(shared: &Shared, body: Body) -> ApiResult<Respons
     if shared.function(&name).is_some() {
         return Err(already());
     }
-    let code = unpack(shared, &name, zip).await?;
+    let code = unpack(&shared, &name, zip).await?;
 
     let config = Config {
         memory_mb,
@@ -824,99 +319,74 @@ async fn create_function_inner(shared: &Shared, body: Body) -> ApiResult<Respons
         Some(v) => (v, true),
         None => (latest, false),
     };
-    Ok(answer(
+    Ok((
         StatusCode::CREATED,
-        configuration(shared, &name, &version, qualified).await,
+        Json(configuration(&shared, &name, &version, qualified).await),
     ))
 }
 
-async fn list_functions(
+pub(crate) async fn list_functions(
     State(shared): State<Arc<Shared>>,
     Query(query): Query<PageQuery>,
-) -> Response {
-    respond(
-        async {
-            let mut functions: Vec<Arc<Function>> =
-                super::read(&shared.functions).values().cloned().collect();
-            functions.sort_by(|a, b| a.name.cmp(&b.name));
-            let (functions, next) = page(functions, &query)?;
-            let mut out = Vec::new();
-            for function in functions {
-                if let Some(version) = function.resolve(None) {
-                    let qualified = version.version != LATEST;
-                    out.push(configuration(&shared, &function.name, &version, qualified).await);
-                }
-            }
-            Ok(listing("Functions", out, next))
+) -> ApiResult<Json<Value>> {
+    let mut functions: Vec<Arc<Function>> =
+        super::read(&shared.functions).values().cloned().collect();
+    functions.sort_by(|a, b| a.name.cmp(&b.name));
+    let (functions, next) = page(functions, &query)?;
+    let mut out = Vec::new();
+    for function in functions {
+        if let Some(version) = function.resolve(None) {
+            let qualified = version.version != LATEST;
+            out.push(configuration(&shared, &function.name, &version, qualified).await);
         }
-        .await,
-    )
+    }
+    Ok(listing("Functions", out, next))
 }
 
 /// One page of a List call: the items under `key`, and `NextMarker` when more follow.
-fn listing(key: &str, items: Vec<Value>, next: Option<String>) -> Response {
+fn listing(key: &str, items: Vec<Value>, next: Option<String>) -> Json<Value> {
     let mut body = json!({ key: items });
     if let Some(next) = next {
         body["NextMarker"] = json!(next);
     }
-    answer(StatusCode::OK, body)
+    Json(body)
 }
 
-async fn get_function(
+pub(crate) async fn get_function(
     State(shared): State<Arc<Shared>>,
     Path(raw): Path<String>,
     Query(query): Query<QualifierQuery>,
-) -> Response {
-    respond(
-        async {
-            let (name, version, qualified) =
-                resolve(&shared, &raw, query.qualifier.as_deref()).await?;
-            let location = match &version.config.code {
-                Some(code) => format!("file://{}", code.dir.display()),
-                None => format!("file://{}", version.binary.display()),
-            };
-            Ok(answer(
-                StatusCode::OK,
-                json!({
-                    "Configuration": configuration(&shared, &name, &version, qualified).await,
-                    "Code": {"RepositoryType": "S3", "Location": location},
-                }),
-            ))
-        }
-        .await,
-    )
+) -> ApiResult<Json<Value>> {
+    let (name, version, qualified) = resolve(&shared, &raw, query.qualifier.as_deref()).await?;
+    let location = match &version.config.code {
+        Some(code) => format!("file://{}", code.dir.display()),
+        None => format!("file://{}", version.binary.display()),
+    };
+    Ok(Json(json!({
+        "Configuration": configuration(&shared, &name, &version, qualified).await,
+        "Code": {"RepositoryType": "S3", "Location": location},
+    })))
 }
 
-async fn get_function_configuration(
+pub(crate) async fn get_function_configuration(
     State(shared): State<Arc<Shared>>,
     Path(raw): Path<String>,
     Query(query): Query<QualifierQuery>,
-) -> Response {
-    respond(
-        async {
-            let (name, version, qualified) =
-                resolve(&shared, &raw, query.qualifier.as_deref()).await?;
-            Ok(answer(
-                StatusCode::OK,
-                configuration(&shared, &name, &version, qualified).await,
-            ))
-        }
-        .await,
-    )
+) -> ApiResult<Json<Value>> {
+    let (name, version, qualified) = resolve(&shared, &raw, query.qualifier.as_deref()).await?;
+    Ok(Json(
+        configuration(&shared, &name, &version, qualified).await,
+    ))
 }
 
-async fn update_function_code(
+pub(crate) async fn update_function_code(
     State(shared): State<Arc<Shared>>,
     Path(raw): Path<String>,
     body: Body,
-) -> Response {
-    respond(update_function_code_inner(&shared, &raw, body).await)
-}
-
-async fn update_function_code_inner(shared: &Shared, raw: &str, body: Body) -> ApiResult<Response> {
+) -> ApiResult<Json<Value>> {
     let request: UpdateCodeRequest = read_json(body, "UpdateFunctionCode").await?;
-    let name = unqualified(shared, raw)?;
-    let function = existing(shared, &name)?;
+    let name = unqualified(&shared, &raw)?;
+    let function = existing(&shared, &name)?;
     let architectures = request
         .architectures
         .as_deref()
@@ -933,10 +403,10 @@ async fn update_function_code_inner(shared: &Shared, raw: &str, body: Body) -> A
     {
         revision_matches(request.revision_id.as_deref(), &latest)?;
     }
-    let code = unpack(shared, &name, zip).await?;
+    let code = unpack(&shared, &name, zip).await?;
     let dry_run = request.dry_run == Some(true);
     let (version, qualified) = function.edit_versions(|versions| {
-        let result = (|| {
+        let result = (|| -> ApiResult<_> {
             let base = match &versions.latest {
                 Some(latest) => {
                     revision_matches(request.revision_id.as_deref(), latest)?;
@@ -967,29 +437,20 @@ async fn update_function_code_inner(shared: &Shared, raw: &str, body: Body) -> A
             Err(e) => (Err(e), Vec::new()),
         }
     })?;
-    Ok(answer(
-        StatusCode::OK,
-        configuration(shared, &name, &version, qualified).await,
+    Ok(Json(
+        configuration(&shared, &name, &version, qualified).await,
     ))
 }
 
-async fn update_function_configuration(
+pub(crate) async fn update_function_configuration(
     State(shared): State<Arc<Shared>>,
     Path(raw): Path<String>,
     body: Body,
-) -> Response {
-    respond(update_function_configuration_inner(&shared, &raw, body).await)
-}
-
-async fn update_function_configuration_inner(
-    shared: &Shared,
-    raw: &str,
-    body: Body,
-) -> ApiResult<Response> {
+) -> ApiResult<Json<Value>> {
     let request: UpdateConfigurationRequest =
         read_json(body, "UpdateFunctionConfiguration").await?;
-    let name = unqualified(shared, raw)?;
-    let function = existing(shared, &name)?;
+    let name = unqualified(&shared, &raw)?;
+    let function = existing(&shared, &name)?;
     let role = request.role.as_deref().map(|r| role(Some(r))).transpose()?;
     let handler = request.handler.as_deref().map(handler).transpose()?;
     let runtime = request.runtime.as_deref().map(runtime).transpose()?;
@@ -1012,188 +473,119 @@ async fn update_function_configuration_inner(
         config.timeout = timeout.unwrap_or(config.timeout);
         config.env = env.unwrap_or(config.env);
         config.description = description.unwrap_or(config.description);
-        config.last_modified = timestamp(SystemTime::now());
+        config.last_modified = last_modified(SystemTime::now());
         config.revision_id = uuid::Uuid::new_v4().to_string();
         let updated = Version::new(LATEST.to_owned(), latest.binary.clone(), Arc::new(config));
         let retired = vec![latest.revision];
         versions.latest = Some(updated.clone());
         (Ok(updated), retired)
     })?;
-    Ok(answer(
-        StatusCode::OK,
-        configuration(shared, &name, &version, false).await,
-    ))
+    Ok(Json(configuration(&shared, &name, &version, false).await))
 }
 
-async fn publish_version(
+pub(crate) async fn publish_version(
     State(shared): State<Arc<Shared>>,
     Path(raw): Path<String>,
     body: Body,
-) -> Response {
-    respond(
-        async {
-            let request: PublishVersionRequest = read_json(body, "PublishVersion").await?;
-            let name = unqualified(&shared, &raw)?;
-            let function = existing(&shared, &name)?;
-            let latest = function
-                .resolve(Some(LATEST))
-                .filter(|v| v.version == LATEST)
-                .ok_or_else(no_latest)?;
-            // Hash first (only versions given at start need it), then check under the lock.
-            code_facts(&latest).await;
-            let description = request.description.map(description).transpose()?;
-            let version = function.edit_versions(|versions| {
-                let result = (|| {
-                    let latest = versions.latest.as_ref().ok_or_else(no_latest)?;
-                    if let Some(given) = request.code_sha256.as_deref() {
-                        let current = code_sha256(latest).unwrap_or_default();
-                        if given != current {
-                            return Err(ApiError::precondition(format!(
-                                "CodeSHA256 ({given}) you provided does not match the current CodeSHA256 ({current}) of the function."
-                            )));
-                        }
-                    }
-                    revision_matches(request.revision_id.as_deref(), latest)?;
-                    publish(versions, description)
-                })();
-                (result, Vec::new())
-            })?;
-            tracing::info!(function = %name, version = %version.version, "published a version");
-            Ok(answer(
-                StatusCode::CREATED,
-                configuration(&shared, &name, &version, true).await,
-            ))
-        }
-        .await,
-    )
+) -> ApiResult<(StatusCode, Json<Value>)> {
+    let request: PublishVersionRequest = read_json(body, "PublishVersion").await?;
+    let name = unqualified(&shared, &raw)?;
+    let function = existing(&shared, &name)?;
+    let latest = function
+        .resolve(Some(LATEST))
+        .filter(|v| v.version == LATEST)
+        .ok_or_else(no_latest)?;
+    // Hash first (only versions given at start need it), then check under the lock.
+    code_facts(&latest).await;
+    let description = request.description.map(description).transpose()?;
+    let version = function.edit_versions(|versions| {
+        let result = (|| {
+            let latest = versions.latest.as_ref().ok_or_else(no_latest)?;
+            if let Some(given) = request.code_sha256.as_deref() {
+                let current = code_sha256(latest).unwrap_or_default();
+                if given != current {
+                    return Err(ApiError::precondition(format!(
+                        "CodeSHA256 ({given}) you provided does not match the current CodeSHA256 ({current}) of the function."
+                    )));
+                }
+            }
+            revision_matches(request.revision_id.as_deref(), latest)?;
+            publish(versions, description)
+        })();
+        (result, Vec::new())
+    })?;
+    tracing::info!(function = %name, version = %version.version, "published a version");
+    Ok((
+        StatusCode::CREATED,
+        Json(configuration(&shared, &name, &version, true).await),
+    ))
 }
 
-async fn list_versions_by_function(
+pub(crate) async fn list_versions_by_function(
     State(shared): State<Arc<Shared>>,
     Path(raw): Path<String>,
     Query(query): Query<PageQuery>,
-) -> Response {
-    respond(
-        async {
-            let name = unqualified(&shared, &raw)?;
-            let function = existing(&shared, &name)?;
-            let all = function.edit_versions(|versions| {
-                let mut published = versions.published.clone();
-                published.sort_by(|a, b| version_order(&a.version, &b.version));
-                let all: Vec<Version> = versions.latest.iter().cloned().chain(published).collect();
-                (all, Vec::new())
-            });
-            let (all, next) = page(all, &query)?;
-            let mut out = Vec::new();
-            for version in &all {
-                out.push(configuration(&shared, &name, version, true).await);
-            }
-            Ok(listing("Versions", out, next))
-        }
-        .await,
-    )
+) -> ApiResult<Json<Value>> {
+    let name = unqualified(&shared, &raw)?;
+    let function = existing(&shared, &name)?;
+    let all = function.edit_versions(|versions| {
+        let mut published = versions.published.clone();
+        published.sort_by(|a, b| version_order(&a.version, &b.version));
+        let all: Vec<Version> = versions.latest.iter().cloned().chain(published).collect();
+        (all, Vec::new())
+    });
+    let (all, next) = page(all, &query)?;
+    let mut out = Vec::new();
+    for version in &all {
+        out.push(configuration(&shared, &name, version, true).await);
+    }
+    Ok(listing("Versions", out, next))
 }
 
-async fn delete_function(
+pub(crate) async fn delete_function(
     State(shared): State<Arc<Shared>>,
     Path(raw): Path<String>,
     Query(query): Query<QualifierQuery>,
-) -> Response {
-    respond(
-        async {
-            let target = target(&shared, &raw, query.qualifier.as_deref())?;
-            let name = target.name;
-            match target.qualifier.as_deref() {
-                None => {
-                    let removed = super::write(&shared.functions).remove(&name);
-                    let function =
-                        removed.ok_or_else(|| ApiError::not_found(&shared.arn(&name, None)))?;
-                    function.retire();
-                    shared
-                        .retired
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .push(Arc::downgrade(&function));
-                    tracing::info!(function = %name, "deleted function through the control plane");
-                }
-                Some(LATEST) => {
-                    return Err(ApiError::invalid(
-                        "$LATEST version cannot be deleted without deleting the function.",
-                    ));
-                }
-                Some(qualifier) => {
-                    let function = existing(&shared, &name)?;
-                    let found = function.edit_versions(|versions| {
-                        match versions
-                            .published
-                            .iter()
-                            .position(|v| v.version == qualifier)
-                        {
-                            Some(i) => {
-                                let gone = versions.published.remove(i);
-                                (true, vec![gone.revision])
-                            }
-                            None => (false, Vec::new()),
-                        }
-                    });
-                    if !found {
-                        return Err(ApiError::not_found(&shared.arn(&name, Some(qualifier))));
+) -> ApiResult<StatusCode> {
+    let target = target(&shared, &raw, query.qualifier.as_deref())?;
+    let name = target.name;
+    match target.qualifier.as_deref() {
+        None => {
+            let removed = super::write(&shared.functions).remove(&name);
+            let function = removed.ok_or_else(|| ApiError::not_found(&shared.arn(&name, None)))?;
+            function.retire();
+            shared
+                .retired
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(Arc::downgrade(&function));
+            tracing::info!(function = %name, "deleted function through the control plane");
+        }
+        Some(LATEST) => {
+            return Err(ApiError::invalid(
+                "$LATEST version cannot be deleted without deleting the function.",
+            ));
+        }
+        Some(qualifier) => {
+            let function = existing(&shared, &name)?;
+            let found = function.edit_versions(|versions| {
+                match versions
+                    .published
+                    .iter()
+                    .position(|v| v.version == qualifier)
+                {
+                    Some(i) => {
+                        let gone = versions.published.remove(i);
+                        (true, vec![gone.revision])
                     }
-                    tracing::info!(function = %name, version = qualifier, "deleted a version");
+                    None => (false, Vec::new()),
                 }
+            });
+            if !found {
+                return Err(ApiError::not_found(&shared.arn(&name, Some(qualifier))));
             }
-            Ok(with_request_id(
-                StatusCode::NO_CONTENT.into_response(),
-                &uuid::Uuid::new_v4().to_string(),
-            ))
+            tracing::info!(function = %name, version = qualifier, "deleted a version");
         }
-        .await,
-    )
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn timestamps_look_like_lambdas() {
-        let at = SystemTime::UNIX_EPOCH + Duration::from_millis(1_795_856_400_123);
-        assert_eq!(timestamp(at), "2026-11-28T09:00:00.123+0000");
     }
-
-    #[test]
-    fn role_arns() {
-        assert!(role(Some("arn:aws:iam::123456789012:role/fanout")).is_ok());
-        assert!(role(Some("arn:aws:iam::123456789012:role/service-role/fanout-x")).is_ok());
-        assert!(role(Some("arn:aws-cn:iam::123456789012:role/a.b@c")).is_ok());
-        for bad in [
-            "",
-            "fanout",
-            "arn:aws:iam::12345:role/fanout",
-            "arn:aws:iam::123456789012:user/fanout",
-            "arn:aws:iam::123456789012:role/",
-            "arn:aws:s3::123456789012:role/fanout",
-            "arn:aws:iam:us-east-1:123456789012:role/fanout",
-        ] {
-            let e = role(Some(bad)).unwrap_err();
-            assert_eq!(e.kind, "InvalidParameterValueException", "{bad}");
-        }
-        assert_eq!(role(None).unwrap_err().status, StatusCode::BAD_REQUEST);
-    }
-
-    #[test]
-    fn variable_names_and_reserved_keys() {
-        let env = |k: &str| EnvironmentInput {
-            variables: Some(BTreeMap::from([(k.to_owned(), "v".to_owned())])),
-        };
-        assert!(environment(env("FANOUT_MAX_SUBTASK_MS")).is_ok());
-        assert_eq!(
-            environment(env("AWS_REGION")).unwrap_err().kind,
-            "InvalidParameterValueException"
-        );
-        assert_eq!(
-            environment(env("1A")).unwrap_err().kind,
-            "ValidationException"
-        );
-    }
+    Ok(StatusCode::NO_CONTENT)
 }

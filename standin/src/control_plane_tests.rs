@@ -29,17 +29,16 @@ fn handler_binary() -> Vec<u8> {
     })
 }
 
-/// A zip of `(name, bytes, unix mode)`; big entries are stored, small ones deflated.
+/// A zip of `(name, bytes, unix mode)`, deflated as a deploy tool does: a debug build of the
+/// handler (tens of MB) fits Lambda's 50 MB zip limit only compressed. Big entries get the
+/// fastest level, so the tests do not wait on compression.
 fn zip_of(entries: &[(&str, &[u8], u32)]) -> Vec<u8> {
     let mut writer = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
     for (name, bytes, mode) in entries {
-        let method = if bytes.len() > 1 << 20 {
-            zip::CompressionMethod::Stored
-        } else {
-            zip::CompressionMethod::Deflated
-        };
+        let level = if bytes.len() > 1 << 20 { 1 } else { 6 };
         let options = zip::write::SimpleFileOptions::default()
-            .compression_method(method)
+            .compression_method(zip::CompressionMethod::Deflated)
+            .compression_level(Some(level))
             .unix_permissions(*mode)
             .large_file(bytes.len() > u32::MAX as usize / 2);
         writer.start_file(*name, options).unwrap();
@@ -135,7 +134,7 @@ fn create_body(name: &str, zip: &[u8]) -> Value {
         "Role": ROLE,
         "Handler": "bootstrap",
         "Code": {"ZipFile": BASE64.encode(zip)},
-        "Architectures": [control_plane::host_architecture()],
+        "Architectures": [instances::host_architecture()],
         "MemorySize": 256,
         "Timeout": 30,
         "Environment": {"Variables": {"FANOUT_MAX_SUBTASK_MS": "100", "RUST_LOG": "warn"}},
@@ -183,7 +182,7 @@ async fn a_release_loop_over_lambdas_wire_shapes() {
     assert_eq!(created["PackageType"], "Zip");
     assert_eq!(
         created["Architectures"],
-        json!([control_plane::host_architecture()])
+        json!([instances::host_architecture()])
     );
     assert_eq!(
         created["Environment"]["Variables"]["FANOUT_MAX_SUBTASK_MS"],
@@ -813,7 +812,7 @@ async fn aws_sdk_lambda_deploys_to_the_standin() {
                 .zip_file(Blob::new(zip1.clone()))
                 .build(),
         )
-        .architectures(Architecture::from(control_plane::host_architecture()))
+        .architectures(Architecture::from(instances::host_architecture()))
         .memory_size(256)
         .timeout(30)
         .environment(

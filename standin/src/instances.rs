@@ -11,7 +11,7 @@
 //! instance of other code. Retired revisions' busy instances finish their event and are then
 //! discarded instead of going back to the pool.
 
-use super::names::{LATEST, version_order};
+use super::names::{LATEST, last_modified, log_stream_name, version_order};
 use super::runtime_api::{self, Ended, Event, RuntimeShared};
 use super::{FunctionSpec, VersionSpec};
 use std::collections::{HashMap, HashSet};
@@ -74,6 +74,36 @@ pub(crate) struct Config {
     pub binary_sha256: OnceLock<String>,
     pub last_modified: String,
     pub revision_id: String,
+}
+
+impl Config {
+    /// A function given at start, as the control plane reports it: no uploaded code, so
+    /// `provided.al2023` running the version's binary natively.
+    pub(crate) fn given_at_start(spec: &FunctionSpec, account: &str) -> Self {
+        Config {
+            memory_mb: spec.memory_mb,
+            timeout: spec.timeout,
+            env: spec.env.clone(),
+            role: format!("arn:aws:iam::{account}:role/fanout-standin"),
+            handler: "bootstrap".into(),
+            runtime: "provided.al2023".into(),
+            architectures: vec![host_architecture().into()],
+            description: String::new(),
+            code: None,
+            binary_sha256: OnceLock::new(),
+            last_modified: last_modified(SystemTime::now()),
+            revision_id: uuid::Uuid::new_v4().to_string(),
+        }
+    }
+}
+
+/// `x86_64` or `arm64`: what the stand-in's host runs natively.
+pub(crate) fn host_architecture() -> &'static str {
+    if cfg!(target_arch = "aarch64") {
+        "arm64"
+    } else {
+        "x86_64"
+    }
 }
 
 /// An uploaded deployment package, extracted into its own directory; the directory goes
@@ -598,7 +628,7 @@ fn lambda_env(
         ),
         (
             "AWS_LAMBDA_LOG_STREAM_NAME",
-            log_stream_name(&version.version),
+            log_stream_name(&version.version, SystemTime::now()),
         ),
         ("AWS_REGION", region.to_owned()),
         ("AWS_DEFAULT_REGION", region.to_owned()),
@@ -615,30 +645,6 @@ fn lambda_env(
 fn task_root(binary: &Path) -> Option<PathBuf> {
     let dir = binary.parent().filter(|d| !d.as_os_str().is_empty())?;
     std::path::absolute(dir).ok()
-}
-
-/// Lambda's format: `YYYY/MM/DD/[VERSION]<32 hex>`.
-fn log_stream_name(version: &str) -> String {
-    let days = super::metering::epoch_ms(SystemTime::now()) / 86_400_000;
-    let (y, m, d) = civil_from_days(days as i64);
-    format!(
-        "{y:04}/{m:02}/{d:02}/[{version}]{}",
-        uuid::Uuid::new_v4().simple()
-    )
-}
-
-/// Days since 1970-01-01 to a proleptic Gregorian date (Howard Hinnant's algorithm).
-pub(super) fn civil_from_days(days: i64) -> (i64, u32, u32) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    (y, m, d)
 }
 
 /// Lambda's wording in `Runtime.ExitError` messages.
@@ -675,17 +681,6 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn dates_for_log_stream_names() {
-        assert_eq!(civil_from_days(0), (1970, 1, 1));
-        assert_eq!(civil_from_days(19_723), (2024, 1, 1));
-        assert_eq!(civil_from_days(19_782), (2024, 2, 29));
-        assert_eq!(civil_from_days(-1), (1969, 12, 31));
-        let name = log_stream_name("7");
-        assert_eq!(name.len(), "2024/01/01/[7]".len() + 32, "{name}");
-        assert!(name.contains("/[7]"));
-    }
 
     #[test]
     fn exit_statuses_in_lambdas_words() {

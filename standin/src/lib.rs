@@ -29,16 +29,19 @@
 //! Not modelled: aliases, async-invocation queues and retries (an `Event` invoke just runs in
 //! the background), and memory limits (the size is only reported to the function).
 
+mod api;
 mod control_plane;
 #[cfg(test)]
 mod control_plane_tests;
 mod faults;
+mod hooks;
 mod instances;
 mod invocation;
 mod invoke_api;
 mod metering;
 mod names;
 pub mod process;
+mod router;
 mod runtime_api;
 #[cfg(test)]
 mod tests;
@@ -52,7 +55,7 @@ use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::atomic::AtomicU64;
-use std::sync::{Arc, Mutex, OnceLock, RwLock, Weak};
+use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -174,6 +177,15 @@ impl Shared {
         read(&self.functions).get(name).cloned()
     }
 
+    /// SIGKILLs the busy instances of `function` (those running an event whose path contains
+    /// `path`, when given) and counts them as injected faults; `None` if there is no such
+    /// function.
+    pub(crate) fn kill_busy(&self, function: &str, path: Option<&str>) -> Option<usize> {
+        let killed = self.function(function)?.kill_running_where(path);
+        self.faults.count_killed(killed);
+        Some(killed)
+    }
+
     fn all_functions(&self) -> Vec<Arc<Function>> {
         let mut all: Vec<Arc<Function>> = read(&self.functions).values().cloned().collect();
         let mut retired = self.retired.lock().unwrap_or_else(|p| p.into_inner());
@@ -187,24 +199,6 @@ impl Shared {
             .iter()
             .flat_map(|f| f.close())
             .collect()
-    }
-
-    /// The configuration of functions given at start, as the control plane reports it.
-    fn spec_config(&self, spec: &FunctionSpec) -> Config {
-        Config {
-            memory_mb: spec.memory_mb,
-            timeout: spec.timeout,
-            env: spec.env.clone(),
-            role: format!("arn:aws:iam::{}:role/fanout-standin", self.account),
-            handler: "bootstrap".into(),
-            runtime: "provided.al2023".into(),
-            architectures: vec![control_plane::host_architecture().into()],
-            description: String::new(),
-            code: None,
-            binary_sha256: OnceLock::new(),
-            last_modified: control_plane::timestamp(std::time::SystemTime::now()),
-            revision_id: uuid::Uuid::new_v4().to_string(),
-        }
     }
 }
 
@@ -244,7 +238,7 @@ impl StandIn {
                 "{:?} is not a valid Lambda function name",
                 spec.name
             );
-            let function = Function::new(spec, shared.spec_config(spec))?;
+            let function = Function::new(spec, Config::given_at_start(spec, &config.account))?;
             anyhow::ensure!(
                 functions
                     .insert(spec.name.clone(), Arc::new(function))
@@ -268,7 +262,7 @@ impl StandIn {
 
         let shared = Arc::new(shared);
         let (stop, mut stopped) = watch::channel(false);
-        let router = invoke_api::router(Arc::clone(&shared));
+        let router = router::router(Arc::clone(&shared));
         let server = tokio::spawn(async move {
             let serve = axum::serve(listener, router).with_graceful_shutdown(async move {
                 let _ = stopped.wait_for(|stop| *stop).await;
@@ -337,13 +331,9 @@ impl StandIn {
     /// SIGKILLs the busy instances of `function`, only those running an event whose path
     /// contains `path` when given (e.g. `runSubtask`): a crash mid-event. Returns how many.
     pub fn kill_busy(&self, function: &str, path: Option<&str>) -> anyhow::Result<usize> {
-        let function = self
-            .shared
-            .function(function)
-            .with_context(|| format!("no function named {function:?}"))?;
-        let killed = function.kill_running_where(path);
-        self.shared.faults.count_killed(killed);
-        Ok(killed)
+        self.shared
+            .kill_busy(function, path)
+            .with_context(|| format!("no function named {function:?}"))
     }
 
     /// Kills every instance, waits for the processes to be reaped, and stops listening.

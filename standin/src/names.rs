@@ -1,6 +1,9 @@
-//! Function names as the Invoke API accepts them, ARNs, and version order.
+//! Lambda's names and formats: function names as its APIs accept them, ARNs, version order,
+//! and the dates it writes (`LastModified`, log stream names).
 
 use std::cmp::Ordering;
+use std::time::{SystemTime, UNIX_EPOCH};
+use time::OffsetDateTime;
 
 /// A function and the qualifier it was invoked with (`None` means `$LATEST`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -116,6 +119,42 @@ pub(crate) fn version_order(a: &str, b: &str) -> Ordering {
     }
 }
 
+/// Lambda's `LastModified` format: `2026-11-28T09:00:00.123+0000`.
+pub(crate) fn last_modified(at: SystemTime) -> String {
+    let t = utc(at);
+    format!(
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}+0000",
+        t.year(),
+        t.month() as u8,
+        t.day(),
+        t.hour(),
+        t.minute(),
+        t.second(),
+        t.millisecond()
+    )
+}
+
+/// Lambda's `AWS_LAMBDA_LOG_STREAM_NAME`: `YYYY/MM/DD/[VERSION]<32 hex>`, one per instance.
+pub(crate) fn log_stream_name(version: &str, at: SystemTime) -> String {
+    let t = utc(at);
+    format!(
+        "{:04}/{:02}/{:02}/[{version}]{}",
+        t.year(),
+        t.month() as u8,
+        t.day(),
+        uuid::Uuid::new_v4().simple()
+    )
+}
+
+/// `at` in UTC; a time the calendar cannot hold (past year 9999) reads as the epoch.
+fn utc(at: SystemTime) -> OffsetDateTime {
+    let nanos = match at.duration_since(UNIX_EPOCH) {
+        Ok(after) => i128::try_from(after.as_nanos()).unwrap_or(i128::MAX),
+        Err(before) => i128::try_from(before.duration().as_nanos()).map_or(i128::MIN, |n| -n),
+    };
+    OffsetDateTime::from_unix_timestamp_nanos(nanos).unwrap_or(OffsetDateTime::UNIX_EPOCH)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -197,5 +236,32 @@ mod tests {
         let mut versions = vec!["10", "9", "1", "beta", "2"];
         versions.sort_by(|a, b| version_order(a, b));
         assert_eq!(versions, vec!["1", "2", "9", "10", "beta"]);
+    }
+
+    #[test]
+    fn dates_as_lambda_writes_them() {
+        let at = |ms: i64| match u64::try_from(ms) {
+            Ok(ms) => UNIX_EPOCH + std::time::Duration::from_millis(ms),
+            Err(_) => UNIX_EPOCH - std::time::Duration::from_millis(ms.unsigned_abs()),
+        };
+        assert_eq!(
+            last_modified(at(1_795_856_400_123)),
+            "2026-11-28T09:00:00.123+0000"
+        );
+        assert_eq!(last_modified(at(0)), "1970-01-01T00:00:00.000+0000");
+        // A leap day, and the last millisecond before the epoch.
+        assert_eq!(
+            last_modified(at(1_709_251_199_999)),
+            "2024-02-29T23:59:59.999+0000"
+        );
+        assert_eq!(last_modified(at(-1)), "1969-12-31T23:59:59.999+0000");
+        let name = log_stream_name("7", at(1_704_067_200_000));
+        assert!(name.starts_with("2024/01/01/[7]"), "{name}");
+        assert_eq!(name.len(), "2024/01/01/[7]".len() + 32, "{name}");
+        assert!(
+            name["2024/01/01/[7]".len()..]
+                .bytes()
+                .all(|b| b.is_ascii_hexdigit())
+        );
     }
 }

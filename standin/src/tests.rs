@@ -349,6 +349,21 @@ async fn unknown_functions_versions_and_bad_names_are_refused_like_lambda() {
         mismatch.header("x-amzn-ErrorType"),
         Some("InvalidParameterValueException")
     );
+    // A path no route serves is Lambda's UnknownOperationException, with a request id too.
+    let unknown = Answer::read(
+        reqwest::Client::new()
+            .get(format!("{}/2015-03-31/layers", standin.endpoint_url()))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(unknown.status, StatusCode::NOT_FOUND);
+    assert_eq!(
+        unknown.header("x-amzn-ErrorType"),
+        Some("UnknownOperationException")
+    );
+    assert!(unknown.header("x-amzn-RequestId").is_some());
     assert!(standin.records().is_empty(), "nothing ran");
     assert!(
         standin
@@ -684,6 +699,10 @@ async fn the_kill_hook_kills_busy_instances_only() {
         .await
         .unwrap();
     assert_eq!(unknown.status(), StatusCode::NOT_FOUND);
+    assert_eq!(
+        unknown.headers()["x-amzn-ErrorType"],
+        "ResourceNotFoundException"
+    );
     standin.shutdown().await;
 }
 

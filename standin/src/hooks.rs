@@ -1,0 +1,62 @@
+//! The `/fanout/*` hooks: what a tool or a test asks the stand-in that Lambda has no API for.
+//!
+//! | hook | what it does |
+//! |---|---|
+//! | `GET /fanout/health` | `{"status": "ok"}` once the port serves |
+//! | `GET /fanout/metrics` | every [`InvocationRecord`] so far, as a JSON array |
+//! | `POST /fanout/faults` | arms a [`FaultPlan`] (JSON) for the next invokes; answers the tallies |
+//! | `GET /fanout/faults` | the tallies: [`FaultCounts`], injected and still armed |
+//! | `POST /fanout/instances/kill?function=NAME[&path=HANDLER]` | SIGKILLs the busy instances (those running an event for that Restate handler): a crash mid-event |
+
+use super::Shared;
+use super::api::{ApiError, ApiResult};
+use super::faults::{FaultCounts, FaultPlan};
+use super::metering::InvocationRecord;
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::{Query, State};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use std::sync::Arc;
+
+pub(crate) async fn health() -> Json<Value> {
+    Json(json!({"status": "ok"}))
+}
+
+pub(crate) async fn metrics(State(shared): State<Arc<Shared>>) -> Json<Vec<InvocationRecord>> {
+    Json(shared.meter.snapshot())
+}
+
+pub(crate) async fn arm_faults(
+    State(shared): State<Arc<Shared>>,
+    body: Bytes,
+) -> ApiResult<Json<FaultCounts>> {
+    let plan: FaultPlan = serde_json::from_slice(&body).map_err(|e| {
+        ApiError::bad_content(format!(
+            "the body is not a fault plan ({e}); send e.g. {{\"throttle\": 2, \"serviceError\": 1, \"dropResponse\": 1, \"timeout\": 1, \"timeoutMs\": 200, \"path\": \"runSubtask\"}}"
+        ))
+    })?;
+    shared.faults.arm(&plan);
+    Ok(Json(shared.faults.counts()))
+}
+
+pub(crate) async fn fault_counts(State(shared): State<Arc<Shared>>) -> Json<FaultCounts> {
+    Json(shared.faults.counts())
+}
+
+#[derive(Deserialize)]
+pub(crate) struct KillQuery {
+    function: String,
+    /// Only instances running an event whose path contains this (e.g. `runSubtask`).
+    path: Option<String>,
+}
+
+pub(crate) async fn kill(
+    State(shared): State<Arc<Shared>>,
+    Query(query): Query<KillQuery>,
+) -> ApiResult<Json<Value>> {
+    let killed = shared
+        .kill_busy(&query.function, query.path.as_deref())
+        .ok_or_else(|| ApiError::not_found(&shared.arn(&query.function, None)))?;
+    Ok(Json(json!({"killed": killed})))
+}
