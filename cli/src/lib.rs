@@ -13,7 +13,9 @@
 //! | [`aws`] | AWS config from the standard chain; SDK errors turned into causes and fixes |
 //! | [`admin`] | Restate's admin API: register, list, delete, SQL introspection |
 //! | [`ingress`] | Restate's ingress: start a fan-out, get its result |
+//! | [`items`] | runs of items: local items checked and staged in S3, results fetched back; the local S3 store (moto) |
 //! | [`observe`] | a fan-out's progress and per-subtask detail from SQL introspection; bar/plain display |
+//! | [`ports`] | where the local stack listens: Restate's default ports (or a moved set, or free ones); a taken one named with its holder |
 //! | [`stack`] | restate-server + handler (HTTP or Lambda) registered: the local stack |
 //! | [`report`] | per-invocation tables and summaries from the stand-in's metering |
 //! | [`exit`] | the exit codes of every verb, one table |
@@ -26,8 +28,10 @@ pub mod commands;
 pub mod exit;
 pub mod identity;
 pub mod ingress;
+pub mod items;
 pub mod observe;
 pub mod outcome;
+pub mod ports;
 pub mod report;
 pub mod restate_cluster;
 pub mod restate_server;
