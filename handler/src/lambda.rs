@@ -431,19 +431,24 @@ mod tests {
         let manifest: Value = serde_json::from_slice(&body(&response)).unwrap();
         assert_eq!(manifest["lambdaCompression"], "zstd");
         assert_eq!(manifest["protocolMode"], "REQUEST_RESPONSE");
-        let worker = manifest["services"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|s| s["name"] == "worker")
-            .expect("the worker service is discovered");
-        let handlers: Vec<&str> = worker["handlers"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|h| h["name"].as_str().unwrap())
-            .collect();
-        assert!(handlers.contains(&"run") && handlers.contains(&"runSubtask"));
+        // The service macros spell the names as literals; they must be the contract's.
+        use fanout_contract::names;
+        let services = manifest["services"].as_array().unwrap();
+        let handlers_of = |service: &str| -> Vec<&str> {
+            let found = services.iter().find(|s| s["name"] == service);
+            let found = found.unwrap_or_else(|| panic!("service {service} is not discovered"));
+            found["handlers"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|h| h["name"].as_str().unwrap())
+                .collect()
+        };
+        let worker = handlers_of(names::WORKER);
+        for handler in [names::RUN, names::RUN_SUBTASK, names::RUN_SHARD] {
+            assert!(worker.contains(&handler), "{handler} missing from {worker:?}");
+        }
+        assert!(!handlers_of(names::LEDGER).is_empty());
     }
 
     #[tokio::test]
