@@ -19,6 +19,7 @@ use crate::identity::{IDENTITY_KEYS_ENV, PRIVATE_KEY_PEM_ENV, SigningSetup};
 use crate::restate_cluster::{ClusterLayout, RestateCluster, SERVE_TIMEOUT, wait_until_serving};
 use crate::restate_server::{RestateServer, ServerOptions, log_tail};
 use anyhow::{Context, Result, bail};
+use fanout_contract::layout::{SERVE_ENV, Serve};
 use fanout_standin::process::{Managed, free_port, wait_until};
 use fanout_standin::{FunctionSpec, StandIn, StandInConfig, VersionSpec};
 use std::path::{Path, PathBuf};
@@ -215,18 +216,18 @@ impl LocalStack {
         }
 
         // Which deployments, in which mode, with which FANOUT_SERVE.
-        let serving = |role: &str| {
+        let serving = |role: Serve| {
             let mut env = handler_env.clone();
-            env.retain(|(name, _)| name != "FANOUT_SERVE");
-            env.push(("FANOUT_SERVE".into(), role.into()));
+            env.retain(|(name, _)| name != SERVE_ENV);
+            env.push((SERVE_ENV.into(), role.as_str().into()));
             env
         };
         let (main_mode, main_env, executors) = match options.layout {
             Layout::Single => (options.mode, handler_env.clone(), None),
             Layout::Split { coordinator } => (
                 coordinator,
-                serving("coordinator"),
-                Some((options.mode, serving("executor"))),
+                serving(Serve::Coordinator),
+                Some((options.mode, serving(Serve::Executor))),
             ),
         };
         let executor_function =

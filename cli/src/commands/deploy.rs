@@ -75,7 +75,7 @@ pub struct Args {
     restate: RestateArgs,
 }
 
-/// The handler's `FANOUT_SERVE` values.
+/// The handler's `FANOUT_SERVE` values (the contract's [`layout::Serve`]).
 #[derive(Clone, Copy, clap::ValueEnum)]
 enum Serve {
     All,
@@ -86,10 +86,11 @@ enum Serve {
 impl Serve {
     fn as_str(self) -> &'static str {
         match self {
-            Serve::All => "all",
-            Serve::Coordinator => "coordinator",
-            Serve::Executor => "executor",
+            Serve::All => layout::Serve::All,
+            Serve::Coordinator => layout::Serve::Coordinator,
+            Serve::Executor => layout::Serve::Executor,
         }
+        .as_str()
     }
 }
 
@@ -144,7 +145,7 @@ pub struct DeployOptions {
 }
 
 /// The handler's variable for what a deployment serves.
-const SERVE_ENV: &str = "FANOUT_SERVE";
+use fanout_contract::layout::{self, SERVE_ENV};
 
 #[derive(Debug, Clone)]
 pub struct Deployed {
