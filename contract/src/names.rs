@@ -25,3 +25,11 @@ pub const LANE_TARGET: &str = "worker/runShard";
 
 /// The coordinator's journaled step whose result is the list of subtasks.
 pub const SPLIT_STEP: &str = "split task";
+
+/// The coordinator of a run of items: items from S3, results to S3 (`fanout invoke --items`).
+pub const RUN_ITEMS: &str = "runItems";
+/// `worker/runItems`, as introspection's `target` column names it.
+pub const RUN_ITEMS_TARGET: &str = "worker/runItems";
+/// A run of items' journaled step whose result is the number of items and the items' ETag
+/// (`{"count": N, "etag": "…"}`).
+pub const SCAN_STEP: &str = "scan items";

@@ -326,7 +326,10 @@ impl<J: Job> Worker<J> {
         ctx: Context<'_>,
         request: Payload<ItemsRequest>,
     ) -> Result<Payload<ItemsSummary>, HandlerError> {
-        let log = InvocationLog::new("worker/runItems", ctx.invocation_id());
+        let log = InvocationLog::new(
+            fanout_contract::names::RUN_ITEMS_TARGET,
+            ctx.invocation_id(),
+        );
         let refuse = |message: String| TerminalError::new_with_code(400, message);
         if let Some(raw) = ctx.headers().get(FanInStrategy::HEADER)
             && self.strategy(&ctx)? != FanInStrategy::Ledger
@@ -358,7 +361,7 @@ impl<J: Job> Worker<J> {
         let scanning = sink.clone();
         let Payload(scanned) = ctx
             .run(|| async move { Ok(Payload(source::scan::<J::Subtask>(&scanning).await?)) })
-            .name("scan items")
+            .name(fanout_contract::names::SCAN_STEP)
             .await?;
         sink.etag = scanned.etag;
         let width = scanned.count;
