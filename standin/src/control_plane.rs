@@ -40,10 +40,10 @@
 mod package;
 mod requests;
 
-use super::Shared;
 use super::api::{ApiError, ApiResult};
 use super::instances::{Code, Config, Function, Version, Versions};
 use super::names::{LATEST, Target, last_modified, parse_function_name, version_order};
+use super::shared::Shared;
 use axum::Json;
 use axum::body::Body;
 use axum::extract::{Path, Query, State};
@@ -308,7 +308,7 @@ pub(crate) async fn create_function(
         (published, Vec::new())
     });
     {
-        let mut functions = super::write(&shared.functions);
+        let mut functions = crate::shared::write(&shared.functions);
         if functions.contains_key(&name) {
             return Err(already());
         }
@@ -329,8 +329,10 @@ pub(crate) async fn list_functions(
     State(shared): State<Arc<Shared>>,
     Query(query): Query<PageQuery>,
 ) -> ApiResult<Json<Value>> {
-    let mut functions: Vec<Arc<Function>> =
-        super::read(&shared.functions).values().cloned().collect();
+    let mut functions: Vec<Arc<Function>> = crate::shared::read(&shared.functions)
+        .values()
+        .cloned()
+        .collect();
     functions.sort_by(|a, b| a.name.cmp(&b.name));
     let (functions, next) = page(functions, &query)?;
     let mut out = Vec::new();
@@ -551,7 +553,7 @@ pub(crate) async fn delete_function(
     let name = target.name;
     match target.qualifier.as_deref() {
         None => {
-            let removed = super::write(&shared.functions).remove(&name);
+            let removed = crate::shared::write(&shared.functions).remove(&name);
             let function = removed.ok_or_else(|| ApiError::not_found(&shared.arn(&name, None)))?;
             function.retire();
             shared

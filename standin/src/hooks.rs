@@ -8,10 +8,10 @@
 //! | `GET /fanout/faults` | the tallies: [`FaultCounts`], injected and still armed |
 //! | `POST /fanout/instances/kill?function=NAME[&path=HANDLER]` | SIGKILLs the busy instances (those running an event for that Restate handler): a crash mid-event |
 
-use super::Shared;
 use super::api::{ApiError, ApiResult};
 use super::faults::{FaultCounts, FaultPlan};
 use super::metering::InvocationRecord;
+use super::shared::Shared;
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::{Query, State};

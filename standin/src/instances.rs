@@ -11,9 +11,9 @@
 //! instance of other code. Retired revisions' busy instances finish their event and are then
 //! discarded instead of going back to the pool.
 
+use super::config::{FunctionSpec, VersionSpec};
 use super::names::{LATEST, last_modified, log_stream_name, version_order};
 use super::runtime_api::{self, Ended, Event, RuntimeShared};
-use super::{FunctionSpec, VersionSpec};
 use std::collections::{HashMap, HashSet};
 use std::os::unix::process::ExitStatusExt as _;
 use std::path::{Path, PathBuf};

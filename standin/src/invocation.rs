@@ -1,13 +1,13 @@
 //! One invocation from slot to metering record: claim a busy slot, start or reuse an instance,
 //! hand it the event, wait for its answer within Lambda's bounds, and decide its fate.
 
-use super::PAYLOAD_LIMIT;
-use super::Shared;
+use super::config::PAYLOAD_LIMIT;
 use super::instances::{Acquired, Function, Instance, Version};
 use super::metering::{
     InvocationRecord, billed_ms, content_encoding, epoch_ms, event_facts, millis, peak_rss_kb,
 };
 use super::runtime_api::{Ended, Event, Outcome};
+use super::shared::Shared;
 use axum::body::Bytes;
 use serde_json::json;
 use std::sync::Arc;

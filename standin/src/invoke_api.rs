@@ -4,11 +4,12 @@
 //! version, is the payload small enough, is a fault armed, and which invocation type.
 
 use super::api::{ApiError, ApiResult, RequestId};
+use super::config::PAYLOAD_LIMIT;
 use super::faults::Fault;
 use super::invocation::{self, Invocation, Invoked};
 use super::metering::{InvocationRecord, epoch_ms, event_path};
 use super::names::parse_function_name;
-use super::{PAYLOAD_LIMIT, Shared};
+use super::shared::Shared;
 use axum::Extension;
 use axum::body::{Body, to_bytes};
 use axum::extract::{Path, Query, State};

@@ -1,27 +1,57 @@
 //! # fanout-standin: a local AWS Lambda
 //!
-//! The real `bootstrap` runs unchanged, and restate-server (or aws-sdk-lambda, or any tool
-//! that deploys to Lambda) reaches it through `AWS_ENDPOINT_URL_LAMBDA=`[`StandIn::endpoint_url`].
-//! Nothing in it is specific to fanout: any Restate-on-Lambda project can run its handler here.
+//! A Restate-on-Lambda project's real `bootstrap` runs here unchanged, without AWS:
+//! restate-server invokes it through Lambda's Invoke API, a deploy tool (aws-sdk-lambda, the
+//! AWS CLI) creates functions and publishes versions through Lambda's control plane, and each
+//! instance is a child process that talks to the Runtime API as on Lambda. Nothing in it is
+//! specific to fanout.
 //!
-//! - `invoke_api`: Lambda's Invoke API (`POST /2015-03-31/functions/{name}/invocations`)
-//!   with Lambda's status codes, error types and headers, plus `GET /fanout/health`,
-//!   `GET /fanout/metrics` (the [`InvocationRecord`]s as a JSON array) and
-//!   `POST /fanout/instances/kill?function=NAME[&path=HANDLER]` (SIGKILL every busy instance,
-//!   or those running an event for that Restate handler; a test hook), and `POST /fanout/faults`
-//!   / `GET /fanout/faults` (arm faults for the next invokes, see `faults`; tallies).
-//! - `faults`: 429s, 5xx, lost responses and timeouts on request, as Lambda produces them.
-//! - `control_plane`: the part of Lambda's control-plane API a deploy tool uses (CreateFunction,
-//!   GetFunction, GetFunctionConfiguration, UpdateFunctionCode, UpdateFunctionConfiguration,
-//!   PublishVersion, ListVersionsByFunction, ListFunctions, DeleteFunction) on the same port,
-//!   with Lambda's wire shapes, so aws-sdk-lambda deploys to the stand-in as to AWS. Uploaded
-//!   zips are extracted under a directory the stand-in removes when it goes.
-//! - `runtime_api`: the Runtime API, one listener per instance.
-//! - `instances`: instances as child processes, warm reuse, the per-function concurrency
-//!   limit, and kill-on-drop so no process outlives the stand-in.
-//! - `invocation`: one invocation's life, with Lambda's bounds (start-up, timeout, payload
-//!   sizes) and its failure modes (`Runtime.ExitError`, `Sandbox.Timedout`, ...).
-//! - `metering`: what each invocation would cost and weigh, in memory and as JSON lines.
+//! ## Using it from another project
+//!
+//! ```no_run
+//! use fanout_standin::{FunctionSpec, StandIn, StandInConfig, VersionSpec};
+//!
+//! # async fn demo() -> anyhow::Result<()> {
+//! let mut function = FunctionSpec::new("my-handler");
+//! function.versions.push(VersionSpec::new("1", "target/debug/my-handler"));
+//! let standin = StandIn::start(StandInConfig {
+//!     functions: vec![function],
+//!     ..StandInConfig::default()
+//! })
+//! .await?;
+//! // Start restate-server (and any AWS SDK client) with AWS_ENDPOINT_URL_LAMBDA set to this,
+//! // then register the deployment `standin.version_arn("my-handler", "1")`.
+//! let endpoint = standin.endpoint_url();
+//! # let _ = endpoint;
+//! standin.shutdown().await; // or drop it: every instance is killed either way
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! Without functions at start, deploy with the tools you use for Lambda, pointed at
+//! [`StandIn::endpoint_url`] (`AWS_ENDPOINT_URL_LAMBDA`); any credentials do, none are checked.
+//! [`StandIn::records`] (or `GET /fanout/metrics`) tells what each invocation cost; faults on
+//! request ([`FaultPlan`]) make the stand-in fail the way Lambda does.
+//!
+//! ## How the modules map to responsibilities
+//!
+//! | module | responsibility |
+//! |---|---|
+//! | `lib` | [`StandIn`]: start, the public handle, shutdown |
+//! | `config` | what a user gives at start ([`StandInConfig`], [`FunctionSpec`], [`VersionSpec`]), and Lambda's limits |
+//! | `shared` | the state every part shares: the functions, the code directory, the meter, the faults |
+//! | `router` | every route of the port in one table |
+//! | `api` | what every answer has in common: the request id, Lambda's error shape (`ApiError`) |
+//! | `invoke_api` | the Invoke API: which function and version, payload limit, faults, invocation type |
+//! | `control_plane` | CreateFunction, GetFunction, UpdateFunctionCode, PublishVersion, ... with Lambda's wire shapes; `requests` checks their bodies, `package` unpacks their zips |
+//! | `hooks` | `/fanout/*`: health, metrics, arming faults, killing busy instances |
+//! | `invocation` | one invocation's life within Lambda's bounds, and its failure modes (`Runtime.ExitError`, `Sandbox.Timedout`, ...) |
+//! | `instances` | functions, versions and their instances as child processes: warm reuse, the concurrency limit, kill-on-drop |
+//! | `runtime_api` | the Runtime API, one listener per instance |
+//! | `faults` | 429s, 5xx, lost responses and timeouts on request, as Lambda produces them |
+//! | `metering` | what each invocation would cost and weigh, in memory and as JSON lines |
+//! | `names` | function names and ARNs as Lambda accepts them, version order, Lambda's date formats |
+//! | [`process`] | child processes that never outlive their owner (public: the CLI supervises restate-server with it) |
 //!
 //! Each instance runs in its own process group, and the whole group is SIGKILLed when the
 //! instance is discarded, so helpers a bootstrap starts go with it (unless they leave the group).
@@ -30,6 +60,7 @@
 //! the background), and memory limits (the size is only reported to the function).
 
 mod api;
+mod config;
 mod control_plane;
 #[cfg(test)]
 mod control_plane_tests;
@@ -43,102 +74,23 @@ mod names;
 pub mod process;
 mod router;
 mod runtime_api;
+mod shared;
 #[cfg(test)]
 mod tests;
 
+pub use config::{FunctionSpec, StandInConfig, VersionSpec};
 pub use faults::{FaultCounts, FaultPlan};
 pub use metering::InvocationRecord;
 
 use anyhow::Context as _;
-use instances::{Config, Environment, Function, Instance, LogSink};
-use std::collections::HashMap;
-use std::net::{Ipv4Addr, SocketAddr};
-use std::path::PathBuf;
-use std::sync::atomic::AtomicU64;
-use std::sync::{Arc, Mutex, RwLock, Weak};
+use config::{IDLE_TTL, INIT_BOUND};
+use shared::{Shared, read};
+use std::net::SocketAddr;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-
-/// Lambda's limit on a synchronous request's payload and on a response, in bytes.
-pub const PAYLOAD_LIMIT: usize = 6_291_456;
-
-/// How long a new instance may take to ask for its first event before the invocation fails
-/// with `Runtime.InitError` (Lambda allows 10 s of init for on-demand functions).
-pub const INIT_BOUND: Duration = Duration::from_secs(10);
-
-/// Idle instances older than this are stopped, as Lambda recycles unused environments.
-const IDLE_TTL: Duration = Duration::from_secs(10 * 60);
-
-#[derive(Debug, Clone)]
-pub struct StandInConfig {
-    /// Where the Invoke API listens; port 0 picks a free one.
-    pub bind: SocketAddr,
-    pub region: String,
-    pub account: String,
-    /// JSON-lines file that gets one [`InvocationRecord`] per invocation (appended to).
-    pub metering_path: Option<PathBuf>,
-    /// Instances' stdout and stderr, appended line by line; `None` passes them to our stderr.
-    pub log_path: Option<PathBuf>,
-    pub functions: Vec<FunctionSpec>,
-}
-
-impl Default for StandInConfig {
-    fn default() -> Self {
-        Self {
-            bind: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
-            region: "us-east-1".into(),
-            account: "000000000000".into(),
-            metering_path: None,
-            log_path: None,
-            functions: Vec::new(),
-        }
-    }
-}
-
-#[derive(Debug, Clone)]
-pub struct FunctionSpec {
-    pub name: String,
-    pub memory_mb: u32,
-    /// Per invocation, from the event being handed out; `Sandbox.Timedout` past it.
-    pub timeout: Duration,
-    /// Simultaneously busy instances across all versions; more gets 429.
-    pub concurrency_limit: usize,
-    /// Extra environment for the function's processes.
-    pub env: Vec<(String, String)>,
-    pub versions: Vec<VersionSpec>,
-}
-
-impl FunctionSpec {
-    /// 128 MB, 60 s, Lambda's default regional limit of 1000, no versions yet.
-    pub fn new(name: impl Into<String>) -> Self {
-        Self {
-            name: name.into(),
-            memory_mb: 128,
-            timeout: Duration::from_secs(60),
-            concurrency_limit: 1000,
-            env: Vec::new(),
-            versions: Vec::new(),
-        }
-    }
-}
-
-/// A published version: an immutable binary, run as the `bootstrap` of `provided.al2023`.
-#[derive(Debug, Clone)]
-pub struct VersionSpec {
-    pub version: String,
-    pub binary: PathBuf,
-}
-
-impl VersionSpec {
-    pub fn new(version: impl Into<String>, binary: impl Into<PathBuf>) -> Self {
-        Self {
-            version: version.into(),
-            binary: binary.into(),
-        }
-    }
-}
 
 /// A running stand-in. Dropping it (or [`StandIn::shutdown`]) kills every instance.
 pub struct StandIn {
@@ -149,60 +101,9 @@ pub struct StandIn {
     reaper: JoinHandle<()>,
 }
 
-/// State the HTTP handlers and invocations share.
-pub(crate) struct Shared {
-    pub region: String,
-    pub account: String,
-    /// Given at start or created through the control plane.
-    pub functions: RwLock<HashMap<String, Arc<Function>>>,
-    /// Deleted through the control plane but maybe still finishing invocations; shutdown
-    /// reaches their instances here.
-    pub retired: Mutex<Vec<Weak<Function>>>,
-    /// Where uploaded deployment packages are extracted; removed with the stand-in.
-    pub code_root: tempfile::TempDir,
-    pub meter: metering::Meter,
-    pub environment: Environment,
-    pub next_instance: AtomicU64,
-    pub init_bound: Duration,
-    /// Faults armed for the next invokes (none unless a test or an operator asks).
-    pub faults: faults::Faults,
-}
-
-impl Shared {
-    pub(crate) fn arn(&self, function: &str, qualifier: Option<&str>) -> String {
-        names::function_arn(&self.region, &self.account, function, qualifier)
-    }
-
-    pub(crate) fn function(&self, name: &str) -> Option<Arc<Function>> {
-        read(&self.functions).get(name).cloned()
-    }
-
-    /// SIGKILLs the busy instances of `function` (those running an event whose path contains
-    /// `path`, when given) and counts them as injected faults; `None` if there is no such
-    /// function.
-    pub(crate) fn kill_busy(&self, function: &str, path: Option<&str>) -> Option<usize> {
-        let killed = self.function(function)?.kill_running_where(path);
-        self.faults.count_killed(killed);
-        Some(killed)
-    }
-
-    fn all_functions(&self) -> Vec<Arc<Function>> {
-        let mut all: Vec<Arc<Function>> = read(&self.functions).values().cloned().collect();
-        let mut retired = self.retired.lock().unwrap_or_else(|p| p.into_inner());
-        retired.retain(|f| f.strong_count() > 0);
-        all.extend(retired.iter().filter_map(Weak::upgrade));
-        all
-    }
-
-    fn close_all(&self) -> Vec<Arc<Instance>> {
-        self.all_functions()
-            .iter()
-            .flat_map(|f| f.close())
-            .collect()
-    }
-}
-
 impl StandIn {
+    /// Listens on `config.bind` with `config.functions` ready to invoke; each function's first
+    /// instance starts with its first invoke, as on Lambda.
     pub async fn start(config: StandInConfig) -> anyhow::Result<StandIn> {
         Self::start_with(config, INIT_BOUND).await
     }
@@ -211,50 +112,7 @@ impl StandIn {
         config: StandInConfig,
         init_bound: Duration,
     ) -> anyhow::Result<StandIn> {
-        let code_root = tempfile::Builder::new()
-            .prefix("fanout-standin-")
-            .tempdir()
-            .context("cannot create the stand-in's code directory")?;
-        let mut shared = Shared {
-            region: config.region.clone(),
-            account: config.account.clone(),
-            functions: RwLock::new(HashMap::new()),
-            retired: Mutex::new(Vec::new()),
-            code_root,
-            meter: metering::Meter::open(config.metering_path.as_deref())?,
-            environment: Environment {
-                region: config.region.clone(),
-                logs: LogSink::Stderr,
-            },
-            next_instance: AtomicU64::new(1),
-            init_bound,
-            faults: faults::Faults::default(),
-        };
-        let mut functions = HashMap::new();
-        for spec in &config.functions {
-            anyhow::ensure!(
-                names::parse_function_name(&spec.name, None, &config.region, &config.account)
-                    .is_ok_and(|t| t.name == spec.name && t.qualifier.is_none()),
-                "{:?} is not a valid Lambda function name",
-                spec.name
-            );
-            let function = Function::new(spec, Config::given_at_start(spec, &config.account))?;
-            anyhow::ensure!(
-                functions
-                    .insert(spec.name.clone(), Arc::new(function))
-                    .is_none(),
-                "function {} is configured twice",
-                spec.name
-            );
-        }
-        shared.functions = RwLock::new(functions);
-        shared.environment.logs = match &config.log_path {
-            Some(path) => LogSink::File(Arc::new(Mutex::new(
-                metering::open_append(path)
-                    .with_context(|| format!("cannot open the log file {}", path.display()))?,
-            ))),
-            None => LogSink::Stderr,
-        };
+        let shared = Shared::new(&config, init_bound)?;
         let listener = TcpListener::bind(config.bind)
             .await
             .with_context(|| format!("cannot listen on {}", config.bind))?;
@@ -380,12 +238,4 @@ async fn reap_idle(shared: Weak<Shared>) {
             function.reap_idle(IDLE_TTL);
         }
     }
-}
-
-fn read<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
-    lock.read().unwrap_or_else(|p| p.into_inner())
-}
-
-fn write<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
-    lock.write().unwrap_or_else(|p| p.into_inner())
 }

@@ -3,11 +3,11 @@
 //! carries an `x-amzn-RequestId` (see `api`); a path no route serves is Lambda's
 //! `UnknownOperationException`.
 
-use super::Shared;
 use super::api::{stamp_request_id, unknown_operation};
 use super::control_plane as cp;
 use super::hooks;
 use super::invoke_api::invoke;
+use super::shared::Shared;
 use axum::Router;
 use axum::middleware::from_fn;
 use axum::routing::{get, post, put};

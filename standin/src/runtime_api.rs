@@ -4,7 +4,7 @@
 //! apart is a listener per instance; each serves exactly one process and holds at most one
 //! event in flight.
 
-use super::PAYLOAD_LIMIT;
+use super::config::PAYLOAD_LIMIT;
 use super::metering::epoch_ms;
 use axum::Router;
 use axum::body::{Body, Bytes, to_bytes};

@@ -3,12 +3,14 @@
 //! time to crash, hang, fail or answer big on request.
 
 use super::*;
+use crate::config::PAYLOAD_LIMIT;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
+use std::collections::HashMap;
 use std::os::unix::fs::PermissionsExt as _;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 const DISCOVERY: &str = r#"{"path":"/discover","httpMethod":"GET","headers":{"accept":"application/vnd.restate.endpointmanifest.v4+json"},"body":"","isBase64Encoded":true}"#;

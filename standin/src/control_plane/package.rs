@@ -2,9 +2,9 @@
 //! own under the stand-in's code root, with a `bootstrap` at its root made executable; and the
 //! `CodeSha256` / `CodeSize` a FunctionConfiguration reports.
 
-use crate::Shared;
 use crate::api::{ApiError, ApiResult};
 use crate::instances::{Code, Version};
+use crate::shared::Shared;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use sha2::{Digest as _, Sha256};

@@ -1,0 +1,122 @@
+//! The state every part of a running stand-in shares: its functions (given at start or
+//! created through the control plane), the code directory, the meter, the armed faults.
+
+use crate::config::StandInConfig;
+use crate::faults::Faults;
+use crate::instances::{Config, Environment, Function, Instance, LogSink};
+use crate::metering::{self, Meter};
+use crate::names;
+use anyhow::Context as _;
+use std::collections::HashMap;
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex, RwLock, Weak};
+use std::time::Duration;
+
+/// State the HTTP handlers and invocations share.
+pub(crate) struct Shared {
+    pub region: String,
+    pub account: String,
+    /// Given at start or created through the control plane.
+    pub functions: RwLock<HashMap<String, Arc<Function>>>,
+    /// Deleted through the control plane but maybe still finishing invocations; shutdown
+    /// reaches their instances here.
+    pub retired: Mutex<Vec<Weak<Function>>>,
+    /// Where uploaded deployment packages are extracted; removed with the stand-in.
+    pub code_root: tempfile::TempDir,
+    pub meter: Meter,
+    pub environment: Environment,
+    pub next_instance: AtomicU64,
+    pub init_bound: Duration,
+    /// Faults armed for the next invokes (none unless a test or an operator asks).
+    pub faults: Faults,
+}
+
+impl Shared {
+    /// The state `config` describes: its functions checked and built, its files opened.
+    pub(crate) fn new(config: &StandInConfig, init_bound: Duration) -> anyhow::Result<Self> {
+        let code_root = tempfile::Builder::new()
+            .prefix("fanout-standin-")
+            .tempdir()
+            .context("cannot create the stand-in's code directory")?;
+        let meter = Meter::open(config.metering_path.as_deref())?;
+        let mut functions = HashMap::new();
+        for spec in &config.functions {
+            anyhow::ensure!(
+                names::parse_function_name(&spec.name, None, &config.region, &config.account)
+                    .is_ok_and(|t| t.name == spec.name && t.qualifier.is_none()),
+                "{:?} is not a valid Lambda function name",
+                spec.name
+            );
+            let function = Function::new(spec, Config::given_at_start(spec, &config.account))?;
+            anyhow::ensure!(
+                functions
+                    .insert(spec.name.clone(), Arc::new(function))
+                    .is_none(),
+                "function {} is configured twice",
+                spec.name
+            );
+        }
+        let logs = match &config.log_path {
+            Some(path) => LogSink::File(Arc::new(Mutex::new(
+                metering::open_append(path)
+                    .with_context(|| format!("cannot open the log file {}", path.display()))?,
+            ))),
+            None => LogSink::Stderr,
+        };
+        Ok(Shared {
+            region: config.region.clone(),
+            account: config.account.clone(),
+            functions: RwLock::new(functions),
+            retired: Mutex::new(Vec::new()),
+            code_root,
+            meter,
+            environment: Environment {
+                region: config.region.clone(),
+                logs,
+            },
+            next_instance: AtomicU64::new(1),
+            init_bound,
+            faults: Faults::default(),
+        })
+    }
+
+    pub(crate) fn arn(&self, function: &str, qualifier: Option<&str>) -> String {
+        names::function_arn(&self.region, &self.account, function, qualifier)
+    }
+
+    pub(crate) fn function(&self, name: &str) -> Option<Arc<Function>> {
+        read(&self.functions).get(name).cloned()
+    }
+
+    /// SIGKILLs the busy instances of `function` (those running an event whose path contains
+    /// `path`, when given) and counts them as injected faults; `None` if there is no such
+    /// function.
+    pub(crate) fn kill_busy(&self, function: &str, path: Option<&str>) -> Option<usize> {
+        let killed = self.function(function)?.kill_running_where(path);
+        self.faults.count_killed(killed);
+        Some(killed)
+    }
+
+    pub(crate) fn all_functions(&self) -> Vec<Arc<Function>> {
+        let mut all: Vec<Arc<Function>> = read(&self.functions).values().cloned().collect();
+        let mut retired = self.retired.lock().unwrap_or_else(|p| p.into_inner());
+        retired.retain(|f| f.strong_count() > 0);
+        all.extend(retired.iter().filter_map(Weak::upgrade));
+        all
+    }
+
+    pub(crate) fn close_all(&self) -> Vec<Arc<Instance>> {
+        self.all_functions()
+            .iter()
+            .flat_map(|f| f.close())
+            .collect()
+    }
+}
+
+pub(crate) fn read<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    lock.read().unwrap_or_else(|p| p.into_inner())
+}
+
+pub(crate) fn write<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    lock.write().unwrap_or_else(|p| p.into_inner())
+}
