@@ -10,7 +10,7 @@ use serde_json::Value;
 use std::collections::HashMap;
 
 /// The coordinator's journaled step whose result is the list of subtasks (`worker/run`).
-pub use fanout_contract::names::SPLIT_STEP;
+pub use fanout_contract::names::{SCAN_STEP, SPLIT_STEP};
 
 /// Introspection queries for one Restate admin endpoint.
 #[derive(Clone)]
@@ -99,10 +99,11 @@ impl Observer {
             .admin
             .query(&format!(
                 "SELECT index, entry_json FROM sys_journal WHERE id = {} \
-                 AND ((entry_type = 'Command: Run' AND name = {}) \
+                 AND ((entry_type = 'Command: Run' AND name IN ({}, {})) \
                  OR entry_type = 'Notification: Run') ORDER BY index",
                 sql_string(id),
-                sql_string(SPLIT_STEP)
+                sql_string(SPLIT_STEP),
+                sql_string(SCAN_STEP)
             ))
             .await?;
         Ok(split_total_from(&rows))
@@ -343,6 +344,11 @@ fn split_total_from(rows: &[Value]) -> Option<usize> {
     })?;
     match serde_json::from_slice::<Value>(&journal_bytes(result)?).ok()? {
         Value::Array(subtasks) => Some(subtasks.len()),
+        // A run of items' scan step: `{"count": N, "etag": …}`.
+        Value::Object(scanned) => scanned
+            .get("count")
+            .and_then(Value::as_u64)
+            .map(|n| n as usize),
         _ => None,
     }
 }
