@@ -10,10 +10,12 @@
 
 use super::names::NameError;
 use axum::Json;
-use axum::extract::Request;
+use axum::extract::{FromRequestParts, Query, Request};
+use axum::http::request::Parts;
 use axum::http::{HeaderValue, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
 
 /// The id of one request: `x-amzn-RequestId` on its answer, and for an invoke the id its
@@ -168,6 +170,20 @@ impl IntoResponse for ApiError {
             .headers_mut()
             .insert("x-amzn-ErrorType", HeaderValue::from_static(self.kind));
         response
+    }
+}
+
+/// A handler's query parameters: one that cannot be read (`MaxItems=ten`, a hook's missing
+/// `function`) is a `ValidationException` that says which and why, not axum's plain-text 400.
+pub(crate) struct Params<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for Params<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
+        Query::try_from_uri(&parts.uri)
+            .map(|Query(params)| Params(params))
+            .map_err(|e| ApiError::validation(e.body_text()))
     }
 }
 

@@ -40,13 +40,13 @@
 mod package;
 mod requests;
 
-use super::api::{ApiError, ApiResult};
+use super::api::{ApiError, ApiResult, Params};
 use super::instances::{Code, Config, Function, Version, Versions};
 use super::names::{LATEST, Target, last_modified, parse_function_name, version_order};
 use super::shared::Shared;
 use axum::Json;
 use axum::body::Body;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use package::{code_facts, code_sha256, unpack};
 use requests::{
@@ -327,7 +327,7 @@ pub(crate) async fn create_function(
 
 pub(crate) async fn list_functions(
     State(shared): State<Arc<Shared>>,
-    Query(query): Query<PageQuery>,
+    Params(query): Params<PageQuery>,
 ) -> ApiResult<Json<Value>> {
     let mut functions: Vec<Arc<Function>> = crate::shared::read(&shared.functions)
         .values()
@@ -357,7 +357,7 @@ fn listing(key: &str, items: Vec<Value>, next: Option<String>) -> Json<Value> {
 pub(crate) async fn get_function(
     State(shared): State<Arc<Shared>>,
     Path(raw): Path<String>,
-    Query(query): Query<QualifierQuery>,
+    Params(query): Params<QualifierQuery>,
 ) -> ApiResult<Json<Value>> {
     let (name, version, qualified) = resolve(&shared, &raw, query.qualifier.as_deref()).await?;
     let location = match &version.config.code {
@@ -373,7 +373,7 @@ pub(crate) async fn get_function(
 pub(crate) async fn get_function_configuration(
     State(shared): State<Arc<Shared>>,
     Path(raw): Path<String>,
-    Query(query): Query<QualifierQuery>,
+    Params(query): Params<QualifierQuery>,
 ) -> ApiResult<Json<Value>> {
     let (name, version, qualified) = resolve(&shared, &raw, query.qualifier.as_deref()).await?;
     Ok(Json(
@@ -526,7 +526,7 @@ pub(crate) async fn publish_version(
 pub(crate) async fn list_versions_by_function(
     State(shared): State<Arc<Shared>>,
     Path(raw): Path<String>,
-    Query(query): Query<PageQuery>,
+    Params(query): Params<PageQuery>,
 ) -> ApiResult<Json<Value>> {
     let name = unqualified(&shared, &raw)?;
     let function = existing(&shared, &name)?;
@@ -547,7 +547,7 @@ pub(crate) async fn list_versions_by_function(
 pub(crate) async fn delete_function(
     State(shared): State<Arc<Shared>>,
     Path(raw): Path<String>,
-    Query(query): Query<QualifierQuery>,
+    Params(query): Params<QualifierQuery>,
 ) -> ApiResult<StatusCode> {
     let target = target(&shared, &raw, query.qualifier.as_deref())?;
     let name = target.name;

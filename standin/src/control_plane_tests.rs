@@ -522,6 +522,21 @@ async fn control_plane_errors_are_lambdas() {
     .await
     .error(404, "ResourceNotFoundException");
 
+    // Query parameters that cannot be read are Lambda-shaped errors too, naming the parameter.
+    let message = call(
+        &standin,
+        Method::GET,
+        "/2015-03-31/functions?MaxItems=ten",
+        None,
+    )
+    .await
+    .error(400, "ValidationException");
+    assert!(message.contains("MaxItems"), "{message}");
+    let message = call(&standin, Method::POST, "/fanout/instances/kill", None)
+        .await
+        .error(400, "ValidationException");
+    assert!(message.contains("function"), "{message}");
+
     create(create_body("f", &zip)).await.ok(201);
     let message = create(create_body("f", &zip))
         .await

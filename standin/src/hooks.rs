@@ -8,13 +8,13 @@
 //! | `GET /fanout/faults` | the tallies: [`FaultCounts`], injected and still armed |
 //! | `POST /fanout/instances/kill?function=NAME[&path=HANDLER]` | SIGKILLs the busy instances (those running an event for that Restate handler): a crash mid-event |
 
-use super::api::{ApiError, ApiResult};
+use super::api::{ApiError, ApiResult, Params};
 use super::faults::{FaultCounts, FaultPlan};
 use super::metering::InvocationRecord;
 use super::shared::Shared;
 use axum::Json;
 use axum::body::Bytes;
-use axum::extract::{Query, State};
+use axum::extract::State;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use std::sync::Arc;
@@ -53,7 +53,7 @@ pub(crate) struct KillQuery {
 
 pub(crate) async fn kill(
     State(shared): State<Arc<Shared>>,
-    Query(query): Query<KillQuery>,
+    Params(query): Params<KillQuery>,
 ) -> ApiResult<Json<Value>> {
     let killed = shared
         .kill_busy(&query.function, query.path.as_deref())

@@ -3,7 +3,7 @@
 //! headers. The invocation itself runs in `invocation`; this is the door: which function and
 //! version, is the payload small enough, is a fault armed, and which invocation type.
 
-use super::api::{ApiError, ApiResult, RequestId};
+use super::api::{ApiError, ApiResult, Params, RequestId};
 use super::config::PAYLOAD_LIMIT;
 use super::faults::Fault;
 use super::invocation::{self, Invocation, Invoked};
@@ -12,7 +12,7 @@ use super::names::parse_function_name;
 use super::shared::Shared;
 use axum::Extension;
 use axum::body::{Body, to_bytes};
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
@@ -32,7 +32,7 @@ pub(crate) async fn invoke(
     State(shared): State<Arc<Shared>>,
     Extension(RequestId(request_id)): Extension<RequestId>,
     Path(function_name): Path<String>,
-    Query(query): Query<InvokeQuery>,
+    Params(query): Params<InvokeQuery>,
     headers: HeaderMap,
     body: Body,
 ) -> ApiResult<Response> {
