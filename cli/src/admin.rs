@@ -85,10 +85,10 @@ impl AdminClient {
         let status = response.status();
         let body = response.text().await.unwrap_or_default();
         if status == reqwest::StatusCode::UNAUTHORIZED || status == reqwest::StatusCode::FORBIDDEN {
-            bail!(
+            return Err(crate::exit::rejected(format!(
                 "Restate's admin API refused the request to {what} ({status}); pass a valid \
                  token with --token or RESTATE_AUTH_TOKEN"
-            );
+            )));
         }
         if !status.is_success() {
             let message = serde_json::from_str::<Value>(&body)
@@ -180,11 +180,11 @@ impl AdminClient {
             200 | 202 => Ok(CancelAnswer::Accepted),
             404 => Ok(CancelAnswer::Unknown),
             409 => Ok(CancelAnswer::AlreadyCompleted),
-            401 | 403 => bail!(
+            401 | 403 => Err(crate::exit::rejected(format!(
                 "Restate's admin API refused the request to {what} ({}); pass a valid token with \
                  --token or RESTATE_AUTH_TOKEN",
                 response.status()
-            ),
+            ))),
             _ => {
                 let status = response.status();
                 let body = response.text().await.unwrap_or_default();

@@ -4,7 +4,7 @@
 //! endpoint overrides (`AWS_ENDPOINT_URL_LAMBDA`, `AWS_ENDPOINT_URL`) are honoured by the SDK
 //! itself, which is how the same code runs against AWS, moto and the local stand-in.
 
-use anyhow::{Result, anyhow, bail};
+use anyhow::{Result, anyhow};
 use aws_config::BehaviorVersion;
 use aws_credential_types::provider::error::CredentialsError;
 use aws_sdk_lambda::error::SdkError;
@@ -17,10 +17,10 @@ pub async fn lambda_client(region: Option<&str>) -> Result<aws_sdk_lambda::Clien
     }
     let config = loader.load().await;
     if config.region().is_none() {
-        bail!(
+        return Err(crate::exit::rejected(
             "no AWS region is configured: set AWS_REGION (e.g. us-east-1), pass --region, or set \
-             a region in your AWS profile"
-        );
+             a region in your AWS profile",
+        ));
     }
     Ok(aws_sdk_lambda::Client::new(&config))
 }
@@ -35,6 +35,7 @@ where
     if let Some(service) = error.as_service_error() {
         let code = service.code().unwrap_or("Unknown");
         let message = service.message().unwrap_or_default().to_owned();
+        let message_of = |hint: &str| format!("{action} failed: {code}: {message}{hint}");
         let hint = match code {
             "AccessDeniedException"
             | "UnrecognizedClientException"
@@ -49,7 +50,17 @@ where
             "TooManyRequestsException" => " — Lambda is throttling; retry in a moment",
             _ => "",
         };
-        return anyhow!("{action} failed: {code}: {message}{hint}");
+        // What was asked was refused (credentials, a value Lambda cannot take) or names
+        // nothing: exit 4 or 6; anything else Lambda said is exit 1.
+        return match code {
+            "AccessDeniedException"
+            | "UnrecognizedClientException"
+            | "InvalidSignatureException"
+            | "InvalidParameterValueException"
+            | "ValidationException" => crate::exit::rejected(message_of(hint)),
+            "ResourceNotFoundException" => crate::exit::not_found(message_of(hint)),
+            _ => anyhow!(message_of(hint)),
+        };
     }
     if let Some(credentials) = credentials_error(&error) {
         let profile = std::env::var("AWS_PROFILE").ok();
@@ -60,19 +71,19 @@ where
             ),
             None => String::new(),
         };
-        return anyhow!(
+        return crate::exit::rejected(format!(
             "{action} failed: no AWS credentials were found ({}){profile_hint} — set AWS_PROFILE \
              to a profile you have (and run `aws sso login` for SSO profiles) or \
              AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY",
             credentials_reason(credentials)
-        );
+        ));
     }
     let unreachable = || {
-        anyhow!(
+        crate::exit::unreachable(format!(
             "{action} failed: cannot reach the Lambda API ({}) — check the region and your \
              network, or AWS_ENDPOINT_URL_LAMBDA if you point at a local endpoint",
             short(&error)
-        )
+        ))
     };
     match &error {
         SdkError::DispatchFailure(failure) if failure.is_io() || failure.is_timeout() => {

@@ -1,8 +1,9 @@
 //! `fanout`: parses the command line and hands it to the verb (`fanout::commands`), which owns
 //! its arguments and its work.
 
-use clap::Parser;
+use clap::{CommandFactory, FromArgMatches, Parser};
 use fanout::commands::Command;
+use fanout::exit;
 use std::process::ExitCode;
 
 #[derive(Parser)]
@@ -23,7 +24,12 @@ fn main() -> ExitCode {
     unsafe {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
-    let cli = Cli::parse();
+    // Every verb's --help ends with the one exit-code table.
+    let matches = Cli::command()
+        .after_help(exit::HELP)
+        .mut_subcommands(|verb| verb.after_help(exit::HELP))
+        .get_matches();
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
         Err(e) => return fail(&anyhow::anyhow!("cannot start the async runtime: {e}")),
@@ -34,7 +40,9 @@ fn main() -> ExitCode {
     }
 }
 
+/// An error no verb reported itself: its message, and the code its kind gives
+/// ([`exit::code_of`]: 4 rejected, 5 unreachable, 6 not found, else 1).
 fn fail(error: &anyhow::Error) -> ExitCode {
     eprintln!("error: {error:#}");
-    ExitCode::FAILURE
+    ExitCode::from(exit::code_of(error))
 }

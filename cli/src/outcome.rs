@@ -183,12 +183,24 @@ pub fn fail(
     code
 }
 
-/// Reports an error from Restate's admin API or ingress: unreachable (5) or another error (1).
+/// Reports an error that ended a verb, with the exit code and outcome its kind gives
+/// ([`exit::code_of`]): unreachable (5), rejected (4), unknown (6) or another error (1).
 pub fn fail_with(output: OutputFormat, invocation_id: Option<&str>, error: &anyhow::Error) -> u8 {
-    let (code, outcome) = if exit::is_unreachable(error) {
-        (exit::UNREACHABLE, "unreachable")
-    } else {
-        (exit::OTHER, "error")
-    };
-    fail(output, code, outcome, invocation_id, &format!("{error:#}"))
+    let code = exit::code_of(error);
+    fail(
+        output,
+        code,
+        exit::outcome_of(code),
+        invocation_id,
+        &format!("{error:#}"),
+    )
+}
+
+/// A verb's result as its exit code: an error is reported as [`fail_with`] does (one JSON
+/// object on stdout with `--output json`, the message on stderr).
+pub fn finish(output: OutputFormat, result: Result<u8>) -> u8 {
+    match result {
+        Ok(code) => code,
+        Err(e) => fail_with(output, None, &e),
+    }
 }

@@ -1,5 +1,6 @@
-//! A Restate cluster on loopback: N restate-server nodes, one config file each, free ports,
-//! temp base dirs, stopped by pid.
+//! A Restate cluster on loopback: N restate-server nodes, one config file each, free ports (or
+//! fixed ones: n1 at the given ports, each further node one higher), temp base dirs, stopped by
+//! pid.
 //!
 //! Each node is a [`RestateServer`] started from its own config file, so it is killed and
 //! restarted like a single server. The config is the recipe that works for restate-server
@@ -164,6 +165,9 @@ impl RestateCluster {
         options: &ServerOptions,
     ) -> Result<Self> {
         check_nodes(nodes).map_err(anyhow::Error::msg)?;
+        if options.ports.is_some() {
+            return Self::start_once(binary, nodes, dir, options).await;
+        }
         let mut last_error = None;
         for _ in 0..3 {
             match Self::start_once(binary, nodes, dir, options).await {
@@ -180,14 +184,24 @@ impl RestateCluster {
         dir: &Path,
         options: &ServerOptions,
     ) -> Result<Self> {
-        let ports: Vec<NodePorts> = free_ports(3 * count)?
-            .chunks(3)
-            .map(|p| NodePorts {
-                admin: p[0],
-                ingress: p[1],
-                node: p[2],
-            })
-            .collect();
+        let ports: Vec<NodePorts> = match options.ports {
+            // Fixed: node n at n1's ports plus n - 1.
+            Some(first) => (0..count as u16)
+                .map(|i| NodePorts {
+                    admin: first.admin + i,
+                    ingress: first.ingress + i,
+                    node: first.node + i,
+                })
+                .collect(),
+            None => free_ports(3 * count)?
+                .chunks(3)
+                .map(|p| NodePorts {
+                    admin: p[0],
+                    ingress: p[1],
+                    node: p[2],
+                })
+                .collect(),
+        };
         let mut nodes = Vec::with_capacity(count);
         let mut config_files = Vec::with_capacity(count);
         for (index, p) in ports.iter().enumerate() {
@@ -197,6 +211,7 @@ impl RestateCluster {
                 .with_context(|| format!("cannot write {}", config_file.display()))?;
             let node_options = ServerOptions {
                 env: options.env.clone(),
+                ports: None,
                 log_path: Some(dir.join(format!("restate-{name}.log"))),
             };
             let urls = (

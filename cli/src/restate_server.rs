@@ -1,4 +1,5 @@
-//! A real restate-server on loopback: temp base dir, free ports, telemetry off, stopped by pid.
+//! A real restate-server on loopback: temp base dir, free ports (or the ones given), telemetry
+//! off, stopped by pid.
 
 use anyhow::{Context, Result, bail};
 use fanout_standin::process::{Managed, free_port, wait_until};
@@ -40,6 +41,9 @@ const MEMORY_SETTINGS: &[(&str, &str)] = &[
 #[derive(Debug, Clone, Default)]
 pub struct ServerOptions {
     pub env: Vec<(String, String)>,
+    /// Where to listen: these ports (`fanout local`'s fixed ports; a cluster's first node,
+    /// the others add their index), or free ones when `None`.
+    pub ports: Option<crate::restate_cluster::NodePorts>,
     /// Where the server's log goes; a file in the base dir when `None`.
     pub log_path: Option<PathBuf>,
 }
@@ -129,8 +133,12 @@ impl Launch {
 
 impl RestateServer {
     /// Starts `binary` and waits until both the admin API and the ingress are healthy.
-    /// Retries on fresh ports when another process took one of ours in the meantime.
+    /// On free ports, retries on fresh ones when another process took one of ours in the
+    /// meantime; on fixed ports ([`ServerOptions::ports`]) it tries once.
     pub async fn start(binary: &Path, options: &ServerOptions) -> Result<Self> {
+        if options.ports.is_some() {
+            return Self::start_once(binary, options).await;
+        }
         let mut last_error = None;
         for _ in 0..3 {
             match Self::start_once(binary, options).await {
@@ -142,7 +150,10 @@ impl RestateServer {
     }
 
     async fn start_once(binary: &Path, options: &ServerOptions) -> Result<Self> {
-        let (admin, ingress, node) = (free_port()?, free_port()?, free_port()?);
+        let (admin, ingress, node) = match options.ports {
+            Some(ports) => (ports.admin, ports.ingress, ports.node),
+            None => (free_port()?, free_port()?, free_port()?),
+        };
         let urls = (
             format!("http://127.0.0.1:{admin}"),
             format!("http://127.0.0.1:{ingress}"),

@@ -16,6 +16,7 @@
 
 use crate::admin::{AdminClient, Deployment, DeploymentTarget, RegisterOptions};
 use crate::identity::{IDENTITY_KEYS_ENV, PRIVATE_KEY_PEM_ENV, SigningSetup};
+use crate::ports::{LocalPorts, Ports, Wanted};
 use crate::restate_cluster::{ClusterLayout, RestateCluster, SERVE_TIMEOUT, wait_until_serving};
 use crate::restate_server::{RestateServer, ServerOptions, log_tail};
 use anyhow::{Context, Result, bail};
@@ -104,6 +105,9 @@ pub struct StackOptions {
     pub identity: RequestIdentity,
     /// One deployment by default.
     pub layout: Layout,
+    /// Free ports by default (tests and benches run side by side); `fanout local` fixes them
+    /// at Restate's defaults ([`crate::ports`]).
+    pub ports: Ports,
 }
 
 impl StackOptions {
@@ -118,6 +122,7 @@ impl StackOptions {
             nodes: 1,
             identity: RequestIdentity::default(),
             layout: Layout::Single,
+            ports: Ports::Auto,
         }
     }
 }
@@ -162,11 +167,11 @@ impl LocalStack {
     pub async fn start(options: StackOptions) -> Result<Self> {
         let restate_server = crate::tools::restate_server()?;
         if !options.handler_binary.is_file() {
-            bail!(
+            return Err(crate::exit::rejected(format!(
                 "the handler binary {} does not exist; build it with `cargo build -p \
                  fanout-handler`",
                 options.handler_binary.display()
-            );
+            )));
         }
         // Instances start in their own task root, where a relative path means nothing.
         let handler_binary = std::fs::canonicalize(&options.handler_binary)
@@ -183,10 +188,22 @@ impl LocalStack {
                 (Some(temp), dir)
             }
         };
+        if let Ports::Fixed(ports) = &options.ports {
+            crate::ports::check_free(&wanted_ports(&options, ports))?;
+        }
+        let fixed = match options.ports {
+            Ports::Fixed(ports) => Some(ports),
+            Ports::Auto => None,
+        };
         let handler_log_path = dir.join("handler.log");
         let metering_path = dir.join("invocations.jsonl");
         let mut server_options = ServerOptions {
             env: options.server_env.clone(),
+            ports: fixed.map(|p| crate::restate_cluster::NodePorts {
+                admin: p.admin,
+                ingress: p.ingress,
+                node: p.node,
+            }),
             log_path: Some(dir.join("restate-server.log")),
         };
         let (server_pem, identity_keys) = match &options.identity {
@@ -258,6 +275,13 @@ impl LocalStack {
                 functions,
                 ..StandInConfig::default()
             };
+            let config = match fixed {
+                Some(ports) => StandInConfig {
+                    bind: std::net::SocketAddr::from(([127, 0, 0, 1], ports.lambda)),
+                    ..config
+                },
+                None => config,
+            };
             let started = StandIn::start(config)
                 .await
                 .context("cannot start the local Lambda stand-in")?;
@@ -278,8 +302,13 @@ impl LocalStack {
         let target = match main_mode {
             HandlerMode::Lambda => lambda_target(&options.lambda.function_name),
             HandlerMode::Http => {
-                let (process, uri) =
-                    start_http_handler(&handler_binary, &main_env, &handler_log_path).await?;
+                let (process, uri) = start_http_handler(
+                    &handler_binary,
+                    &main_env,
+                    &handler_log_path,
+                    fixed.map(|p| p.handler),
+                )
+                .await?;
                 http_handler = Some(process);
                 let port = uri.rsplit(':').next().and_then(|p| p.parse().ok());
                 http_launch = port.map(|port| (handler_binary.clone(), main_env.clone(), port));
@@ -291,8 +320,13 @@ impl LocalStack {
             None => None,
             Some((HandlerMode::Lambda, _)) => Some(lambda_target(&executor_function)),
             Some((HandlerMode::Http, env)) => {
-                let (process, uri) =
-                    start_http_handler(&handler_binary, env, &handler_log_path).await?;
+                let (process, uri) = start_http_handler(
+                    &handler_binary,
+                    env,
+                    &handler_log_path,
+                    fixed.map(|p| p.handler + 1),
+                )
+                .await?;
                 executor_http_handler = Some(process);
                 Some(DeploymentTarget::Http { uri })
             }
@@ -499,11 +533,24 @@ pub fn lambda_client_env(endpoint_url: &str) -> Vec<(String, String)> {
     .collect()
 }
 
+/// Starts the HTTP handler on `fixed` (once) or on a free port (up to three tries), and
+/// returns it with its URI.
 async fn start_http_handler(
     binary: &Path,
     env: &[(String, String)],
     log: &Path,
+    fixed: Option<u16>,
 ) -> Result<(Managed, String)> {
+    if let Some(port) = fixed {
+        return match spawn_http_handler(binary, env, log, port).await? {
+            Some(process) => Ok((process, format!("http://127.0.0.1:{port}"))),
+            None => bail!(
+                "the handler could not listen on port {port}; start the stack elsewhere with \
+                 --ports auto or --ports BASE; its log:\n{}",
+                log_tail(log, 20)
+            ),
+        };
+    }
     for _ in 0..3 {
         let port = free_port()?;
         if let Some(process) = spawn_http_handler(binary, env, log, port).await? {
@@ -514,4 +561,36 @@ async fn start_http_handler(
         "the handler could not bind a port three times; log:\n{}",
         log_tail(log, 20)
     )
+}
+
+/// Every fixed port a stack with `options` listens on, with its role, to check before
+/// anything starts.
+fn wanted_ports(options: &StackOptions, ports: &LocalPorts) -> Vec<Wanted> {
+    let mut wanted = Vec::new();
+    let mut want = |port: u16, role: String| wanted.push(Wanted { port, role });
+    for index in 0..options.nodes.max(1) {
+        let (ingress, admin, node) = ports.of_node(index);
+        let of = if options.nodes > 1 {
+            format!(" of {}", crate::restate_cluster::node_name(index))
+        } else {
+            String::new()
+        };
+        want(ingress, format!("Restate ingress{of}"));
+        want(admin, format!("Restate admin API{of}"));
+        want(node, format!("Restate node-to-node{of}"));
+    }
+    let (main, executors) = match options.layout {
+        Layout::Single => (options.mode, None),
+        Layout::Split { coordinator } => (coordinator, Some(options.mode)),
+    };
+    if main == HandlerMode::Http {
+        want(ports.handler, "the handler over HTTP".into());
+    }
+    if executors == Some(HandlerMode::Http) {
+        want(ports.handler + 1, "the executors over HTTP".into());
+    }
+    if main == HandlerMode::Lambda || executors == Some(HandlerMode::Lambda) {
+        want(ports.lambda, "the local Lambda endpoint".into());
+    }
+    wanted
 }

@@ -119,7 +119,15 @@ fn start_fanout_local(
 ) -> (FanoutLocal, Vec<String>, String) {
     use std::io::{BufRead, BufReader};
     let mut child = Command::new(fanout_tests::fanout_binary())
-        .args(["local", "--max-subtask-ms", "200", "--state-dir"])
+        // Free ports: tests run side by side, and beside a `fanout local` on the default ones.
+        .args([
+            "local",
+            "--ports",
+            "auto",
+            "--max-subtask-ms",
+            "200",
+            "--state-dir",
+        ])
         .arg(state)
         .args(args)
         .env("FANOUT_HANDLER_BIN", handler_binary())

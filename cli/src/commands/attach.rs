@@ -11,7 +11,6 @@ use std::time::Instant;
 
 /// Wait for a fan-out started earlier (by id) with live progress, and print its result.
 #[derive(clap::Args)]
-#[command(after_help = exit::HELP)]
 pub struct Args {
     /// The coordinator's invocation id (inv_…), as `fanout invoke --send` prints it.
     id: String,

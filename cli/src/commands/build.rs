@@ -5,6 +5,7 @@
 //! cargo-lambda is pinned from PyPI and installed by the Makefile into `.tools/venv`; it brings
 //! zig, which links for Amazon Linux 2023 from any host.
 
+use crate::outcome::{OutputFormat, finish};
 use anyhow::{Context, Result, bail};
 use base64::Engine as _;
 use sha2::{Digest, Sha256};
@@ -47,6 +48,16 @@ pub struct Artifact {
 }
 
 impl Artifact {
+    /// The zip as `--output json` shows it: path, size, hex SHA-256 and Lambda's CodeSha256.
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "zip": self.path,
+            "bytes": self.bytes,
+            "sha256": self.sha256_hex,
+            "codeSha256": self.code_sha256,
+        })
+    }
+
     pub fn describe(&self) -> String {
         format!(
             "{}\n  size:   {} bytes ({:.2} MiB)\n  sha256: {}\n  CodeSha256: {}",
@@ -61,11 +72,11 @@ impl Artifact {
 
 /// Reads a zip and hashes it.
 pub fn artifact(path: &Path) -> Result<Artifact> {
-    let bytes = std::fs::read(path).with_context(|| {
-        format!(
-            "cannot read the zip {}; build it with `fanout build`",
+    let bytes = std::fs::read(path).map_err(|e| {
+        crate::exit::rejected(format!(
+            "cannot read the zip {} ({e}); build it with `fanout build`",
             path.display()
-        )
+        ))
     })?;
     let digest = Sha256::digest(&bytes);
     Ok(Artifact {
@@ -127,12 +138,21 @@ pub struct Args {
     /// The binary to build; needed only when there is more than one.
     #[arg(long, value_name = "NAME")]
     pub bin: Option<String>,
+    /// text: the zip's path, size and hashes; json: one object on stdout for scripts (cargo's
+    /// own output goes to stderr either way).
+    #[arg(long, value_enum, default_value = "text")]
+    pub output: OutputFormat,
 }
 
 pub fn run(args: Args) -> Result<u8> {
-    let artifact = build(&args)?;
-    println!("{}", artifact.describe());
-    Ok(crate::exit::OK)
+    let built = build(&args).map(|artifact| {
+        match args.output {
+            OutputFormat::Text => println!("{}", artifact.describe()),
+            OutputFormat::Json => println!("{}", artifact.to_json()),
+        }
+        crate::exit::OK
+    });
+    Ok(finish(args.output, built))
 }
 
 /// A binary a build can pick: its name and its package.
@@ -194,10 +214,10 @@ impl MetaPackage {
 fn manifest(given: Option<&Path>) -> Result<PathBuf> {
     if let Some(path) = given {
         if !path.is_file() {
-            bail!(
+            return Err(crate::exit::rejected(format!(
                 "--manifest-path {} does not name a file; give the crate's Cargo.toml",
                 path.display()
-            );
+            )));
         }
         return std::fs::canonicalize(path)
             .with_context(|| format!("cannot resolve {}", path.display()));
@@ -206,12 +226,12 @@ fn manifest(given: Option<&Path>) -> Result<PathBuf> {
     cwd.ancestors()
         .map(|dir| dir.join("Cargo.toml"))
         .find(|path| path.is_file())
-        .with_context(|| {
-            format!(
+        .ok_or_else(|| {
+            crate::exit::rejected(format!(
                 "no Cargo.toml in {} or above: run fanout build in a job crate (fanout new \
                  makes one), or give --manifest-path",
                 cwd.display()
-            )
+            ))
         })
 }
 
@@ -248,11 +268,11 @@ fn pick_bin(
         Some(name) => {
             let found: Vec<_> = meta.packages.iter().filter(|p| p.name == name).collect();
             if found.is_empty() {
-                bail!(
+                return Err(crate::exit::rejected(format!(
                     "no package {name:?} in the workspace at {}; its packages: {}",
                     meta.workspace_root.display(),
                     names(meta.packages.iter().map(|p| p.name.clone()))
-                );
+                )));
             }
             found
         }
@@ -271,17 +291,13 @@ fn pick_bin(
     };
     let all: Vec<BinTarget> = selected.iter().flat_map(|p| p.bins()).collect();
     if let Some(bin) = bin {
-        return all
-            .iter()
-            .find(|b| b.name == bin)
-            .cloned()
-            .with_context(|| {
-                format!(
-                    "no binary {bin:?} in {}; {}",
-                    where_(package, meta),
-                    choices(&all)
-                )
-            });
+        return all.iter().find(|b| b.name == bin).cloned().ok_or_else(|| {
+            crate::exit::rejected(format!(
+                "no binary {bin:?} in {}; {}",
+                where_(package, meta),
+                choices(&all)
+            ))
+        });
     }
     // In a workspace of several packages, the binaries that serve a job are the candidates
     // (here: fanout-handler, not the fanout CLI).
@@ -297,17 +313,17 @@ fn pick_bin(
     };
     match candidates.as_slice() {
         [one] => Ok(one.clone()),
-        [] => bail!(
+        [] => Err(crate::exit::rejected(format!(
             "{} has no binary to build; a job crate has a main serving its job (fanout new \
              makes one)",
             where_(package, meta)
-        ),
-        several => bail!(
+        ))),
+        several => Err(crate::exit::rejected(format!(
             "{} has {} binaries; pick one with --bin NAME: {}",
             where_(package, meta),
             several.len(),
             names(several.iter().map(|b| b.name.clone()))
-        ),
+        ))),
     }
 }
 
@@ -357,7 +373,9 @@ pub fn build(options: &Args) -> Result<Artifact> {
         .args(["--package", &bin.package, "--bin", &bin.name])
         // Under the crate's own target/, also when CARGO_TARGET_DIR shares the build.
         .arg("--lambda-dir")
-        .arg(lambda_dir(root));
+        .arg(lambda_dir(root))
+        // Our stdout is the result (the JSON object with --output json); cargo's is progress.
+        .stdout(std::io::stderr());
     if let Some(dir) = cargo_lambda_dir() {
         let path = std::env::var_os("PATH").unwrap_or_default();
         let mut paths = vec![dir];
@@ -417,7 +435,7 @@ pub fn default_zip(arch: Arch) -> Result<PathBuf> {
             arch,
         )),
         1 => Ok(found.remove(0)),
-        _ => bail!(
+        _ => Err(crate::exit::rejected(format!(
             "several {} zips were built here: {}; give the one to deploy with --zip",
             arch.lambda_name(),
             found
@@ -425,7 +443,7 @@ pub fn default_zip(arch: Arch) -> Result<PathBuf> {
                 .map(|p| p.display().to_string())
                 .collect::<Vec<_>>()
                 .join(", ")
-        ),
+        ))),
     }
 }
 
@@ -433,20 +451,21 @@ pub fn default_zip(arch: Arch) -> Result<PathBuf> {
 /// build`, its `bootstrap` unpacked next to it (`…/bootstrap-x86_64/bootstrap`). Refuses a
 /// Linux binary built for another CPU than this machine's, which could not start.
 pub fn handler_binary_from(path: &Path) -> Result<PathBuf> {
-    let bytes = std::fs::read(path).with_context(|| {
-        format!(
-            "cannot read the handler {}; give a binary or a zip from `fanout build`",
+    let bytes = std::fs::read(path).map_err(|e| {
+        crate::exit::rejected(format!(
+            "cannot read the handler {} ({e}); give a binary or a zip from `fanout build`",
             path.display()
-        )
+        ))
     })?;
     let (binary, bootstrap) = if bytes.starts_with(b"PK\x03\x04") {
-        let mut archive = zip::ZipArchive::new(std::io::Cursor::new(&bytes))
-            .with_context(|| format!("{} is not a readable zip", path.display()))?;
+        let mut archive = zip::ZipArchive::new(std::io::Cursor::new(&bytes)).map_err(|e| {
+            crate::exit::rejected(format!("{} is not a readable zip: {e}", path.display()))
+        })?;
         let mut entry = archive.by_name("bootstrap").map_err(|_| {
-            anyhow::anyhow!(
+            crate::exit::rejected(format!(
                 "{} has no `bootstrap` at its top; give a zip from `fanout build`",
                 path.display()
-            )
+            ))
         })?;
         let mut bootstrap = Vec::new();
         std::io::Read::read_to_end(&mut entry, &mut bootstrap)
@@ -474,7 +493,7 @@ pub fn handler_binary_from(path: &Path) -> Result<PathBuf> {
         && arch != std::env::consts::ARCH
         && cfg!(target_os = "linux")
     {
-        bail!(
+        return Err(crate::exit::rejected(format!(
             "{} is built for {arch}, this machine is {}: it cannot run here; build it with \
              `fanout build --arch {}` for the local stack",
             path.display(),
@@ -484,7 +503,7 @@ pub fn handler_binary_from(path: &Path) -> Result<PathBuf> {
             } else {
                 "x86_64"
             }
-        );
+        )));
     }
     Ok(binary)
 }

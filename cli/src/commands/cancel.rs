@@ -15,7 +15,6 @@ use std::time::{Duration, Instant};
 /// Cancel a fan-out: its coordinator, its lanes and its subtasks in flight; nothing more
 /// starts. Waits until nothing of it is left running, then prints its status line.
 #[derive(clap::Args)]
-#[command(after_help = HELP)]
 pub struct Args {
     /// The coordinator's invocation id (inv_…).
     id: String,
@@ -42,18 +41,6 @@ struct CancelOptions {
     timeout: Duration,
     output: OutputFormat,
 }
-
-/// The exit codes, for `--help`.
-pub const HELP: &str = "Exit codes:
-  0    the run was cancelled and nothing of it is left running (or, with --no-wait, Restate took \
-the cancel)
-  1    nothing to cancel (the run had already finished, or finished before the cancel reached it), \
-the run did not stop within --timeout, or another error
-  2    a bad flag or argument (nothing was sent)
-  4    rejected: a malformed invocation id, an id that is not a fan-out (worker/run), or a \
-missing or invalid token
-  5    Restate unreachable (connection refused, DNS, timeout)
-  6    unknown invocation id (never existed here, or past its retention)";
 
 /// `fanout cancel ID`: 0 once the run is cancelled and stopped; 1 when there was nothing to
 /// cancel (it had finished) or it did not stop in time; 4, 5, 6 as for the other verbs.

@@ -68,6 +68,10 @@ async fn run_on(stack: &LocalStack, task: &serde_json::Value, shown: &str) -> Re
     if let Some(arn) = &stack.function_arn {
         println!("  Lambda version ARN: {arn}");
     }
+    println!(
+        "  Restate UI: {} (while the demo runs; `make local` keeps a stack up to look around)",
+        super::local::ui_url(&stack.server.admin_url)
+    );
     match &stack.identity_keys {
         Some(keys) => println!("  Signed: the handler serves only requests signed for {keys}"),
         None => println!("  UNSIGNED: the handler serves any caller (--unsigned)"),

@@ -9,7 +9,9 @@ use crate::aws::explain;
 use crate::commands::args::{RestateArgs, parse_env};
 use crate::commands::build::{self, Arch, Artifact};
 use crate::commands::register;
+use crate::exit;
 use crate::identity::{IDENTITY_KEYS_ENV, check_public_keys};
+use crate::outcome::{OutputFormat, finish};
 use anyhow::{Context, Result, bail};
 use aws_sdk_lambda::Client;
 use aws_sdk_lambda::client::Waiters;
@@ -71,6 +73,9 @@ pub struct Args {
     /// half of a split layout, coordinator or executor; merged into its environment.
     #[arg(long, value_enum)]
     serve: Option<Serve>,
+    /// text: what was done and the version ARN last; json: one object on stdout for scripts.
+    #[arg(long, value_enum, default_value = "text")]
+    output: OutputFormat,
     #[command(flatten)]
     restate: RestateArgs,
 }
@@ -95,6 +100,11 @@ impl Serve {
 }
 
 pub async fn run(args: Args) -> Result<u8> {
+    let output = args.output;
+    Ok(finish(output, deploy_and_print(args).await))
+}
+
+async fn deploy_and_print(args: Args) -> Result<u8> {
     let zip = match args.zip {
         Some(zip) => zip,
         None => build::default_zip(args.arch)?,
@@ -112,18 +122,33 @@ pub async fn run(args: Args) -> Result<u8> {
         serve: args.serve.map(|serve| serve.as_str().to_owned()),
     };
     let deployed = deploy(&lambda, &options, &code).await?;
-    println!("{}", deployed.describe(&args.function_name));
+    if args.output == OutputFormat::Text {
+        println!("{}", deployed.describe(&args.function_name));
+    }
     eprintln!("{}", deployed.identity_note());
+    let mut registered = None;
     if args.register {
         let target = DeploymentTarget::Lambda {
             arn: deployed.version_arn.clone(),
             assume_role_arn: args.assume_role_arn,
         };
-        let registered =
-            register::register(&args.restate.admin(), target, RegisterOptions::default()).await?;
-        print!("{}", register::describe(&registered, false));
+        let deployment = register::register(
+            &args.restate.admin(),
+            target.clone(),
+            RegisterOptions::default(),
+        )
+        .await?;
+        if args.output == OutputFormat::Text {
+            print!("{}", register::describe(&deployment, false));
+        }
+        registered = Some(register::to_json(&deployment, &target, false));
     }
-    Ok(crate::exit::OK)
+    if args.output == OutputFormat::Json {
+        let mut report = deployed.to_json(&args.function_name, &code);
+        report["registered"] = registered.unwrap_or_default();
+        println!("{report}");
+    }
+    Ok(exit::OK)
 }
 
 #[derive(Debug, Clone)]
@@ -168,6 +193,20 @@ impl Deployed {
             ),
         };
         format!("{what}\n{}", self.version_arn)
+    }
+
+    /// What `fanout deploy --output json` prints (`registered` is added with `--register`).
+    pub fn to_json(&self, function: &str, code: &Artifact) -> serde_json::Value {
+        serde_json::json!({
+            "outcome": if self.published { "published" } else { "unchanged" },
+            "function": function,
+            "version": self.version,
+            "versionArn": self.version_arn,
+            "createdFunction": self.created_function,
+            "published": self.published,
+            "identityKeys": self.identity_keys,
+            "zip": code.to_json(),
+        })
     }
 
     /// Whether the function verifies Restate's request identity, in a sentence (for stderr).
@@ -326,21 +365,25 @@ fn check_options(options: &DeployOptions) -> Result<()> {
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
     {
-        bail!(
+        return Err(exit::rejected(format!(
             "--function-name {:?} is not a valid Lambda function name: 1 to 64 letters, digits, \
              '-' or '_'",
             options.function_name
-        );
+        )));
     }
     if let Some(memory) = options.memory_mb
         && !(128..=10_240).contains(&memory)
     {
-        bail!("--memory {memory} is outside Lambda's range of 128 to 10240 MB");
+        return Err(exit::rejected(format!(
+            "--memory {memory} is outside Lambda's range of 128 to 10240 MB"
+        )));
     }
     if let Some(timeout) = options.timeout_s
         && !(1..=900).contains(&timeout)
     {
-        bail!("--timeout {timeout} is outside Lambda's range of 1 to 900 seconds");
+        return Err(exit::rejected(format!(
+            "--timeout {timeout} is outside Lambda's range of 1 to 900 seconds"
+        )));
     }
     if let Some(variables) = &options.environment {
         if let Some(bad) = variables.keys().find(|k| {
@@ -348,14 +391,16 @@ fn check_options(options: &DeployOptions) -> Result<()> {
                 || !k.starts_with(|c: char| c.is_ascii_alphabetic())
                 || !k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
         }) {
-            bail!("--env {bad:?}: a variable name is a letter followed by letters, digits or '_'");
+            return Err(exit::rejected(format!(
+                "--env {bad:?}: a variable name is a letter followed by letters, digits or '_'"
+            )));
         }
         if let Some(keys) = variables.get(IDENTITY_KEYS_ENV) {
-            check_public_keys(keys).map_err(|e| anyhow::anyhow!("--env {e}"))?;
+            check_public_keys(keys).map_err(|e| exit::rejected(format!("--env {e}")))?;
         }
     }
     if let Some(keys) = &options.identity_keys {
-        check_public_keys(keys).map_err(|e| anyhow::anyhow!("--identity-keys: {e}"))?;
+        check_public_keys(keys).map_err(|e| exit::rejected(format!("--identity-keys: {e}")))?;
     }
     let serve = options
         .serve
@@ -368,12 +413,16 @@ fn check_options(options: &DeployOptions) -> Result<()> {
     if let Some((given_as, value)) = serve
         && !matches!(value.trim(), "all" | "coordinator" | "executor")
     {
-        bail!("{given_as} {value:?}: use all, coordinator or executor");
+        return Err(exit::rejected(format!(
+            "{given_as} {value:?}: use all, coordinator or executor"
+        )));
     }
     if let Some(role) = &options.role
         && !(role.starts_with("arn:") && role.contains(":iam::") && role.contains(":role/"))
     {
-        bail!("--role {role:?} is not an IAM role ARN (arn:aws:iam::ACCOUNT:role/NAME)");
+        return Err(exit::rejected(format!(
+            "--role {role:?} is not an IAM role ARN (arn:aws:iam::ACCOUNT:role/NAME)"
+        )));
     }
     Ok(())
 }
@@ -381,11 +430,11 @@ fn check_options(options: &DeployOptions) -> Result<()> {
 async fn create(client: &Client, options: &DeployOptions, zip: Vec<u8>) -> Result<()> {
     let name = options.function_name.as_str();
     let Some(role) = &options.role else {
-        bail!(
+        return Err(exit::rejected(format!(
             "function {name} does not exist yet and creating it needs an execution role: pass \
              --role arn:aws:iam::ACCOUNT:role/NAME (template.yaml creates one; any role with \
              AWSLambdaBasicExecutionRole works)"
-        );
+        )));
     };
     client
         .create_function()

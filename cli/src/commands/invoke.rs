@@ -15,7 +15,7 @@ use crate::exit;
 use crate::ingress::{IngressClient, IngressResponse, RECONNECT_WINDOW, Reconnect};
 use crate::observe::{Display, DisplayMode};
 use crate::outcome::{Endpoints, OutputFormat, fail, fail_with, report};
-use anyhow::{Context, Result};
+use anyhow::Result;
 use fanout_contract::headers;
 use fanout_contract::names::RUN_TARGET;
 use fanout_contract::policy::{FailurePolicy, FanInStrategy};
@@ -24,7 +24,6 @@ use std::path::{Path, PathBuf};
 
 /// Start a fan-out through Restate's ingress, show its progress, print its result.
 #[derive(clap::Args)]
-#[command(after_help = exit::HELP)]
 pub struct Args {
     /// The task as a description: comma-separated subtasks.
     description: Option<String>,
@@ -90,15 +89,16 @@ impl Args {
 pub fn task_from(description: Option<&str>, input: Option<&Path>) -> Result<Value> {
     match (description, input) {
         (_, Some(path)) => {
-            let text = std::fs::read_to_string(path)
-                .with_context(|| format!("cannot read the task file {}", path.display()))?;
+            let text = std::fs::read_to_string(path).map_err(|e| {
+                exit::rejected(format!("cannot read the task file {}: {e}", path.display()))
+            })?;
             serde_json::from_str(&text)
-                .with_context(|| format!("{} is not valid JSON", path.display()))
+                .map_err(|e| exit::rejected(format!("{} is not valid JSON: {e}", path.display())))
         }
         (Some(description), None) => Ok(json!({ "description": description })),
-        (None, None) => anyhow::bail!(
-            "give the task as a description (fanout invoke \"a,b,c\") or as a JSON file (--input FILE)"
-        ),
+        (None, None) => Err(exit::rejected(
+            "give the task as a description (fanout invoke \"a,b,c\") or as a JSON file (--input FILE)",
+        )),
     }
 }
 

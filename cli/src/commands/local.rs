@@ -1,6 +1,7 @@
 //! `fanout local`: the local stack, up until Ctrl-C.
 
 use crate::commands::args::{HandlerArgs, parse_env};
+use crate::ports::Ports;
 use crate::stack::{HandlerMode, Layout, LocalStack, RequestIdentity, StackOptions};
 use anyhow::Result;
 use clap::ValueEnum;
@@ -34,6 +35,13 @@ pub struct Args {
     /// --coordinator-mode http` is the coordinator on a long-running host, executors on Lambda.
     #[arg(long, value_enum)]
     coordinator_mode: Option<HandlerMode>,
+    /// Where the stack listens. 8080 (the default): Restate's own ports, which fanout invoke,
+    /// status and attach default to: ingress 8080, admin 9070 (web UI at /ui/), node 5122,
+    /// the handler over HTTP 9080 (split executors 9081), the Lambda endpoint 9000; with
+    /// --nodes 3 node n adds n-1 to the first three. Another number moves them all with the
+    /// ingress (18080: admin 19070, node 15122, handler 19080, Lambda 19000). auto: free ports.
+    #[arg(long, default_value = "8080", value_name = "INGRESS_PORT|auto", value_parser = crate::ports::parse)]
+    ports: Ports,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -59,6 +67,7 @@ pub async fn run(args: Args) -> Result<u8> {
         stack_options.identity = RequestIdentity::Unsigned;
     }
     stack_options.nodes = args.nodes;
+    stack_options.ports = args.ports;
     if args.nodes > 1 {
         println!(
             "starting a {}-node Restate cluster; it serves once partition leaders are elected, \
@@ -93,6 +102,10 @@ pub async fn run(args: Args) -> Result<u8> {
     println!("fanout local stack is up");
     println!("  ingress:     {}", stack.ingress_url);
     println!("  admin:       {}", stack.server.admin_url);
+    println!(
+        "  UI:          {}  (Restate's web UI: each invocation, its journal and retries)",
+        ui_url(&stack.server.admin_url)
+    );
     if let (Some(standin), Some(arn)) = (&stack.standin, &stack.function_arn) {
         println!(
             "  lambda:      {} (AWS_ENDPOINT_URL_LAMBDA)",
@@ -175,9 +188,26 @@ pub async fn run(args: Args) -> Result<u8> {
             }
         );
     }
+    println!(
+        "\nPoint fanout (invoke, attach, status, runs, cancel, register, prune) at it from another \
+         shell{}:\n  export RESTATE_INGRESS_URL={} RESTATE_ADMIN_URL={}",
+        match args.ports {
+            Ports::Fixed(ports) if ports == crate::ports::LocalPorts::RESTATE_DEFAULTS => {
+                " (on Restate's default ports it already does: the export is for scripts)"
+            }
+            _ => "",
+        },
+        stack.ingress_url,
+        stack.server.admin_url
+    );
     println!("Ctrl-C stops everything.");
     fanout_standin::process::stop_requested().await;
     println!("stopping…");
     stack.stop().await;
     Ok(crate::exit::OK)
+}
+
+/// Restate's web UI, which restate-server serves on its admin port.
+pub fn ui_url(admin_url: &str) -> String {
+    format!("{}/ui/", admin_url.trim_end_matches('/'))
 }

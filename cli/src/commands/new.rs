@@ -6,7 +6,7 @@
 //! since nothing is published to crates.io: `--fanout-path`, else the checkout this `fanout`
 //! was built from. The files are templates in `cli/templates/new/`.
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use std::path::{Path, PathBuf};
 
 /// The templates, as (path in the new crate, text).
@@ -139,11 +139,11 @@ pub fn new(options: &Args) -> Result<Created> {
             .next()
             .is_none();
         if !empty {
-            bail!(
+            return Err(crate::exit::rejected(format!(
                 "{} already exists and is not empty; fanout new writes a new crate, pick a new \
                  folder",
                 dir.display()
-            );
+            )));
         }
     }
     std::fs::create_dir_all(dir.join("src"))
@@ -183,18 +183,18 @@ pub fn new(options: &Args) -> Result<Created> {
 fn checkout(path: &Path, what: &str) -> Result<PathBuf> {
     let manifest = path.join("handler/Cargo.toml");
     let text = std::fs::read_to_string(&manifest).map_err(|_| {
-        anyhow::anyhow!(
+        crate::exit::rejected(format!(
             "{} ({what}) is not a fanout checkout: it has no handler/Cargo.toml; give the \
              folder of a fanout clone (the one holding handler/ and cli/)",
             path.display()
-        )
+        ))
     })?;
     if !text.contains("name = \"fanout-handler\"") {
-        bail!(
+        return Err(crate::exit::rejected(format!(
             "{} ({what}) is not a fanout checkout: {} is not the fanout-handler package",
             path.display(),
             manifest.display()
-        );
+        )));
     }
     std::fs::canonicalize(path).with_context(|| format!("cannot resolve {}", path.display()))
 }
@@ -206,10 +206,10 @@ fn check_name(name: &str) -> Result<()> {
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
     if !valid {
-        bail!(
+        return Err(crate::exit::rejected(format!(
             "{name:?} is not a crate name: use ASCII letters, digits, - and _, starting with a \
              letter (give --name NAME to name the crate apart from its folder)"
-        );
+        )));
     }
     const TAKEN: &[&str] = &[
         "fanout-handler",
@@ -219,7 +219,9 @@ fn check_name(name: &str) -> Result<()> {
         "test",
     ];
     if TAKEN.contains(&name) {
-        bail!("{name:?} is a name the crate's dependencies use; give --name NAME");
+        return Err(crate::exit::rejected(format!(
+            "{name:?} is a name the crate's dependencies use; give --name NAME"
+        )));
     }
     Ok(())
 }

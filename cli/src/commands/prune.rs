@@ -9,8 +9,10 @@
 use crate::admin::{AdminClient, sql_string};
 use crate::aws::{VersionArn, explain};
 use crate::commands::args::RestateArgs;
+use crate::exit;
+use crate::outcome::{OutputFormat, finish};
 use anyhow::Result;
-use serde_json::Value;
+use serde_json::{Value, json};
 use std::fmt::Write as _;
 
 /// Remove old versions (Restate deployment, then Lambda version) once nothing is pinned to them.
@@ -25,20 +27,65 @@ pub struct Args {
     /// AWS region (default: the AWS chain's).
     #[arg(long)]
     region: Option<String>,
+    /// text: one line per version; json: the plan as one object on stdout for scripts.
+    #[arg(long, value_enum, default_value = "text")]
+    output: OutputFormat,
     #[command(flatten)]
     restate: RestateArgs,
 }
 
 pub async fn run(args: Args) -> Result<u8> {
+    let output = args.output;
+    Ok(finish(output, prune(args).await))
+}
+
+async fn prune(args: Args) -> Result<u8> {
     let admin = args.restate.admin();
     let lambda = crate::aws::lambda_client(args.region.as_deref()).await?;
-    let scope = scope(&lambda, &args.function_name).await?;
-    let entries = plan(&admin, &args.function_name, scope.as_ref()).await?;
+    let Some(scope) = scope(&lambda, &args.function_name).await? else {
+        return Err(exit::not_found(format!(
+            "function {} does not exist where the AWS credentials and region point; nothing was \
+             removed: check --function-name, --region and the credentials",
+            args.function_name
+        )));
+    };
+    let entries = plan(&admin, &args.function_name, Some(&scope)).await?;
     if !args.dry_run {
         apply(&admin, &lambda, &args.function_name, &entries).await?;
     }
-    print!("{}", describe(&entries, args.dry_run));
-    Ok(crate::exit::OK)
+    match args.output {
+        OutputFormat::Text => print!("{}", describe(&entries, args.dry_run)),
+        OutputFormat::Json => println!("{}", to_json(&args.function_name, &entries, args.dry_run)),
+    }
+    Ok(exit::OK)
+}
+
+/// What `fanout prune --output json` prints: per version its deployment, ARN and action
+/// (`remove`, done unless a dry run, or `keep` with the reason).
+pub fn to_json(function: &str, entries: &[PlanEntry], dry_run: bool) -> Value {
+    let plan: Vec<Value> = entries
+        .iter()
+        .map(|entry| {
+            let (action, reason) = match &entry.action {
+                Action::Remove => ("remove", None),
+                Action::Keep(why) => ("keep", Some(why.as_str())),
+            };
+            json!({
+                "version": entry.version,
+                "deploymentId": entry.deployment_id,
+                "arn": entry.arn,
+                "action": action,
+                "reason": reason,
+                "done": action == "remove" && !dry_run,
+            })
+        })
+        .collect();
+    json!({
+        "outcome": if dry_run { "dry-run" } else { "pruned" },
+        "function": function,
+        "dryRun": dry_run,
+        "plan": plan,
+    })
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

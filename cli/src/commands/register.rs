@@ -2,7 +2,10 @@
 
 use crate::admin::{AdminClient, Deployment, DeploymentTarget, RegisterOptions};
 use crate::commands::args::RestateArgs;
-use anyhow::{Result, bail};
+use crate::exit;
+use crate::outcome::{OutputFormat, finish};
+use anyhow::Result;
+use serde_json::{Value, json};
 
 /// Register a published Lambda version (or an HTTP endpoint) with Restate.
 #[derive(clap::Args)]
@@ -25,27 +28,62 @@ pub struct Args {
     /// Show what would be registered without registering.
     #[arg(long)]
     dry_run: bool,
+    /// text: what was registered; json: one object on stdout for scripts.
+    #[arg(long, value_enum, default_value = "text")]
+    output: OutputFormat,
     #[command(flatten)]
     restate: RestateArgs,
 }
 
 pub async fn run(args: Args) -> Result<u8> {
+    let output = args.output;
+    Ok(finish(output, register_and_print(args).await))
+}
+
+async fn register_and_print(args: Args) -> Result<u8> {
     let target = match (args.arn, args.uri) {
         (Some(arn), _) => DeploymentTarget::Lambda {
             arn,
             assume_role_arn: args.assume_role_arn,
         },
         (None, Some(uri)) => DeploymentTarget::Http { uri },
-        (None, None) => bail!("give the deployment to register: --arn ARN or --uri URL"),
+        (None, None) => {
+            return Err(exit::rejected(
+                "give the deployment to register: --arn ARN or --uri URL",
+            ));
+        }
     };
     let options = RegisterOptions {
         force: args.force,
         breaking: args.breaking,
         dry_run: args.dry_run,
     };
-    let deployment = register(&args.restate.admin(), target, options).await?;
-    print!("{}", describe(&deployment, args.dry_run));
-    Ok(crate::exit::OK)
+    let deployment = register(&args.restate.admin(), target.clone(), options).await?;
+    match args.output {
+        OutputFormat::Text => print!("{}", describe(&deployment, args.dry_run)),
+        OutputFormat::Json => println!("{}", to_json(&deployment, &target, args.dry_run)),
+    }
+    Ok(exit::OK)
+}
+
+/// What `fanout register --output json` prints: the deployment's id, what it points at, and
+/// the services and handlers Restate discovered there.
+pub fn to_json(deployment: &Deployment, target: &DeploymentTarget, dry_run: bool) -> Value {
+    let services: Vec<Value> = deployment
+        .services
+        .iter()
+        .map(|service| {
+            let handlers: Vec<&str> = service.handlers.iter().map(|h| h.name.as_str()).collect();
+            json!({ "name": service.name, "handlers": handlers })
+        })
+        .collect();
+    json!({
+        "outcome": if dry_run { "dry-run" } else { "registered" },
+        "deploymentId": deployment.id,
+        "endpoint": target,
+        "services": services,
+        "dryRun": dry_run,
+    })
 }
 
 /// Checks that `arn` names a published Lambda version or alias.
@@ -57,28 +95,34 @@ pub fn check_version_arn(arn: &str) -> Result<()> {
     let parts: Vec<&str> = arn.split(':').collect();
     let shape = "arn:PARTITION:lambda:REGION:ACCOUNT:function:NAME:VERSION";
     if parts.len() < 7 || parts[0] != "arn" || parts[2] != "lambda" || parts[5] != "function" {
-        bail!("{arn:?} is not a Lambda function ARN; expected {shape}");
+        return Err(exit::rejected(format!(
+            "{arn:?} is not a Lambda function ARN; expected {shape}"
+        )));
     }
     if parts.len() == 7 {
-        bail!(
+        return Err(exit::rejected(format!(
             "{arn:?} has no version: register a published version ({shape}, e.g. …:function:fanout:3). \
              Restate pins each invocation to the deployment that started it, so in-flight work must \
              stay on code that cannot change; `fanout deploy` publishes a version and prints its ARN"
-        );
+        )));
     }
     if parts.len() > 8 {
-        bail!("{arn:?} has too many parts; expected {shape}");
+        return Err(exit::rejected(format!(
+            "{arn:?} has too many parts; expected {shape}"
+        )));
     }
     if parts[7] == "$LATEST" {
-        bail!(
+        return Err(exit::rejected(format!(
             "{arn:?} names $LATEST, which changes with every code update: register a published \
              version instead (`fanout deploy` publishes one and prints its ARN). Restate pins each \
              invocation to the deployment that started it, so in-flight work must stay on code \
              that cannot change"
-        );
+        )));
     }
     if parts[1].is_empty() || parts[3].is_empty() || parts[4].is_empty() || parts[6].is_empty() {
-        bail!("{arn:?} has an empty partition, region, account or name; expected {shape}");
+        return Err(exit::rejected(format!(
+            "{arn:?} has an empty partition, region, account or name; expected {shape}"
+        )));
     }
     Ok(())
 }
@@ -88,8 +132,16 @@ pub async fn register(
     target: DeploymentTarget,
     options: RegisterOptions,
 ) -> Result<Deployment> {
-    if let DeploymentTarget::Lambda { arn, .. } = &target {
-        check_version_arn(arn)?;
+    match &target {
+        DeploymentTarget::Lambda { arn, .. } => check_version_arn(arn)?,
+        DeploymentTarget::Http { uri } => {
+            if !(uri.starts_with("http://") || uri.starts_with("https://")) {
+                return Err(exit::rejected(format!(
+                    "--uri {uri:?} is not an HTTP endpoint: give http://HOST:PORT or \
+                     https://HOST:PORT"
+                )));
+            }
+        }
     }
     admin.register(&target, &options).await
 }

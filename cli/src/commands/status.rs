@@ -10,7 +10,6 @@ use serde_json::json;
 
 /// Show every subtask of a fan-out: status, attempts, duration, last error.
 #[derive(clap::Args)]
-#[command(after_help = exit::HELP)]
 pub struct Args {
     /// The coordinator's invocation id (inv_…).
     id: String,
