@@ -5,6 +5,28 @@
 //! ingress answers 502/503/504 while it comes back, [`IngressClient::attach_until_answered`]
 //! keeps re-attaching by invocation id for up to [`RECONNECT_WINDOW`], and returns the run's
 //! answer as if nothing had happened.
+//!
+//! ## Why not restate-sdk's `ingress` client
+//!
+//! restate-sdk 0.13 has one (`restate_sdk::ingress`, with the `reqwest-client` feature): typed
+//! `call`/`send` to `/restate/call|send/{target}`, an idempotency key and headers per request,
+//! `InvocationHandle::attach` by id, a bearer token. It is checked here and not used, because
+//! what this module is for lies outside it:
+//! - it sends each request once. Riding out a restart (repeat a send under its idempotency key
+//!   while the connection breaks or the ingress answers 502-504, re-attach by id for up to
+//!   [`RECONNECT_WINDOW`], but give up at once on a refused first connection) would stay ours,
+//!   wrapped around its calls: [`IngressClient::post_idempotent`] and
+//!   [`IngressClient::attach_until_answered`] (about 100 lines) remain either way;
+//! - every answer that is not its expected status comes back as `ClientError::Status` holding
+//!   the raw response, from which we would read the status and Restate's JSON `message` again:
+//!   a fan-out's outcome is in that status (400/413 rejected, 404 unknown id, 500 failed), so
+//!   ordinary outcomes would go through its error path;
+//! - the result is any job's JSON, so its typed decoding would be `Json<Value>` throughout;
+//! - the CLI would depend on restate-sdk, and its `reqwest-client` feature would be on in every
+//!   workspace build of the handler too (features unify); what it would replace here is one
+//!   `reqwest` request per method.
+//!
+//! Revisit if the SDK's client grows retries across an outage.
 
 use anyhow::{Context, Result};
 use serde_json::Value;
