@@ -39,9 +39,10 @@
 
 mod package;
 mod requests;
+mod versions;
 
 use super::api::{ApiError, ApiResult, Params};
-use super::instances::{Code, Config, Function, Version, Versions};
+use super::instances::{Config, Function, Version};
 use super::names::{LATEST, Target, last_modified, parse_function_name, version_order};
 use super::shared::Shared;
 use axum::Json;
@@ -54,9 +55,10 @@ use requests::{
     UpdateConfigurationRequest, architectures, description, environment, handler, memory,
     read_json, revision_matches, role, runtime, timeout, zip_only,
 };
-use serde_json::{Map, Value, json};
+use serde_json::{Value, json};
 use std::sync::{Arc, OnceLock};
 use std::time::SystemTime;
+use versions::{configuration, latest_version, no_latest, publish};
 
 /// Lambda's default regional concurrency, for functions created through the API.
 const CONCURRENCY_LIMIT: usize = 1000;
@@ -85,120 +87,6 @@ fn existing(shared: &Shared, name: &str) -> ApiResult<Arc<Function>> {
     shared
         .function(name)
         .ok_or_else(|| ApiError::not_found(&shared.arn(name, None)))
-}
-
-// ---------------------------------------------------------------------------------------------
-// Versions
-
-/// Whether publishing `latest` would make a version different from `published`.
-fn same_content(latest: &Version, published: &Version) -> bool {
-    let (a, b) = (&latest.config, &published.config);
-    let same_code = match (&a.code, &b.code) {
-        (Some(x), Some(y)) => x.sha256 == y.sha256,
-        (None, None) => latest.binary == published.binary,
-        _ => false,
-    };
-    same_code
-        && a.memory_mb == b.memory_mb
-        && a.timeout == b.timeout
-        && a.env == b.env
-        && a.role == b.role
-        && a.handler == b.handler
-        && a.runtime == b.runtime
-        && a.architectures == b.architectures
-}
-
-/// PublishVersion under the versions' lock: the last published version if `$LATEST` has not
-/// changed since, else a new one numbered after every version ever published.
-fn publish(versions: &mut Versions, description: Option<String>) -> ApiResult<Version> {
-    let latest = versions.latest.clone().ok_or_else(no_latest)?;
-    let last = versions
-        .published
-        .iter()
-        .max_by(|a, b| version_order(&a.version, &b.version));
-    if let Some(last) = last.filter(|last| same_content(&latest, last)) {
-        return Ok(last.clone());
-    }
-    let number = versions.next_number;
-    versions.next_number += 1;
-    let mut config = (*latest.config).clone();
-    if let Some(description) = description {
-        config.description = description;
-    }
-    config.last_modified = last_modified(SystemTime::now());
-    config.revision_id = uuid::Uuid::new_v4().to_string();
-    let version = Version::new(number.to_string(), latest.binary.clone(), Arc::new(config));
-    versions.published.push(version.clone());
-    Ok(version)
-}
-
-fn no_latest() -> ApiError {
-    ApiError::conflict(
-        "The function was configured when the Lambda stand-in started and has no $LATEST code: upload code with UpdateFunctionCode first",
-    )
-}
-
-fn latest_version(code: Arc<Code>, config: Config) -> Version {
-    let binary = code.dir.join("bootstrap");
-    Version::new(
-        LATEST.to_owned(),
-        binary,
-        Arc::new(Config {
-            code: Some(code),
-            binary_sha256: OnceLock::new(),
-            last_modified: last_modified(SystemTime::now()),
-            revision_id: uuid::Uuid::new_v4().to_string(),
-            ..config
-        }),
-    )
-}
-
-/// A FunctionConfiguration as Lambda returns it.
-async fn configuration(
-    shared: &Shared,
-    function: &str,
-    version: &Version,
-    qualified: bool,
-) -> Value {
-    let (sha, size) = code_facts(version).await;
-    let c = &version.config;
-    let arn = if qualified {
-        shared.arn(function, Some(&version.version))
-    } else {
-        shared.arn(function, None)
-    };
-    let mut out = json!({
-        "FunctionName": function,
-        "FunctionArn": arn,
-        "Runtime": c.runtime,
-        "Role": c.role,
-        "Handler": c.handler,
-        "CodeSize": size,
-        "Description": c.description,
-        "Timeout": c.timeout.as_secs(),
-        "MemorySize": c.memory_mb,
-        "LastModified": c.last_modified,
-        "CodeSha256": sha,
-        "Version": version.version,
-        "TracingConfig": {"Mode": "PassThrough"},
-        "RevisionId": c.revision_id,
-        "State": "Active",
-        "LastUpdateStatus": "Successful",
-        "PackageType": "Zip",
-        "Architectures": c.architectures,
-        "EphemeralStorage": {"Size": 512},
-        "SnapStart": {"ApplyOn": "None", "OptimizationStatus": "Off"},
-        "LoggingConfig": {"LogFormat": "Text", "LogGroup": format!("/aws/lambda/{function}")},
-    });
-    if !c.env.is_empty() {
-        let variables: Map<String, Value> = c
-            .env
-            .iter()
-            .map(|(k, v)| (k.clone(), Value::String(v.clone())))
-            .collect();
-        out["Environment"] = json!({"Variables": variables});
-    }
-    out
 }
 
 /// `None`: `$LATEST` answered with the unqualified ARN (or, for a function given at start, the

@@ -43,7 +43,7 @@
 //! | `router` | every route of the port in one table |
 //! | `api` | what every answer has in common: the request id, Lambda's error shape (`ApiError`) |
 //! | `invoke_api` | the Invoke API: which function and version, payload limit, faults, invocation type |
-//! | `control_plane` | CreateFunction, GetFunction, UpdateFunctionCode, PublishVersion, ... with Lambda's wire shapes; `requests` checks their bodies, `package` unpacks their zips |
+//! | `control_plane` | CreateFunction, GetFunction, UpdateFunctionCode, PublishVersion, ... with Lambda's wire shapes; `requests` checks their bodies, `package` unpacks their zips, `versions` makes and describes versions |
 //! | `hooks` | `/fanout/*`: health, metrics, arming faults, killing busy instances |
 //! | `invocation` | one invocation's life within Lambda's bounds, and its failure modes (`Runtime.ExitError`, `Sandbox.Timedout`, ...) |
 //! | `instances` | functions, versions and their instances as child processes: warm reuse, the concurrency limit, kill-on-drop |
