@@ -22,6 +22,10 @@ TASK           ?= get out of bed,shower,make coffee,have breakfast
 MAX_SUBTASK_MS ?= 5000
 # Restate nodes for `make local`: 1 server, or a cluster of 3 (see "Beyond one machine").
 NODES          ?= 1
+# Where `make local` listens: 8080 is Restate's default ports (ingress 8080, admin 9070 with the
+# web UI at /ui/, Lambda 9000), which `make invoke` and every fanout verb default to; another
+# number moves them all with the ingress (18080: admin 19070); auto takes free ports.
+PORTS          ?= 8080
 ARCH           ?= arm64
 FUNCTION       ?= fanout
 ROLE           ?=
@@ -34,7 +38,9 @@ INGRESS_URL    ?= $(or $(RESTATE_INGRESS_URL),http://localhost:8080)
 help:
 	@echo "make demo    - run the reference fan-out end to end (restate-server + local Lambda), then stop"
 	@echo "make test    - install what is missing, build, run every test"
-	@echo "make local   - the local stack until Ctrl-C (MODE=lambda|http, NODES=1|3)"
+	@echo "make local   - the local stack until Ctrl-C on Restate's ports, ingress 8080 and admin 9070 (UI:"
+	@echo "               http://127.0.0.1:9070/ui/), so \`make invoke\` in another shell reaches it"
+	@echo "               (MODE=lambda|http, NODES=1|3, PORTS=8080|BASE|auto)"
 	@echo "make tools   - install restate-server $(RESTATE_SERVER_VERSION) into $(TOOLS)/"
 	@echo "make tools-aws - install cargo-lambda, moto, cfn-lint from PyPI into $(VENV)"
 	@echo "make build   - Lambda zip with cargo-lambda (ARCH=arm64|x86_64)"
@@ -115,7 +121,7 @@ demo: tools build-local
 	$(FANOUT) demo --mode $(MODE) --max-subtask-ms $(MAX_SUBTASK_MS) "$(TASK)"
 
 local: tools build-local
-	$(FANOUT) local --mode $(MODE) --max-subtask-ms $(MAX_SUBTASK_MS) --nodes $(NODES)
+	$(FANOUT) local --mode $(MODE) --max-subtask-ms $(MAX_SUBTASK_MS) --nodes $(NODES) --ports $(PORTS)
 
 # Lint first: a warning clippy finds (new lints arrive with the declared rust-version) fails CI
 # as a failing test does.
