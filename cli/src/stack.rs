@@ -439,6 +439,16 @@ impl LocalStack {
         }
     }
 
+    /// Sets an env var of the HTTP handler (`None` removes it) for its next
+    /// [`Self::restart_http_handler`]: a fixed handler deployed again, as the redrive tests
+    /// use it.
+    pub fn set_http_handler_env(&mut self, name: &str, value: Option<&str>) {
+        if let Some((_, env, _)) = &mut self.http_launch {
+            env.retain(|(k, _)| k != name);
+            env.extend(value.map(|v| (name.to_owned(), v.to_owned())));
+        }
+    }
+
     /// Starts the HTTP handler again (killing it first if it runs) on the same port and
     /// environment, so the registered deployment reaches it again.
     pub async fn restart_http_handler(&mut self) -> Result<()> {

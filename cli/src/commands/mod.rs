@@ -12,6 +12,7 @@ pub mod invoke;
 pub mod local;
 pub mod new;
 pub mod prune;
+pub mod redrive;
 pub mod register;
 pub mod runs;
 pub mod status;
@@ -32,6 +33,7 @@ pub enum Command {
     Status(status::Args),
     Cancel(cancel::Args),
     Runs(runs::Args),
+    Redrive(redrive::Args),
 }
 
 impl Command {
@@ -51,6 +53,7 @@ impl Command {
             Command::Status(args) => status::run(args).await,
             Command::Cancel(args) => cancel::run(args).await,
             Command::Runs(args) => runs::run(args).await,
+            Command::Redrive(args) => redrive::run(args).await,
         }
     }
 }

@@ -200,7 +200,7 @@ fn lanes_of(id: &str) -> String {
 /// SQL condition selecting the subtask invocations of run `id`: called by the run itself
 /// (in-order fan-in) or by one of its lanes (the fan-in ledger). By handler, not service: in a
 /// split layout the subtasks are `executor/runSubtask`.
-fn subtasks_of(id: &str) -> String {
+pub(crate) fn subtasks_of(id: &str) -> String {
     format!(
         "target_handler_name = {} AND (invoked_by_id = {} OR invoked_by_id IN ({}))",
         sql_string(RUN_SUBTASK),
@@ -261,7 +261,7 @@ fn duration_ms(row: &Value) -> Option<u64> {
 
 /// What a subtask's input payload says: the `description` of a `{"description": …}` task, the
 /// JSON otherwise.
-fn payload_label(payload: &[u8]) -> String {
+pub(crate) fn payload_label(payload: &[u8]) -> String {
     match serde_json::from_slice::<Value>(payload) {
         Ok(Value::Object(fields)) if fields.len() == 1 && fields.contains_key("description") => {
             match &fields["description"] {
@@ -311,7 +311,7 @@ fn completion_id(entry: &Value, path: &str) -> Option<u64> {
 
 /// Bytes journaled as a JSON array of numbers (or base64, in case a server version encodes
 /// them so).
-fn journal_bytes(value: &Value) -> Option<Vec<u8>> {
+pub(crate) fn journal_bytes(value: &Value) -> Option<Vec<u8>> {
     match value {
         Value::Array(bytes) => bytes
             .iter()

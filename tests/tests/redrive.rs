@@ -1,0 +1,512 @@
+//! `fanout redrive RUN_ID`: the items of a finished run of items (`worker/runItems`) that have
+//! no successful outcome are run again, never the ones that succeeded, and their outcomes are
+//! merged into the run's results in input order. On the real restate-server, the real handler
+//! (HTTP endpoint) and a real S3-compatible store (moto in server mode, as `fanout local` runs
+//! it).
+//!
+//! An item fails the way the failure-policy tests make one fail: a chore named `flaky…` fails
+//! while `FANOUT_FLAKY_MS` lasts, and with one attempt and kill-at-limit Restate gives up on it
+//! at once. Between the run and its redrive the handler is started again without
+//! `FANOUT_FLAKY_MS`: the fix deployed, as a user would before redriving.
+
+use fanout::exit;
+use fanout::items::{LOCAL_BUCKET, LocalS3};
+use fanout_tests::{CliRun, Harness, Mode};
+use serde_json::{Value, json};
+use std::collections::BTreeMap;
+
+const FLAKY_ENV: [(&str, &str); 3] = [
+    ("FANOUT_FLAKY_MS", "600000"),
+    ("FANOUT_SUBTASK_MAX_ATTEMPTS", "1"),
+    ("FANOUT_SUBTASK_AT_MAX_ATTEMPTS", "kill"),
+];
+
+/// A stack (HTTP handler) whose handler reaches a local S3 store.
+struct Stack {
+    h: Harness,
+    s3: LocalS3,
+    dir: tempfile::TempDir,
+}
+
+async fn start(env: &[(&str, &str)]) -> Stack {
+    let dir = tempfile::tempdir().unwrap();
+    let s3 = LocalS3::start(&dir.path().join("moto.log"))
+        .await
+        .expect("moto starts (make tools-aws installs it)");
+    let mut options = Harness::options(Mode::Http);
+    for (name, value) in s3.env().into_iter() {
+        options = Harness::with_env(options, &name, &value);
+    }
+    for (name, value) in env {
+        options = Harness::with_env(options, name, value);
+    }
+    let h = Harness::start_with(options).await;
+    Stack { h, s3, dir }
+}
+
+fn url(key: &str) -> String {
+    format!("s3://{LOCAL_BUCKET}/{key}")
+}
+
+/// One chore per line; those at `flaky` (1-based) are named `flaky…`.
+fn chores(n: usize, flaky: &[usize]) -> String {
+    (1..=n)
+        .map(|i| {
+            let name = if flaky.contains(&i) {
+                format!("flaky s{i}")
+            } else {
+                format!("s{i}")
+            };
+            format!("{{\"description\":\"{name}\"}}\n")
+        })
+        .collect()
+}
+
+/// The results of `chores(n, _)` once every item succeeded.
+fn all_done(n: usize, flaky: &[usize]) -> String {
+    chores(n, flaky).replace("\"}\n", ": DONE\"}\n")
+}
+
+impl Stack {
+    async fn put(&self, key: &str, body: String) {
+        self.s3
+            .client()
+            .put_object()
+            .bucket(LOCAL_BUCKET)
+            .key(key)
+            .body(body.into_bytes().into())
+            .send()
+            .await
+            .expect("put");
+    }
+
+    async fn get(&self, key: &str) -> Option<String> {
+        let object = self
+            .s3
+            .client()
+            .get_object()
+            .bucket(LOCAL_BUCKET)
+            .key(key)
+            .send()
+            .await
+            .ok()?;
+        let bytes = object.body.collect().await.unwrap().into_bytes();
+        Some(String::from_utf8(bytes.to_vec()).unwrap())
+    }
+
+    async fn metadata(&self, key: &str) -> std::collections::HashMap<String, String> {
+        let head = self
+            .s3
+            .client()
+            .head_object()
+            .bucket(LOCAL_BUCKET)
+            .key(key)
+            .send()
+            .await
+            .expect("head");
+        head.metadata().cloned().unwrap_or_default()
+    }
+
+    async fn keys(&self, prefix: &str) -> Vec<String> {
+        let listed = self
+            .s3
+            .client()
+            .list_objects_v2()
+            .bucket(LOCAL_BUCKET)
+            .prefix(prefix)
+            .send()
+            .await
+            .expect("list");
+        listed
+            .contents()
+            .iter()
+            .filter_map(|o| o.key().map(str::to_owned))
+            .collect()
+    }
+
+    /// Starts `worker/runItems` (`/send`) and waits for it: its id, status and body.
+    async fn run_items(
+        &self,
+        items: &str,
+        results: &str,
+        headers: &[(&str, &str)],
+    ) -> (String, u16, Value) {
+        let id = self
+            .send(
+                "worker/runItems",
+                json!({ "items": url(items), "results": url(results) }),
+                headers,
+            )
+            .await;
+        let (status, body) = self.attach(&id).await;
+        (id, status, body)
+    }
+
+    async fn send(&self, target: &str, body: Value, headers: &[(&str, &str)]) -> String {
+        let mut request = reqwest::Client::new()
+            .post(format!("{}/{target}/send", self.h.stack.ingress_url))
+            .json(&body);
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        let answer: Value = request
+            .send()
+            .await
+            .expect("the ingress answers")
+            .json()
+            .await
+            .unwrap();
+        answer["invocationId"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no invocation id: {answer}"))
+            .to_owned()
+    }
+
+    async fn attach(&self, id: &str) -> (u16, Value) {
+        let response = reqwest::Client::new()
+            .get(format!(
+                "{}/restate/invocation/{id}/attach",
+                self.h.stack.ingress_url
+            ))
+            .send()
+            .await
+            .expect("the ingress answers");
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
+    /// `fanout redrive ARGS` with the store's environment.
+    async fn redrive(&self, args: &[&str]) -> CliRun {
+        let mut all = vec!["redrive"];
+        all.extend_from_slice(args);
+        self.h
+            .fanout_command(&all)
+            .env_remove("AWS_PROFILE")
+            .env_remove("AWS_ENDPOINT_URL")
+            .env_remove("FANOUT_STAGE")
+            .envs(self.s3.env())
+            .output()
+            .await
+            .expect("the fanout binary runs")
+            .into()
+    }
+
+    /// The description of every `runSubtask` invocation Restate has seen, with how many times
+    /// each ran.
+    async fn subtask_runs(&self) -> BTreeMap<String, usize> {
+        let rows = self
+            .h
+            .query(
+                "SELECT entry_json FROM sys_journal WHERE entry_type = 'Command: Input' AND id IN \
+                 (SELECT id FROM sys_invocation WHERE target_handler_name = 'runSubtask')",
+            )
+            .await;
+        let mut runs = BTreeMap::new();
+        for row in rows {
+            let entry: Value = serde_json::from_str(row["entry_json"].as_str().unwrap()).unwrap();
+            let payload: Vec<u8> = entry["Command"]["Input"]["payload"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|b| b.as_u64().unwrap() as u8)
+                .collect();
+            let item: Value = serde_json::from_slice(&payload).unwrap();
+            *runs
+                .entry(item["description"].as_str().unwrap().to_owned())
+                .or_default() += 1;
+        }
+        runs
+    }
+
+    /// The descriptions of the subtasks that succeeded so far.
+    async fn succeeded(&self) -> Vec<String> {
+        let rows = self
+            .h
+            .query(
+                "SELECT entry_json FROM sys_journal WHERE entry_type = 'Command: Input' AND id IN \
+                 (SELECT id FROM sys_invocation WHERE target_handler_name = 'runSubtask' \
+                 AND completion_result = 'success')",
+            )
+            .await;
+        rows.iter()
+            .map(|row| {
+                let entry: Value =
+                    serde_json::from_str(row["entry_json"].as_str().unwrap()).unwrap();
+                let payload: Vec<u8> = entry["Command"]["Input"]["payload"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|b| b.as_u64().unwrap() as u8)
+                    .collect();
+                let item: Value = serde_json::from_slice(&payload).unwrap();
+                item["description"].as_str().unwrap().to_owned()
+            })
+            .collect()
+    }
+
+    /// Deploys the fix: the handler again, without `FANOUT_FLAKY_MS`.
+    async fn fix_handler(&mut self) {
+        self.h.stack.set_http_handler_env("FANOUT_FLAKY_MS", None);
+        self.h
+            .stack
+            .restart_http_handler()
+            .await
+            .expect("the handler starts again");
+    }
+
+    async fn stop(self) {
+        self.h.stop().await;
+        self.s3.stop().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tolerant_run_redriven_has_every_outcome_and_ran_only_its_failures() {
+    let mut s = start(&FLAKY_ENV).await;
+    let flaky = [5usize, 17, 33];
+    s.put("in/items.jsonl", chores(40, &flaky)).await;
+    let (id, status, body) = s
+        .run_items(
+            "in/items.jsonl",
+            "out/results.jsonl",
+            &[
+                ("x-fanout-failure-policy", "tolerate:3"),
+                ("x-fanout-max-concurrency", "10"),
+            ],
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["failed"], 3, "{body}");
+    let before = s.subtask_runs().await;
+    assert_eq!(before.values().sum::<usize>(), 40);
+
+    s.fix_handler().await;
+    let redrive = s
+        .redrive(&[&id, "--output", "json", "--progress", "none"])
+        .await;
+    assert_eq!(redrive.code, Some(0), "{redrive:?}");
+    let report = redrive.json();
+    assert_eq!(report["invocationId"], id.as_str());
+    assert_eq!(report["outcome"], "succeeded", "{report}");
+    assert_eq!(report["items"], 40);
+    assert_eq!(report["redriven"], 3);
+    assert_eq!(report["succeeded"], 3);
+    assert_eq!(report["stillFailed"], 0);
+    assert_eq!(report["results"], url("out/results.jsonl"));
+    assert!(report["redriveId"].as_str().unwrap().starts_with("inv_"));
+
+    // Every item's outcome, in input order, in the run's own results object.
+    assert_eq!(
+        s.get("out/results.jsonl").await.unwrap(),
+        all_done(40, &flaky)
+    );
+    let metadata = s.metadata("out/results.jsonl").await;
+    assert_eq!(metadata.get("fanout-run"), Some(&id));
+    assert_eq!(
+        metadata.get("fanout-redrive").map(String::as_str),
+        Some("1")
+    );
+    assert_eq!(metadata.get("fanout-failed").map(String::as_str), Some("0"));
+    // Only the three failed items ran again; every item that had succeeded ran once.
+    let after = s.subtask_runs().await;
+    for (description, runs) in &after {
+        let expected = if description.starts_with("flaky") {
+            2
+        } else {
+            1
+        };
+        assert_eq!(*runs, expected, "{description} ran {runs} times");
+    }
+    assert_eq!(after.values().sum::<usize>(), 43);
+    assert_eq!(
+        s.keys("out/results.jsonl.fanout/").await,
+        Vec::<String>::new(),
+        "the redrive's scratch objects are deleted"
+    );
+
+    // Again: nothing left to redrive (exit 0), nothing runs; --results FILE fetches the
+    // merged results.
+    let file = s.dir.path().join("results.jsonl");
+    let again = s
+        .redrive(&[&id, "--output", "json", "--results", file.to_str().unwrap()])
+        .await;
+    assert_eq!(again.code, Some(0), "{again:?}");
+    let report = again.json();
+    assert_eq!(report["outcome"], "nothing to redrive", "{report}");
+    assert_eq!(report["redriven"], 0);
+    assert_eq!(report["stillFailed"], 0);
+    assert!(
+        again.stderr.contains("nothing to redrive"),
+        "{}",
+        again.stderr
+    );
+    assert_eq!(
+        std::fs::read_to_string(&file).unwrap(),
+        all_done(40, &flaky)
+    );
+    assert_eq!(s.subtask_runs().await.values().sum::<usize>(), 43);
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fail_fast_run_that_stopped_early_is_finished_by_redrive() {
+    let mut s = start(&FLAKY_ENV).await;
+    let flaky = [3usize];
+    s.put("in/items.jsonl", chores(20, &flaky)).await;
+    // Two at a time: item 3 starts when item 1 or 2 has succeeded, fails, and stops the run
+    // before most items start.
+    let (id, status, body) = s
+        .run_items(
+            "in/items.jsonl",
+            "out/results.jsonl",
+            &[
+                ("x-fanout-failure-policy", "fail-fast"),
+                ("x-fanout-max-concurrency", "2"),
+            ],
+        )
+        .await;
+    assert_eq!(status, 500, "{body}");
+    assert!(
+        s.get("out/results.jsonl").await.is_none(),
+        "a failed run writes no results"
+    );
+    let succeeded = s.succeeded().await;
+    let ran_before: usize = s.subtask_runs().await.values().sum();
+    assert!(
+        !succeeded.is_empty() && ran_before < 20,
+        "the run stopped early after some successes: {succeeded:?}, {ran_before} ran"
+    );
+
+    s.fix_handler().await;
+    let redrive = s
+        .redrive(&[&id, "--output", "json", "--progress", "none"])
+        .await;
+    assert_eq!(redrive.code, Some(0), "{redrive:?}");
+    let report = redrive.json();
+    assert_eq!(report["outcome"], "succeeded", "{report}");
+    // The failed item and every item that never ran or was stopped; not those that succeeded.
+    assert_eq!(report["redriven"], 20 - succeeded.len(), "{report}");
+    assert_eq!(report["succeeded"], 20 - succeeded.len());
+    assert_eq!(report["stillFailed"], 0);
+    assert_eq!(
+        s.get("out/results.jsonl").await.unwrap(),
+        all_done(20, &flaky)
+    );
+    let after = s.subtask_runs().await;
+    for description in &succeeded {
+        assert_eq!(
+            after[description], 1,
+            "{description} succeeded, yet ran again"
+        );
+    }
+    assert_eq!(after.len(), 20, "every item ran: {after:?}");
+    assert_eq!(
+        after.values().sum::<usize>(),
+        ran_before + 20 - succeeded.len()
+    );
+    assert_eq!(
+        s.metadata("out/results.jsonl").await.get("fanout-run"),
+        Some(&id)
+    );
+    assert!(
+        s.keys("out/results.jsonl.fanout/").await.is_empty(),
+        "the failed run's parts and index and the redrive's objects are deleted"
+    );
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_cannot_be_redriven_is_refused_with_its_reason() {
+    let s = start(&[]).await;
+    s.put("in/items.jsonl", chores(5, &[])).await;
+    let (done, status, body) = s
+        .run_items("in/items.jsonl", "out/results.jsonl", &[])
+        .await;
+    assert_eq!(status, 200, "{body}");
+
+    // Every item succeeded: nothing to redrive, exit 0, nothing runs.
+    let nothing = s.redrive(&[&done]).await;
+    assert_eq!(nothing.code, Some(0), "{nothing:?}");
+    assert!(
+        nothing.stderr.contains("nothing to redrive"),
+        "{}",
+        nothing.stderr
+    );
+    let summary: Value = serde_json::from_str(nothing.stdout.trim()).unwrap();
+    assert_eq!(summary["failed"], 0, "{summary}");
+    assert_eq!(s.subtask_runs().await.values().sum::<usize>(), 5);
+
+    // Not an id; an id Restate does not know.
+    let bad = s.redrive(&["nope"]).await;
+    assert_eq!(bad.code, Some(exit::BAD_INPUT.into()), "{bad:?}");
+    assert!(
+        bad.stderr.contains("is not an invocation id"),
+        "{}",
+        bad.stderr
+    );
+    let unknown = s
+        .redrive(&["inv_1d7ECWP1bH4t5dNhlnBYDTAV59WL5YJsYh", "--output", "json"])
+        .await;
+    assert_eq!(unknown.code, Some(exit::UNKNOWN_ID.into()), "{unknown:?}");
+    assert_eq!(unknown.json()["outcome"], "unknown");
+
+    // A fan-out of a description is no run of items.
+    let inline = s
+        .send("worker/run", json!({ "description": "a,b" }), &[])
+        .await;
+    assert_eq!(s.attach(&inline).await.0, 200);
+    let not_items = s.redrive(&[&inline]).await;
+    assert_eq!(
+        not_items.code,
+        Some(exit::BAD_INPUT.into()),
+        "{not_items:?}"
+    );
+    assert!(
+        not_items.stderr.contains("not of worker/runItems"),
+        "{}",
+        not_items.stderr
+    );
+
+    // A run refused before any item ran.
+    s.put("in/bad.jsonl", "{\"description\":\"a\"}\nnot json\n".into())
+        .await;
+    let (refused, status, _) = s.run_items("in/bad.jsonl", "out/bad.jsonl", &[]).await;
+    assert_eq!(status, 400);
+    let refusal = s.redrive(&[&refused]).await;
+    assert_eq!(refusal.code, Some(exit::BAD_INPUT.into()), "{refusal:?}");
+    assert!(
+        refusal.stderr.contains("refused before any item ran")
+            && refusal.stderr.contains("line 2 is not valid JSON"),
+        "{}",
+        refusal.stderr
+    );
+
+    // Still running.
+    s.put("in/slow.jsonl", "{\"description\":\"slow@60000\"}\n".into())
+        .await;
+    let slow = s
+        .send(
+            "worker/runItems",
+            json!({ "items": url("in/slow.jsonl"), "results": url("out/slow.jsonl") }),
+            &[],
+        )
+        .await;
+    let running = s.redrive(&[&slow]).await;
+    assert_eq!(running.code, Some(exit::OTHER.into()), "{running:?}");
+    assert!(
+        running.stderr.contains("is still") && running.stderr.contains("fanout attach"),
+        "{}",
+        running.stderr
+    );
+
+    // Items changed since the run read them: its indexes would point at other items.
+    s.put("in/items.jsonl", chores(6, &[])).await;
+    let changed = s.redrive(&[&done]).await;
+    assert_eq!(changed.code, Some(exit::BAD_INPUT.into()), "{changed:?}");
+    assert!(
+        changed.stderr.contains("changed since the run read them"),
+        "{}",
+        changed.stderr
+    );
+    s.stop().await;
+}
