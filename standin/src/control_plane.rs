@@ -38,18 +38,20 @@
 //!   function URLs; fields for them in a request are ignored.
 
 mod package;
+mod publish;
 mod requests;
-mod versions;
 
 use super::api::{ApiError, ApiResult, Params};
-use super::instances::{Config, Function, Version};
+use super::functions::Function;
 use super::names::{LATEST, Target, last_modified, parse_function_name, version_order};
 use super::shared::Shared;
+use super::versions::{Config, Version};
 use axum::Json;
 use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use package::{code_facts, code_sha256, unpack};
+use publish::{configuration, latest_version, no_latest, publish};
 use requests::{
     CreateFunctionRequest, PageQuery, PublishVersionRequest, QualifierQuery, UpdateCodeRequest,
     UpdateConfigurationRequest, architectures, description, environment, handler, memory,
@@ -58,7 +60,6 @@ use requests::{
 use serde_json::{Value, json};
 use std::sync::{Arc, OnceLock};
 use std::time::SystemTime;
-use versions::{configuration, latest_version, no_latest, publish};
 
 /// Lambda's default regional concurrency, for functions created through the API.
 const CONCURRENCY_LIMIT: usize = 1000;

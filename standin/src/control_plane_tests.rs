@@ -134,7 +134,7 @@ fn create_body(name: &str, zip: &[u8]) -> Value {
         "Role": ROLE,
         "Handler": "bootstrap",
         "Code": {"ZipFile": BASE64.encode(zip)},
-        "Architectures": [instances::host_architecture()],
+        "Architectures": [versions::host_architecture()],
         "MemorySize": 256,
         "Timeout": 30,
         "Environment": {"Variables": {"FANOUT_MAX_SUBTASK_MS": "100", "RUST_LOG": "warn"}},
@@ -182,7 +182,7 @@ async fn a_release_loop_over_lambdas_wire_shapes() {
     assert_eq!(created["PackageType"], "Zip");
     assert_eq!(
         created["Architectures"],
-        json!([instances::host_architecture()])
+        json!([versions::host_architecture()])
     );
     assert_eq!(
         created["Environment"]["Variables"]["FANOUT_MAX_SUBTASK_MS"],
@@ -827,7 +827,7 @@ async fn aws_sdk_lambda_deploys_to_the_standin() {
                 .zip_file(Blob::new(zip1.clone()))
                 .build(),
         )
-        .architectures(Architecture::from(instances::host_architecture()))
+        .architectures(Architecture::from(versions::host_architecture()))
         .memory_size(256)
         .timeout(30)
         .environment(

@@ -2,12 +2,14 @@
 //! hand it the event, wait for its answer within Lambda's bounds, and decide its fate.
 
 use super::config::PAYLOAD_LIMIT;
-use super::instances::{Acquired, Function, Instance, Version};
+use super::functions::{Acquired, Function};
+use super::instances::Instance;
 use super::metering::{
     InvocationRecord, billed_ms, content_encoding, epoch_ms, event_facts, millis, peak_rss_kb,
 };
 use super::runtime_api::{Ended, Event, Outcome};
 use super::shared::Shared;
+use super::versions::Version;
 use axum::body::Bytes;
 use serde_json::json;
 use std::sync::Arc;
@@ -97,7 +99,7 @@ pub(crate) async fn run(shared: Arc<Shared>, invocation: Invocation) -> Invoked 
             record.cold = true;
             let id = shared.next_instance.fetch_add(1, Ordering::Relaxed);
             record.instance = id;
-            match Instance::spawn(id, lease.function(), &version, &shared.environment).await {
+            match Instance::spawn(id, &lease.function().name, &version, &shared.environment).await {
                 Ok(instance) => lease.attach(instance),
                 Err(e) => {
                     tracing::warn!("cannot start an instance of {}: {e:#}", function.name);

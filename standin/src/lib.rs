@@ -43,10 +43,12 @@
 //! | `router` | every route of the port in one table |
 //! | `api` | what every answer has in common: the request id, Lambda's error shape (`ApiError`) |
 //! | `invoke_api` | the Invoke API: which function and version, payload limit, faults, invocation type |
-//! | `control_plane` | CreateFunction, GetFunction, UpdateFunctionCode, PublishVersion, ... with Lambda's wire shapes; `requests` checks their bodies, `package` unpacks their zips, `versions` makes and describes versions |
+//! | `control_plane` | CreateFunction, GetFunction, UpdateFunctionCode, PublishVersion, ... with Lambda's wire shapes; `requests` checks their bodies, `package` unpacks their zips, `publish` makes and describes versions |
 //! | `hooks` | `/fanout/*`: health, metrics, arming faults, killing busy instances |
 //! | `invocation` | one invocation's life within Lambda's bounds, and its failure modes (`Runtime.ExitError`, `Sandbox.Timedout`, ...) |
-//! | `instances` | functions, versions and their instances as child processes: warm reuse, the concurrency limit, kill-on-drop |
+//! | `functions` | a function's versions and its pool of instances: warm reuse, the concurrency limit, retiring versions |
+//! | `instances` | one instance: the bootstrap as a child process in its own process group, Lambda's environment, its logs |
+//! | `versions` | what a version runs (binary, configuration, uploaded code) and the set the control plane edits |
 //! | `runtime_api` | the Runtime API, one listener per instance |
 //! | `faults` | 429s, 5xx, lost responses and timeouts on request, as Lambda produces them |
 //! | `metering` | what each invocation would cost and weigh, in memory and as JSON lines |
@@ -65,6 +67,7 @@ mod control_plane;
 #[cfg(test)]
 mod control_plane_tests;
 mod faults;
+mod functions;
 mod hooks;
 mod instances;
 mod invocation;
@@ -77,6 +80,7 @@ mod runtime_api;
 mod shared;
 #[cfg(test)]
 mod tests;
+mod versions;
 
 pub use config::{FunctionSpec, StandInConfig, VersionSpec};
 pub use faults::{FaultCounts, FaultPlan};

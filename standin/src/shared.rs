@@ -3,9 +3,11 @@
 
 use crate::config::StandInConfig;
 use crate::faults::Faults;
-use crate::instances::{Config, Environment, Function, Instance, LogSink};
+use crate::functions::Function;
+use crate::instances::{Environment, Instance, LogSink};
 use crate::metering::{self, Meter};
 use crate::names;
+use crate::versions::Config;
 use anyhow::Context as _;
 use std::collections::HashMap;
 use std::sync::atomic::AtomicU64;

@@ -3,8 +3,8 @@
 //! `CodeSha256` / `CodeSize` a FunctionConfiguration reports.
 
 use crate::api::{ApiError, ApiResult};
-use crate::instances::{Code, Version};
 use crate::shared::Shared;
+use crate::versions::{Code, Version};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use sha2::{Digest as _, Sha256};

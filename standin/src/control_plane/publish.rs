@@ -4,9 +4,9 @@
 
 use super::package::code_facts;
 use crate::api::{ApiError, ApiResult};
-use crate::instances::{Code, Config, Version, Versions};
 use crate::names::{LATEST, last_modified, version_order};
 use crate::shared::Shared;
+use crate::versions::{Code, Config, Version, Versions};
 use serde_json::{Map, Value, json};
 use std::sync::{Arc, OnceLock};
 use std::time::SystemTime;

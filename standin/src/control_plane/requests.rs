@@ -3,7 +3,7 @@
 //! types and wording where the stand-in knows them.
 
 use crate::api::{ApiError, ApiResult};
-use crate::instances::Version;
+use crate::versions::Version;
 use axum::body::{Body, to_bytes};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
