@@ -625,6 +625,27 @@ mod tests {
     }
 
     #[test]
+    fn the_json_of_a_zip_has_its_path_size_and_both_hashes() {
+        let dir = tempfile::tempdir().unwrap();
+        let zip = dir.path().join("bootstrap.zip");
+        std::fs::write(&zip, b"abc").unwrap();
+        let json = artifact(&zip).unwrap().to_json();
+        assert_eq!(json["zip"], zip.display().to_string());
+        assert_eq!(json["bytes"], 3);
+        // sha256("abc"), as sha256sum prints it and as Lambda's base64 CodeSha256.
+        assert_eq!(
+            json["sha256"],
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+        assert_eq!(
+            json["codeSha256"],
+            "ungWv48Bz+pBQUDeXa4iI7ADYaOWF3qctBD/YfIAFa0="
+        );
+        let missing = artifact(&dir.path().join("none.zip")).unwrap_err();
+        assert_eq!(crate::exit::code_of(&missing), crate::exit::BAD_INPUT);
+    }
+
+    #[test]
     fn elf_machines_are_read() {
         let mut header = b"\x7fELF".to_vec();
         header.resize(20, 0);
