@@ -415,8 +415,22 @@ impl<J: Job> Worker<J> {
             exhausted,
             sole,
         } = lane.0;
+        // A run of items whose lane cannot go on (its items object changed, a bucket went
+        // away) fails as a whole at once, rather than leaving its coordinator waiting forever.
+        let fail_items_run = |error: TerminalError| {
+            ctx.reject_awakeable(&run.awakeable, error);
+            ctx.object_client::<FanInClient<J>>(run.ledger.clone())
+                .cancel()
+                .send();
+        };
         if let (Some(sink), Some(range)) = (&run.sink, unread) {
-            pending.extend(read_granted::<J::Subtask>(&ctx, sink, range).await?);
+            match read_granted::<J::Subtask>(&ctx, sink, range).await {
+                Ok(items) => pending.extend(items),
+                Err(error) => {
+                    fail_items_run(error);
+                    return Ok(());
+                }
+            }
         }
         let setup = LaneSetup {
             executor: self.serve.executor_service(),
@@ -430,7 +444,15 @@ impl<J: Job> Worker<J> {
             hand_over_after: Some(fan_in::HAND_OVER_AFTER),
             drain_in_order: true,
         };
-        let mut end = run_lane(&ctx, &*self.job, setup).await?;
+        let mut end = match run_lane(&ctx, &*self.job, setup).await {
+            Ok(end) => end,
+            // 409: this lane was cancelled, the run is over anyway.
+            Err(error) if run.sink.is_some() && error.code() != 409 => {
+                fail_items_run(error);
+                return Ok(());
+            }
+            Err(error) => return Err(error.into()),
+        };
         if let Some(sink) = &run.sink {
             if sole && let LaneEnd::Finished(gathered) = &end {
                 // Every outcome is here: the results object is written at once, no parts.
@@ -454,7 +476,13 @@ impl<J: Job> Worker<J> {
                 }
                 return Ok(());
             }
-            end = write_part::<J>(&ctx, sink, end).await?;
+            end = match write_part::<J>(&ctx, sink, end).await {
+                Ok(end) => end,
+                Err(error) => {
+                    fail_items_run(error);
+                    return Ok(());
+                }
+            };
         }
         if sole {
             // Every outcome is here: answer the coordinator without a hop through the ledger,

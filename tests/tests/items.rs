@@ -348,3 +348,45 @@ async fn the_coordinator_journal_does_not_grow_with_the_items() {
     );
     s.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn items_changed_during_a_run_fail_it_instead_of_hanging() {
+    let s = start(Mode::Http, &[]).await;
+    s.put("in/items.jsonl", chores(200)).await;
+    let response = reqwest::Client::new()
+        .post(format!("{}/worker/runItems/send", s.h.stack.ingress_url))
+        .header("x-fanout-max-concurrency", "5")
+        .json(&json!({ "items": url("in/items.jsonl"), "results": url("out/r.jsonl") }))
+        .send()
+        .await
+        .unwrap();
+    let id = response.json::<Value>().await.unwrap()["invocationId"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    // Once subtasks run, later claims read the items again: replace them.
+    s.h.query_until(
+        "SELECT count(*) AS n FROM sys_invocation WHERE target_handler_name = 'runSubtask'",
+        std::time::Duration::from_secs(60),
+        |rows| rows.first().and_then(|r| r["n"].as_u64()).unwrap_or(0) > 0,
+    )
+    .await;
+    s.put("in/items.jsonl", chores(201)).await;
+    let attached = reqwest::Client::new()
+        .get(format!(
+            "{}/restate/invocation/{id}/attach",
+            s.h.stack.ingress_url
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(attached.status(), 400);
+    let body: Value = attached.json().await.unwrap();
+    let message = body["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("changed while the run read it"),
+        "{message}"
+    );
+    assert!(s.get("out/r.jsonl").await.is_none());
+    s.stop().await;
+}
