@@ -510,3 +510,121 @@ async fn what_cannot_be_redriven_is_refused_with_its_reason() {
     );
     s.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redrive_that_fails_again_keeps_its_place_and_a_killed_one_is_resumed() {
+    use tokio::io::AsyncBufReadExt;
+    let mut s = start(&FLAKY_ENV).await;
+    // Once fixed, the flaky chores take 2 s: time to kill a waiting redrive.
+    let flaky = [4usize, 12, 25];
+    let name = |i: usize| {
+        if flaky.contains(&i) {
+            format!("flaky s{i}@2000")
+        } else {
+            format!("s{i}")
+        }
+    };
+    let items: String = (1..=30)
+        .map(|i| format!("{{\"description\":\"{}\"}}\n", name(i)))
+        .collect();
+    let done: String = (1..=30)
+        .map(|i| format!("{{\"description\":\"{}: DONE\"}}\n", name(i)))
+        .collect();
+    s.put("in/items.jsonl", items).await;
+    let (id, status, body) = s
+        .run_items(
+            "in/items.jsonl",
+            "out/results.jsonl",
+            &[("x-fanout-failure-policy", "tolerate:3")],
+        )
+        .await;
+    assert_eq!((status, &body["failed"]), (200, &json!(3)), "{body}");
+
+    // Not fixed yet, fail-fast: the redrive run fails (exit 3); the failures stay in place.
+    let again = s.redrive(&[&id, "--fail-fast", "--output", "json"]).await;
+    assert_eq!(again.code, Some(exit::RUN_FAILED.into()), "{again:?}");
+    let report = again.json();
+    assert_eq!(report["outcome"], "failed", "{report}");
+    assert_eq!(
+        (report["redriven"].clone(), report["stillFailed"].clone()),
+        (json!(3), json!(3))
+    );
+    let check_failures_in_place = |results: String| {
+        let lines: Vec<Value> = results
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(lines.len(), 30);
+        for (index, line) in lines.iter().enumerate() {
+            if flaky.contains(&(index + 1)) {
+                assert_eq!(line["error"]["index"], index, "{line}");
+                assert_eq!(line["error"]["subtask"], name(index + 1), "{line}");
+            } else {
+                assert_eq!(line["description"], format!("{}: DONE", name(index + 1)));
+            }
+        }
+    };
+    check_failures_in_place(s.get("out/results.jsonl").await.unwrap());
+    // Tolerant: the redrive run succeeds (exit 0) with its failures tolerated, still in place.
+    let tolerated = s
+        .redrive(&[&id, "--tolerate-failures", "3", "--output", "json"])
+        .await;
+    assert_eq!(tolerated.code, Some(0), "{tolerated:?}");
+    let report = tolerated.json();
+    assert_eq!(
+        (report["outcome"].clone(), report["stillFailed"].clone()),
+        (json!("succeeded"), json!(3))
+    );
+    check_failures_in_place(s.get("out/results.jsonl").await.unwrap());
+    assert_eq!(
+        s.metadata("out/results.jsonl")
+            .await
+            .get("fanout-redrive")
+            .map(String::as_str),
+        Some("2"),
+        "two redrives merged"
+    );
+
+    // Fixed. A redrive killed while it waits leaves its run going; the next one attaches to
+    // that run (same idempotency key) instead of running the items again, and merges.
+    s.fix_handler().await;
+    let mut waiting =
+        s.h.fanout_command(&["redrive", &id, "--progress", "plain"])
+            .env_remove("AWS_PROFILE")
+            .env_remove("AWS_ENDPOINT_URL")
+            .envs(s.s3.env())
+            .spawn()
+            .expect("fanout runs");
+    let mut stderr = tokio::io::BufReader::new(waiting.stderr.take().unwrap()).lines();
+    let mut started = None;
+    while let Some(line) = stderr.next_line().await.unwrap() {
+        if let Some(at) = line.find("started inv_") {
+            started = line[at + "started ".len()..]
+                .split(';')
+                .next()
+                .map(str::to_owned);
+            break;
+        }
+    }
+    let started = started.expect("the redrive says which run it started");
+    waiting.kill().await.unwrap();
+    let resumed = s.redrive(&[&id, "--output", "json"]).await;
+    assert_eq!(resumed.code, Some(0), "{resumed:?}");
+    let report = resumed.json();
+    assert_eq!(report["resumed"], true, "{report}");
+    assert_eq!(report["redriveId"], started.as_str());
+    assert_eq!(
+        (report["redriven"].clone(), report["stillFailed"].clone()),
+        (json!(3), json!(0))
+    );
+    assert_eq!(s.get("out/results.jsonl").await.unwrap(), done);
+    // Every item succeeded exactly once over the run and its three redrives.
+    let succeeded = s.succeeded().await;
+    assert_eq!(succeeded.len(), 30, "{succeeded:?}");
+    let runs = s.subtask_runs().await;
+    for i in (1..=30).filter(|i| !flaky.contains(i)) {
+        assert_eq!(runs[&name(i)], 1, "{} ran again", name(i));
+    }
+    assert!(s.keys("out/results.jsonl.fanout/").await.is_empty());
+    s.stop().await;
+}
