@@ -49,8 +49,16 @@ pub struct LocalS3 {
 impl LocalS3 {
     /// Starts moto on a free loopback port (its log in `log`) and creates [`LOCAL_BUCKET`].
     pub async fn start(log: &Path) -> Result<Self> {
+        Self::start_on(None, log).await
+    }
+
+    /// Starts moto on `port` (a free one when `None`) and creates [`LOCAL_BUCKET`].
+    pub async fn start_on(port: Option<u16>, log: &Path) -> Result<Self> {
         let program = moto_server()?;
-        let port = free_port()?;
+        let port = match port {
+            Some(port) => port,
+            None => free_port()?,
+        };
         let mut command = tokio::process::Command::new(program);
         command.args(["-H", "127.0.0.1", "-p", &port.to_string()]);
         let process = Managed::spawn("moto_server", command, log)?;
@@ -88,20 +96,7 @@ impl LocalS3 {
 
     /// A client of this store, whatever the caller's environment says.
     pub fn client(&self) -> aws_sdk_s3::Client {
-        let config = aws_sdk_s3::config::Builder::new()
-            .behavior_version(aws_sdk_s3::config::BehaviorVersion::latest())
-            .region(aws_sdk_s3::config::Region::new("us-east-1"))
-            .endpoint_url(&self.endpoint_url)
-            .credentials_provider(aws_sdk_s3::config::Credentials::new(
-                "local",
-                "local",
-                None,
-                None,
-                "fanout-local",
-            ))
-            .force_path_style(true)
-            .build();
-        aws_sdk_s3::Client::from_conf(config)
+        local_client(&self.endpoint_url)
     }
 
     /// What a process needs to use this store with the standard AWS chain: the endpoint
@@ -122,6 +117,55 @@ impl LocalS3 {
     pub async fn stop(self) {
         self.process.stop(Duration::from_secs(3)).await;
     }
+}
+
+/// A client of the local store at `endpoint_url` (its throwaway credentials, path-style).
+pub fn local_client(endpoint_url: &str) -> aws_sdk_s3::Client {
+    let config = aws_sdk_s3::config::Builder::new()
+        .behavior_version(aws_sdk_s3::config::BehaviorVersion::latest())
+        .region(aws_sdk_s3::config::Region::new("us-east-1"))
+        .endpoint_url(endpoint_url)
+        .credentials_provider(aws_sdk_s3::config::Credentials::new(
+            "local",
+            "local",
+            None,
+            None,
+            "fanout-local",
+        ))
+        .force_path_style(true)
+        .build();
+    aws_sdk_s3::Client::from_conf(config)
+}
+
+/// The local store's port in a `fanout local` stack whose ingress is on `ingress_port`
+/// (9002 beside Restate's 8080).
+pub fn local_store_port(ingress_port: u16) -> u16 {
+    ingress_port.saturating_add(922)
+}
+
+/// The S3 client for a run through `ingress_url`, and where local files are staged: the
+/// standard chain when an S3 endpoint or [`STAGE_ENV`] is set (or the ingress is not on
+/// loopback); otherwise the local store of a `fanout local` stack, if one listens beside the
+/// ingress, so that `fanout local` then `fanout invoke --items FILE --results FILE` need no
+/// variables.
+pub async fn client_for(ingress_url: &str) -> Result<(aws_sdk_s3::Client, bool)> {
+    let configured = endpoint_override().is_some()
+        || std::env::var(STAGE_ENV).is_ok_and(|v| !v.trim().is_empty());
+    let local_port = reqwest::Url::parse(ingress_url).ok().and_then(|url| {
+        let host = url.host_str()?.to_owned();
+        let loopback = matches!(host.as_str(), "localhost" | "127.0.0.1" | "[::1]");
+        let port = url.port_or_known_default()?;
+        loopback.then(|| local_store_port(port))
+    });
+    if !configured && let Some(port) = local_port {
+        let listening = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_ok();
+        if listening {
+            return Ok((local_client(&format!("http://127.0.0.1:{port}")), true));
+        }
+    }
+    Ok((s3_client().await?, false))
 }
 
 /// An S3 client from the standard chain; a store of one's own (`AWS_ENDPOINT_URL_S3` or
@@ -193,8 +237,9 @@ impl Place {
 }
 
 /// Where local files are staged: [`STAGE_ENV`], or the local store's bucket when the S3
-/// endpoint is on loopback. Never a guessed bucket on AWS.
-pub fn stage_location() -> Result<(String, String)> {
+/// endpoint is on loopback (or `local_store`: the client is the local stack's). Never a
+/// guessed bucket on AWS.
+pub fn stage_location(local_store: bool) -> Result<(String, String)> {
     if let Ok(raw) = std::env::var(STAGE_ENV)
         && !raw.trim().is_empty()
     {
@@ -212,9 +257,10 @@ pub fn stage_location() -> Result<(String, String)> {
         };
         return Ok((bucket.to_owned(), prefix));
     }
-    let local = endpoint_override().is_some_and(|url| {
-        url.contains("://127.0.0.1") || url.contains("://localhost") || url.contains("://[::1]")
-    });
+    let local = local_store
+        || endpoint_override().is_some_and(|url| {
+            url.contains("://127.0.0.1") || url.contains("://localhost") || url.contains("://[::1]")
+        });
     if local {
         return Ok((LOCAL_BUCKET.to_owned(), "staging/".to_owned()));
     }
@@ -336,6 +382,94 @@ pub async fn remove(client: &aws_sdk_s3::Client, at: &S3Url) {
         .key(&at.key)
         .send()
         .await;
+}
+
+/// A run of items ready to send: its request body, and what to fetch once it is done.
+pub struct Prepared {
+    /// The body of `worker/runItems`: `{"items": "s3://…", "results": "s3://…"}`.
+    pub task: serde_json::Value,
+    /// The number of items, when they were a local file checked here.
+    pub count: Option<usize>,
+    client: aws_sdk_s3::Client,
+    staged_items: Option<S3Url>,
+    fetch_to: Option<(S3Url, PathBuf)>,
+}
+
+/// Checks and stages local items, picks where local results are written first, and gives the
+/// request. A bad line is an input error (exit 4) with its line number, before anything is
+/// uploaded or started.
+pub async fn prepare(items: &Place, results: &Place, ingress_url: &str) -> Result<Prepared> {
+    let count = match items {
+        Place::File(path) => Some(check_items(path).map_err(crate::exit::rejected)?),
+        Place::S3(_) => None,
+    };
+    let (client, local_store) = client_for(ingress_url).await?;
+    let staging = || -> Result<S3Url> {
+        let (bucket, prefix) =
+            stage_location(local_store).map_err(|e| crate::exit::rejected(format!("{e:#}")))?;
+        let run = uuid::Uuid::new_v4().simple();
+        Ok(S3Url {
+            bucket,
+            key: format!("{prefix}fanout-invoke-{run}/"),
+        })
+    };
+    let (items_url, staged_items) = match items {
+        Place::S3(url) => (url.clone(), None),
+        Place::File(path) => {
+            let mut at = staging()?;
+            at.key += "items.jsonl";
+            stage(&client, path, &at).await?;
+            (at.clone(), Some(at))
+        }
+    };
+    let (results_url, fetch_to) = match results {
+        Place::S3(url) => (url.clone(), None),
+        Place::File(path) => {
+            let mut at = match &staged_items {
+                Some(items) => S3Url {
+                    bucket: items.bucket.clone(),
+                    key: items.key.trim_end_matches("items.jsonl").to_owned(),
+                },
+                None => staging()?,
+            };
+            at.key += "results.jsonl";
+            (at.clone(), Some((at, path.clone())))
+        }
+    };
+    Ok(Prepared {
+        task: serde_json::json!({
+            "items": items_url.to_string(),
+            "results": results_url.to_string(),
+        }),
+        count,
+        client,
+        staged_items,
+        fetch_to,
+    })
+}
+
+impl Prepared {
+    /// After a run that wrote its results: fetches them into the local file, if one was
+    /// asked for, and removes what was staged. Returns the file and its size.
+    pub async fn finish(&self) -> Result<Option<(PathBuf, u64)>> {
+        let fetched = match &self.fetch_to {
+            Some((from, file)) => {
+                let bytes = fetch(&self.client, from, file).await?;
+                remove(&self.client, from).await;
+                Some((file.clone(), bytes))
+            }
+            None => None,
+        };
+        self.clean_up().await;
+        Ok(fetched)
+    }
+
+    /// Removes the staged items (after a run, whatever its outcome).
+    pub async fn clean_up(&self) {
+        if let Some(items) = &self.staged_items {
+            remove(&self.client, items).await;
+        }
+    }
 }
 
 #[cfg(test)]

@@ -108,6 +108,9 @@ pub struct StackOptions {
     /// Free ports by default (tests and benches run side by side); `fanout local` fixes them
     /// at Restate's defaults ([`crate::ports`]).
     pub ports: Ports,
+    /// Serve an S3-compatible store (moto, [`crate::items::LocalS3`]) for runs of items, and
+    /// give the handler its endpoint and throwaway credentials.
+    pub s3: bool,
 }
 
 impl StackOptions {
@@ -123,6 +126,7 @@ impl StackOptions {
             identity: RequestIdentity::default(),
             layout: Layout::Single,
             ports: Ports::Auto,
+            s3: false,
         }
     }
 }
@@ -160,6 +164,8 @@ pub struct LocalStack {
     executor_http_handler: Option<Managed>,
     /// How the HTTP handler was started (binary, env, port), to start it again.
     http_launch: Option<HttpLaunch>,
+    /// The local S3 store, when [`StackOptions::s3`] asked for it.
+    pub s3: Option<crate::items::LocalS3>,
     _temp: Option<tempfile::TempDir>,
 }
 
@@ -231,6 +237,21 @@ impl LocalStack {
         if let Some(keys) = &identity_keys {
             handler_env.push((IDENTITY_KEYS_ENV.into(), keys.clone()));
         }
+        // The S3 store first, so the handler's processes start with its endpoint; a variable
+        // the caller set wins.
+        let s3 = match options.s3 {
+            false => None,
+            true => {
+                let port = fixed.map(|p| crate::items::local_store_port(p.ingress));
+                let store = crate::items::LocalS3::start_on(port, &dir.join("moto.log")).await?;
+                for (name, value) in store.env() {
+                    if !handler_env.iter().any(|(k, _)| *k == name) {
+                        handler_env.push((name, value));
+                    }
+                }
+                Some(store)
+            }
+        };
 
         // Which deployments, in which mode, with which FANOUT_SERVE.
         let serving = |role: Serve| {
@@ -403,6 +424,7 @@ impl LocalStack {
             executor_function_arn,
             executor_http_handler,
             http_launch,
+            s3,
             _temp: temp,
         })
     }
@@ -481,6 +503,9 @@ impl LocalStack {
         }
         if let Some(standin) = self.standin.take() {
             standin.shutdown().await;
+        }
+        if let Some(s3) = self.s3.take() {
+            s3.stop().await;
         }
         let Self { server, peers, .. } = self;
         server.stop().await;
@@ -601,6 +626,12 @@ fn wanted_ports(options: &StackOptions, ports: &LocalPorts) -> Vec<Wanted> {
     }
     if main == HandlerMode::Lambda || executors == Some(HandlerMode::Lambda) {
         want(ports.lambda, "the local Lambda endpoint".into());
+    }
+    if options.s3 {
+        want(
+            crate::items::local_store_port(ports.ingress),
+            "the local S3 store (moto)".into(),
+        );
     }
     wanted
 }

@@ -390,3 +390,163 @@ async fn items_changed_during_a_run_fail_it_instead_of_hanging() {
     assert!(s.get("out/r.jsonl").await.is_none());
     s.stop().await;
 }
+
+/// `fanout invoke --items … --results …` against a stack serving its own S3 store, with the
+/// variables `fanout local` prints for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fanout_invoke_walks_file_to_file_and_s3_to_s3() {
+    let mut options = Harness::options(Mode::Http);
+    options.s3 = true;
+    let h = Harness::start_with(options).await;
+    let store = h.stack.s3.as_ref().expect("the stack's S3 store");
+    let env = store.env();
+    let client = store.client();
+    let dir = tempfile::tempdir().unwrap();
+    let fanout = |args: Vec<String>| {
+        let mut command = h.fanout_command(&args.iter().map(String::as_str).collect::<Vec<_>>());
+        command
+            .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .env("AWS_CONFIG_FILE", "/nonexistent/aws/config")
+            .env(
+                "AWS_SHARED_CREDENTIALS_FILE",
+                "/nonexistent/aws/credentials",
+            )
+            .env_remove("FANOUT_STAGE");
+        async move { fanout_tests::CliRun::from(command.output().await.unwrap()) }
+    };
+    let staged = || async {
+        client
+            .list_objects_v2()
+            .bucket(LOCAL_BUCKET)
+            .prefix("staging/")
+            .send()
+            .await
+            .unwrap()
+            .contents()
+            .len()
+    };
+    let path = |name: &str| dir.path().join(name).to_string_lossy().into_owned();
+
+    // File to file.
+    std::fs::write(path("items.jsonl"), chores(50)).unwrap();
+    let run = fanout(
+        [
+            "invoke",
+            "--items",
+            &path("items.jsonl"),
+            "--results",
+            &path("results.jsonl"),
+            "--max-concurrency",
+            "20",
+            "--progress",
+            "none",
+            "--output",
+            "json",
+        ]
+        .map(String::from)
+        .to_vec(),
+    )
+    .await;
+    assert_eq!(run.code, Some(0), "{run:?}");
+    let expected: String = (1..=50)
+        .map(|i| format!("{{\"description\":\"s{i}: DONE\"}}\n"))
+        .collect();
+    assert_eq!(
+        std::fs::read_to_string(path("results.jsonl")).unwrap(),
+        expected
+    );
+    assert!(run.stdout.contains("\"succeeded\":50"), "{run:?}");
+    assert!(run.stderr.contains("50 items in"), "{run:?}");
+    assert_eq!(
+        staged().await,
+        0,
+        "the staged items and results are removed"
+    );
+
+    // S3 to S3.
+    client
+        .put_object()
+        .bucket(LOCAL_BUCKET)
+        .key("walk/items.jsonl")
+        .body(chores(5).into_bytes().into())
+        .send()
+        .await
+        .unwrap();
+    let run = fanout(
+        [
+            "invoke",
+            "--items",
+            &url("walk/items.jsonl"),
+            "--results",
+            &url("walk/results.jsonl"),
+            "--progress",
+            "none",
+        ]
+        .map(String::from)
+        .to_vec(),
+    )
+    .await;
+    assert_eq!(run.code, Some(0), "{run:?}");
+    let object = client
+        .get_object()
+        .bucket(LOCAL_BUCKET)
+        .key("walk/results.jsonl")
+        .send()
+        .await
+        .unwrap();
+    let bytes = object.body.collect().await.unwrap().into_bytes();
+    assert_eq!(
+        bytes.as_ref(),
+        chores(5).replace("\"}", ": DONE\"}").as_bytes()
+    );
+
+    // A malformed line is refused by the CLI before anything is uploaded or started; a line
+    // the job cannot read, by the handler, before any subtask starts.
+    std::fs::write(
+        path("bad.jsonl"),
+        "{\"description\":\"a\"}\n\n{\"description\":\"b\"}\n{\"description\":\n",
+    )
+    .unwrap();
+    let bad = |file: &str| {
+        [
+            "invoke",
+            "--items",
+            &path(file),
+            "--results",
+            &path("never.jsonl"),
+            "--progress",
+            "none",
+        ]
+        .map(String::from)
+        .to_vec()
+    };
+    let run = fanout(bad("bad.jsonl")).await;
+    assert_eq!(run.code, Some(4), "{run:?}");
+    assert!(run.stderr.contains("line 2 is empty"), "{run:?}");
+    std::fs::write(
+        path("bad.jsonl"),
+        "{\"description\":\"a\"}\n{\"description\":\n",
+    )
+    .unwrap();
+    let run = fanout(bad("bad.jsonl")).await;
+    assert_eq!(run.code, Some(4), "{run:?}");
+    assert!(run.stderr.contains("line 2 is not valid JSON"), "{run:?}");
+    std::fs::write(
+        path("shape.jsonl"),
+        "{\"description\":\"a\"}\n{\"chore\":\"b\"}\n",
+    )
+    .unwrap();
+    let run = fanout(bad("shape.jsonl")).await;
+    assert_eq!(run.code, Some(4), "{run:?}");
+    assert!(
+        run.stderr.contains("line 2 is not a subtask of this job"),
+        "{run:?}"
+    );
+    assert!(!dir.path().join("never.jsonl").exists());
+    assert_eq!(staged().await, 0, "nothing is left staged");
+    let subtasks = h
+        .query("SELECT count(*) AS n FROM sys_invocation WHERE target_handler_name = 'runSubtask'")
+        .await;
+    assert_eq!(subtasks[0]["n"], 55, "only the two good runs ran subtasks");
+    h.stop().await;
+}

@@ -17,7 +17,7 @@ use crate::observe::{Display, DisplayMode};
 use crate::outcome::{Endpoints, OutputFormat, fail, fail_with, report};
 use anyhow::Result;
 use fanout_contract::headers;
-use fanout_contract::names::RUN_TARGET;
+use fanout_contract::names::{RUN_ITEMS_TARGET, RUN_TARGET};
 use fanout_contract::policy::{FailurePolicy, FanInStrategy};
 use serde_json::{Value, json};
 use std::path::{Path, PathBuf};
@@ -30,6 +30,19 @@ pub struct Args {
     /// The task as a JSON file (e.g. {"description": "a,b"}).
     #[arg(long, conflicts_with = "description")]
     input: Option<PathBuf>,
+    /// Items, one JSON subtask per line (JSON Lines; for the reference job
+    /// {"description":"shower"}): a local file (checked, then staged in S3) or s3://BUCKET/KEY.
+    /// Runs worker/runItems: no width cap, nothing of the items or outcomes in the
+    /// coordinator's journal.
+    #[arg(long, value_name = "FILE|s3://BUCKET/KEY", value_parser = crate::items::Place::parse,
+          conflicts_with_all = ["description", "input"], requires = "results")]
+    items: Option<crate::items::Place>,
+    /// Where the results of --items go, one JSON line per item in input order (a failed
+    /// item under a tolerant policy as {"error":{…}} in its place): a local file (fetched
+    /// when the run is done) or s3://BUCKET/KEY.
+    #[arg(long, value_name = "FILE|s3://BUCKET/KEY", value_parser = crate::items::Place::parse,
+          requires = "items")]
+    results: Option<crate::items::Place>,
     /// Repeating an invoke with the same key returns the same run instead of starting another.
     #[arg(long)]
     idempotency_key: Option<String>,
@@ -104,6 +117,8 @@ pub fn task_from(description: Option<&str>, input: Option<&Path>) -> Result<Valu
 
 struct InvokeOptions {
     task: Value,
+    /// `worker/run`, or `worker/runItems` for a run of items.
+    target: &'static str,
     idempotency_key: Option<String>,
     /// Start the run and print its invocation id, without waiting.
     send_only: bool,
@@ -137,6 +152,16 @@ pub async fn send(
     task: &Value,
     idempotency_key: Option<&str>,
 ) -> Result<Started, NotStarted> {
+    send_to(ingress, RUN_TARGET, task, idempotency_key).await
+}
+
+/// [`send`] to another coordinator handler (`worker/runItems`).
+pub async fn send_to(
+    ingress: &IngressClient,
+    target: &str,
+    task: &Value,
+    idempotency_key: Option<&str>,
+) -> Result<Started, NotStarted> {
     let body = serde_json::to_vec(task).map_err(|e| NotStarted {
         code: exit::BAD_INPUT,
         message: format!("the task cannot be encoded as JSON: {e}"),
@@ -151,7 +176,7 @@ pub async fn send(
     };
     let (response, repeated) = ingress
         .post_idempotent(
-            &format!("/{RUN_TARGET}/send"),
+            &format!("/{target}/send"),
             "application/json",
             body,
             key,
@@ -233,6 +258,9 @@ pub fn started_from(ingress_url: &str, response: &IngressResponse) -> Result<Sta
 /// `fanout invoke`.
 pub async fn run(args: Args) -> Result<u8> {
     let output = args.watch.output;
+    if let (Some(items), Some(results)) = (&args.items, &args.results) {
+        return Ok(invoke_items(&args, items, results).await);
+    }
     let task = match task_from(args.description.as_deref(), args.input.as_deref()) {
         Ok(task) => task,
         Err(e) => {
@@ -246,12 +274,63 @@ pub async fn run(args: Args) -> Result<u8> {
     }
     let options = InvokeOptions {
         task,
+        target: RUN_TARGET,
         idempotency_key: args.idempotency_key,
         send_only: args.send,
         output,
         display: args.watch.display(),
     };
     Ok(invoke(&endpoints, options).await)
+}
+
+/// `fanout invoke --items … --results …`: a local items file is checked and staged first, a
+/// local results file fetched once the run has written its results.
+async fn invoke_items(
+    args: &Args,
+    items: &crate::items::Place,
+    results: &crate::items::Place,
+) -> u8 {
+    let output = args.watch.output;
+    let prepared = match crate::items::prepare(items, results, &args.restate.ingress_url).await {
+        Ok(prepared) => prepared,
+        Err(e) => return fail_with(output, None, &e),
+    };
+    if let (Some(count), crate::items::Place::File(path)) = (prepared.count, items) {
+        eprintln!(
+            "{count} items in {} checked and staged at {}",
+            path.display(),
+            prepared.task["items"].as_str().unwrap_or_default()
+        );
+    }
+    let mut endpoints = args.restate.endpoints();
+    for (name, value) in args.run_headers() {
+        endpoints.ingress = endpoints.ingress.with_header(name, value);
+    }
+    let options = InvokeOptions {
+        task: prepared.task.clone(),
+        target: RUN_ITEMS_TARGET,
+        idempotency_key: args.idempotency_key.clone(),
+        send_only: args.send,
+        output,
+        display: args.watch.display(),
+    };
+    let code = invoke(&endpoints, options).await;
+    if args.send {
+        // The run reads its staged items later: they stay, and `fanout attach` prints the
+        // summary with the results' S3 location.
+        return code;
+    }
+    match code {
+        exit::OK => match prepared.finish().await {
+            Ok(Some((file, bytes))) => eprintln!("results: {} ({bytes} bytes)", file.display()),
+            Ok(None) => {}
+            Err(e) => return fail_with(output, None, &e),
+        },
+        // The run goes on without this client: it still reads the staged items.
+        exit::INTERRUPTED | exit::UNREACHABLE => {}
+        _ => prepared.clean_up().await,
+    }
+    code
 }
 
 async fn invoke(endpoints: &Endpoints, options: InvokeOptions) -> u8 {
@@ -261,8 +340,9 @@ async fn invoke(endpoints: &Endpoints, options: InvokeOptions) -> u8 {
         Ok(interrupt) => interrupt,
         Err(e) => return fail_with(output, None, &e),
     };
-    let started = match send(
+    let started = match send_to(
         &endpoints.ingress,
+        options.target,
         &options.task,
         options.idempotency_key.as_deref(),
     )

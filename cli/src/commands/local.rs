@@ -63,6 +63,9 @@ pub async fn run(args: Args) -> Result<u8> {
     let mut stack_options = StackOptions::new(handler.mode, handler.binary()?);
     stack_options.state_dir = Some(args.state_dir.clone());
     stack_options.lambda.concurrency_limit = args.concurrency_limit;
+    // Runs of items (`fanout invoke --items`) read and write a local S3 store, when moto is
+    // installed (`make tools-aws`).
+    stack_options.s3 = crate::items::local_store_available();
     if handler.unsigned {
         stack_options.identity = RequestIdentity::Unsigned;
     }
@@ -134,6 +137,18 @@ pub async fn run(args: Args) -> Result<u8> {
         _ => println!(
             "  UNSIGNED:    the handler serves any caller that reaches it (--unsigned); \
              restart without it to sign"
+        ),
+    }
+    match &stack.s3 {
+        Some(s3) => println!(
+            "  s3:          {} (AWS_ENDPOINT_URL_S3), bucket {}: fanout invoke --items \
+             items.jsonl --results results.jsonl stages and fetches through it",
+            s3.endpoint_url,
+            crate::items::LOCAL_BUCKET
+        ),
+        None => println!(
+            "  s3:          none (moto_server is not installed: `make tools-aws`); runs of items \
+             need S3"
         ),
     }
     println!("  handler log: {}", stack.handler_log_path.display());
