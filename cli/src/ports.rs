@@ -9,6 +9,7 @@
 //! | the handler over HTTP (`--mode http`) | 9080 | BASE + 1000 |
 //! | the executors over HTTP (`--layout split`) | 9081 | BASE + 1001 |
 //! | the local Lambda endpoint (`AWS_ENDPOINT_URL_LAMBDA`) | 9000 | BASE + 920 |
+//! | the local S3 store, moto (`AWS_ENDPOINT_URL_S3`; [`crate::items`]) | 9002 | BASE + 922 |
 //!
 //! Those are Restate's own defaults (restate-server and its SDKs' HTTP endpoints), and 9000 is
 //! where AWS's Lambda runtime interface emulator and `cargo lambda watch` listen. A cluster's
