@@ -105,7 +105,10 @@ async fn resolve(
     let version = function
         .resolve(target.qualifier.as_deref())
         .ok_or_else(|| ApiError::not_found(&arn))?;
-    let qualified = target.qualifier.is_some() || version.version != LATEST;
+    // Asked without a qualifier, Lambda answers with the function's own (unqualified) ARN,
+    // which tools take apart; a function given at start has no $LATEST and stands in with its
+    // newest version, under that same ARN.
+    let qualified = target.qualifier.is_some();
     Ok((target.name, version, qualified))
 }
 

@@ -686,6 +686,12 @@ async fn functions_given_at_start_meet_the_control_plane() {
         .ok(200);
     assert_eq!(got["Configuration"]["Version"], "1");
     assert_eq!(got["Configuration"]["CodeSha256"], sha(&binary));
+    // Unqualified, as Lambda answers: the function's own ARN, which `fanout prune` takes apart
+    // to learn the account and region.
+    assert_eq!(
+        got["Configuration"]["FunctionArn"],
+        "arn:aws:lambda:us-east-1:000000000000:function:given"
+    );
     call(
         &standin,
         Method::POST,
