@@ -628,3 +628,89 @@ async fn a_redrive_that_fails_again_keeps_its_place_and_a_killed_one_is_resumed(
     assert!(s.keys("out/results.jsonl.fanout/").await.is_empty());
     s.stop().await;
 }
+
+/// The walk from files: `fanout invoke --items FILE --results FILE` stages the items, fetches
+/// the results and removes both staged objects; `fanout redrive ID --items FILE --results
+/// FILE` stages the same items again (refusing other bytes) and merges into the file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_from_files_is_redriven_from_the_same_files() {
+    let mut s = start(&FLAKY_ENV).await;
+    let flaky = [2usize, 9];
+    let dir = s.dir.path().to_owned();
+    let path = |name: &str| dir.join(name).to_str().unwrap().to_owned();
+    let (items, results) = (path("items.jsonl"), path("results.jsonl"));
+    std::fs::write(&items, chores(12, &flaky)).unwrap();
+    let run: CliRun =
+        s.h.fanout_command(&[
+            "invoke",
+            "--items",
+            &items,
+            "--results",
+            &results,
+            "--tolerate-failures",
+            "2",
+            "--output",
+            "json",
+            "--progress",
+            "none",
+        ])
+        .env_remove("AWS_PROFILE")
+        .env_remove("AWS_ENDPOINT_URL")
+        .env_remove("FANOUT_STAGE")
+        .envs(s.s3.env())
+        .output()
+        .await
+        .expect("fanout runs")
+        .into();
+    assert_eq!(run.code, Some(0), "{run:?}");
+    let id = run.json()["invocationId"].as_str().unwrap().to_owned();
+    let failed = std::fs::read_to_string(&results).unwrap();
+    assert_eq!(
+        failed
+            .lines()
+            .filter(|l| l.starts_with("{\"error\""))
+            .count(),
+        2
+    );
+
+    s.fix_handler().await;
+    // Other bytes than the run read are refused, and not left behind.
+    let other = path("other.jsonl");
+    std::fs::write(&other, chores(12, &[])).unwrap();
+    let wrong = s
+        .redrive(&[&id, "--items", &other, "--results", &results])
+        .await;
+    assert_eq!(wrong.code, Some(exit::BAD_INPUT.into()), "{wrong:?}");
+    assert!(
+        wrong.stderr.contains("is not the items"),
+        "{}",
+        wrong.stderr
+    );
+
+    let redrive = s
+        .redrive(&[
+            &id,
+            "--items",
+            &items,
+            "--results",
+            &results,
+            "--output",
+            "json",
+        ])
+        .await;
+    assert_eq!(redrive.code, Some(0), "{redrive:?}");
+    let report = redrive.json();
+    assert_eq!(
+        (report["redriven"].clone(), report["stillFailed"].clone()),
+        (json!(2), json!(0)),
+        "{report}"
+    );
+    assert_eq!(report["resultsFile"], results.as_str());
+    assert_eq!(
+        std::fs::read_to_string(&results).unwrap(),
+        all_done(12, &flaky)
+    );
+    let runs = s.subtask_runs().await;
+    assert_eq!(runs.values().sum::<usize>(), 14, "{runs:?}");
+    s.stop().await;
+}

@@ -94,6 +94,11 @@ pub struct Args {
     /// to FILE, as `fanout invoke --results FILE` does).
     #[arg(long, value_name = "PATH|s3://BUCKET/KEY")]
     results: Option<String>,
+    /// The run's items as the local file `fanout invoke --items FILE` staged (and removed
+    /// after the run): staged again at the run's items location when they are gone from it,
+    /// if they are the very bytes the run read (same ETag).
+    #[arg(long, value_name = "FILE")]
+    items: Option<PathBuf>,
     /// At most this many items in flight at once (default: the handler's, 1000).
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
     max_concurrency: Option<u32>,
@@ -317,14 +322,35 @@ async fn redrive(args: &Args, interrupt: Interrupt) -> Result<Report> {
     }
     let run_failed = coordinator.status != "completed";
     let run = read_run(&endpoints.admin, id).await?;
-    let s3 = items::s3_client()
+    let (s3, _) = items::client_for(&args.restate.ingress_url)
         .await
         .map_err(|e| exit::rejected(format!("{e:#}")))?;
 
     // The items must be those the run read: its indexes point into them.
-    let now = head(&s3, &run.items).await?.ok_or_else(|| {
+    let mut now = head(&s3, &run.items).await?;
+    if now.is_none()
+        && let Some(file) = &args.items
+    {
+        items::stage(&s3, file, &run.items).await?;
+        now = head(&s3, &run.items).await?;
+        if now
+            .as_ref()
+            .is_some_and(|now| unquoted(&now.etag) != unquoted(&run.etag))
+        {
+            delete(&s3, &run.items.bucket, std::slice::from_ref(&run.items.key)).await?;
+            return Err(exit::rejected(format!(
+                "{} is not the items {id} read (its ETag differs from the run's {}): give the \
+                 file the run was started with",
+                file.display(),
+                run.etag
+            )));
+        }
+    }
+    let now = now.ok_or_else(|| {
         exit::rejected(format!(
-            "the items of {id}, {}, no longer exist: there is nothing to redrive from",
+            "the items of {id}, {}, no longer exist: there is nothing to redrive from (if \
+             `fanout invoke --items FILE` staged them, give the file again: `fanout redrive \
+             {id} --items FILE --results FILE`)",
             run.items
         ))
     })?;
@@ -372,13 +398,38 @@ async fn redrive(args: &Args, interrupt: Interrupt) -> Result<Report> {
             items_text = Some(bytes);
             base
         }
-        None => {
-            return Err(exit::rejected(format!(
-                "the results of {id}, {}, are gone or were replaced by another run since: there \
-                 is nothing to merge into; start a new run with `fanout invoke --items`",
-                run.results
-            )));
-        }
+        None => match file.as_ref().filter(|_| target_head.is_none()) {
+            // `fanout invoke --results FILE` fetched the results and removed the staged copy:
+            // the file is what the run wrote.
+            Some(path) if path.is_file() => {
+                let text = std::fs::read_to_string(path).map_err(|e| {
+                    exit::rejected(format!("cannot read the results {}: {e}", path.display()))
+                })?;
+                let lines: Vec<String> = text.lines().map(str::to_owned).collect();
+                if lines.len() != run.count {
+                    return Err(exit::rejected(format!(
+                        "{} holds {} lines for the {} items of {id}: it is not this run's \
+                         results",
+                        path.display(),
+                        lines.len(),
+                        run.count
+                    )));
+                }
+                Base {
+                    lines,
+                    at: None,
+                    generation: 0,
+                }
+            }
+            _ => {
+                return Err(exit::rejected(format!(
+                    "the results of {id}, {}, are gone or were replaced by another run since: \
+                     there is nothing to merge into (if `fanout invoke --results FILE` fetched \
+                     them, give the file: `fanout redrive {id} --results FILE`)",
+                    run.results
+                )));
+            }
+        },
     };
     let generation = base.generation;
     let attempt_prefix = format!("{scratch}redrive-{generation}/");
