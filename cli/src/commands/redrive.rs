@@ -45,6 +45,14 @@
 //! its PUT refused and says so. Doing the merge in the handler instead would take a new
 //! handler; this keeps `worker/runItems` as it is and the merge re-runnable by hand.
 //!
+//! **A run from local files.** `fanout invoke --items FILE --results FILE` stages the items in
+//! S3, fetches the results into FILE and removes both staged objects. `fanout redrive ID
+//! --items FILE --results FILE` stages the items again at the run's items location (refused
+//! and removed unless they have the ETag the run read: the very same bytes), starts from the
+//! results FILE when the staged copy is gone (it must have a line per item), merges in S3 at
+//! the run's results location as usual and fetches the merge into FILE. The staged objects
+//! then stay, so that a later redrive needs neither flag.
+//!
 //! **Outcomes.** With nothing to redrive (every item has a successful outcome) it says so and
 //! exits 0: the job is done, and a repeated redrive converges there. A redrive run that
 //! succeeds exits 0, also with failures its own policy tolerated (they stay error objects, for
@@ -266,10 +274,14 @@ impl Report {
             ),
         }
         let run = &self.run;
+        let results = match &self.file {
+            Some(file) => format!("{} (merged in {})", file.display(), self.results),
+            None => self.results.clone(),
+        };
         if self.redriven == 0 {
             eprintln!(
-                "{run}: nothing to redrive: all {} items have a successful outcome in {}",
-                self.items, self.results
+                "{run}: nothing to redrive: all {} items have a successful outcome in {results}",
+                self.items
             );
         } else {
             eprintln!(
@@ -279,7 +291,7 @@ impl Report {
                 self.redrive.as_deref().unwrap_or("-"),
                 self.succeeded,
                 self.still_failed,
-                self.results
+                results
             );
         }
         if let Some(error) = &error {
