@@ -444,6 +444,12 @@ async fn what_cannot_be_redriven_is_refused_with_its_reason() {
         "{}",
         bad.stderr
     );
+    let undecodable = s.redrive(&["inv_1aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"]).await;
+    assert_eq!(
+        undecodable.code,
+        Some(exit::BAD_INPUT.into()),
+        "{undecodable:?}"
+    );
     let unknown = s
         .redrive(&["inv_1d7ECWP1bH4t5dNhlnBYDTAV59WL5YJsYh", "--output", "json"])
         .await;
@@ -712,5 +718,74 @@ async fn a_run_from_files_is_redriven_from_the_same_files() {
     );
     let runs = s.subtask_runs().await;
     assert_eq!(runs.values().sum::<usize>(), 14, "{runs:?}");
+    s.stop().await;
+}
+
+/// A cancelled run is finished like a failed one: what succeeded before the cancel is kept,
+/// the rest (cancelled in flight, never started) runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_run_is_finished_by_redrive() {
+    let s = start(&[]).await;
+    // Four at a time: s1..s4 are done at once, then s5..s8 take 3 s while the rest waits.
+    let name = |i: usize| {
+        if i <= 4 {
+            format!("s{i}@10")
+        } else {
+            format!("s{i}@3000")
+        }
+    };
+    let items: String = (1..=16)
+        .map(|i| format!("{{\"description\":\"{}\"}}\n", name(i)))
+        .collect();
+    let done: String = (1..=16)
+        .map(|i| format!("{{\"description\":\"{}: DONE\"}}\n", name(i)))
+        .collect();
+    s.put("in/items.jsonl", items).await;
+    let id = s
+        .send(
+            "worker/runItems",
+            json!({ "items": url("in/items.jsonl"), "results": url("out/results.jsonl") }),
+            &[("x-fanout-max-concurrency", "4")],
+        )
+        .await;
+    s.h.query_until(
+        "SELECT count(*) AS n FROM sys_invocation WHERE target_handler_name = 'runSubtask' \
+         AND completion_result = 'success'",
+        std::time::Duration::from_secs(60),
+        |rows| rows.first().and_then(|r| r["n"].as_u64()).unwrap_or(0) >= 4,
+    )
+    .await;
+    s.h.stack
+        .admin
+        .cancel_invocation(&id)
+        .await
+        .expect("cancelled");
+    let (status, body) = s.attach(&id).await;
+    assert_eq!(status, 409, "{body}");
+    let succeeded = s.succeeded().await;
+    assert!(
+        succeeded.len() >= 4 && succeeded.len() < 16,
+        "{succeeded:?}"
+    );
+    let ran_before: usize = s.subtask_runs().await.values().sum();
+
+    let redrive = s
+        .redrive(&[&id, "--output", "json", "--progress", "none"])
+        .await;
+    assert_eq!(redrive.code, Some(0), "{redrive:?}");
+    let report = redrive.json();
+    assert_eq!(report["redriven"], 16 - succeeded.len(), "{report}");
+    assert_eq!(s.get("out/results.jsonl").await.unwrap(), done);
+    let runs = s.subtask_runs().await;
+    for description in &succeeded {
+        assert_eq!(
+            runs[description], 1,
+            "{description} succeeded, yet ran again"
+        );
+    }
+    assert_eq!(
+        runs.values().sum::<usize>(),
+        ran_before + 16 - succeeded.len()
+    );
     s.stop().await;
 }

@@ -311,13 +311,28 @@ impl Report {
 async fn redrive(args: &Args, interrupt: Interrupt) -> Result<Report> {
     let id = args.id.as_str();
     let mut endpoints = args.restate.endpoints();
-    let coordinator = endpoints.observer().coordinator(id).await?.ok_or_else(|| {
-        exit::not_found(format!(
-            "Restate at {} does not know {id}: check the id and --admin-url (finished runs are \
-             kept 24 h by default)",
-            endpoints.admin.base_url()
-        ))
-    })?;
+    let coordinator = endpoints
+        .observer()
+        .coordinator(id)
+        .await
+        .map_err(|e| {
+            // Restate's own check of an id that looks like one but does not decode.
+            if format!("{e:#}").contains("non valid invocation id") {
+                exit::rejected(format!(
+                    "{id:?} is not an invocation id Restate can read; copy it from `fanout \
+                     invoke` or `fanout runs`"
+                ))
+            } else {
+                e
+            }
+        })?
+        .ok_or_else(|| {
+            exit::not_found(format!(
+                "Restate at {} does not know {id}: check the id and --admin-url (finished runs \
+                 are kept 24 h by default)",
+                endpoints.admin.base_url()
+            ))
+        })?;
     if coordinator.target != ITEMS_TARGET {
         return Err(exit::rejected(format!(
             "{id} is a run of {}, not of {ITEMS_TARGET}: redrive re-runs the failed items of a \
