@@ -789,3 +789,67 @@ async fn a_cancelled_run_is_finished_by_redrive() {
     );
     s.stop().await;
 }
+
+/// Figures for the README, not a check (`-- --ignored --nocapture`): a redrive of 2,000 items
+/// (subtasks below 50 ms, cap 100), after a tolerant run with 20 failures and after a fail-fast
+/// run stopped at item 1,200.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+async fn measure_redrive_of_2000_items() {
+    for policy in ["tolerate:20", "fail-fast"] {
+        let n = 2000;
+        let mut env = FLAKY_ENV.to_vec();
+        env.push(("FANOUT_MAX_SUBTASK_MS", "50"));
+        let mut s = start(&env).await;
+        let flaky: Vec<usize> = if policy == "fail-fast" {
+            vec![1200]
+        } else {
+            (1..=20).map(|k| k * 100).collect()
+        };
+        s.put("in/items.jsonl", chores(n, &flaky)).await;
+        let t = std::time::Instant::now();
+        let (id, status, _) = s
+            .run_items(
+                "in/items.jsonl",
+                "out/results.jsonl",
+                &[
+                    ("x-fanout-failure-policy", policy),
+                    ("x-fanout-max-concurrency", "100"),
+                ],
+            )
+            .await;
+        let run_wall = t.elapsed();
+        let ran: usize = s.subtask_runs().await.values().sum();
+        let succeeded = s.succeeded().await.len();
+        s.fix_handler().await;
+        let t = std::time::Instant::now();
+        let redrive = s
+            .redrive(&[
+                &id,
+                "--output",
+                "json",
+                "--progress",
+                "none",
+                "--max-concurrency",
+                "100",
+            ])
+            .await;
+        let wall = t.elapsed();
+        let report = redrive.json();
+        assert_eq!(redrive.code, Some(0), "{redrive:?}");
+        assert_eq!(report["redriven"], n - succeeded);
+        assert_eq!(
+            s.get("out/results.jsonl").await.unwrap(),
+            all_done(n, &flaky)
+        );
+        eprintln!(
+            "N = {n}, {policy}: run HTTP {status} in {:.2} s ({ran} subtasks ran, {succeeded} \
+             succeeded); redrive in {:.2} s: {} redriven, {} still failed",
+            run_wall.as_secs_f64(),
+            wall.as_secs_f64(),
+            report["redriven"],
+            report["stillFailed"]
+        );
+        s.stop().await;
+    }
+}
