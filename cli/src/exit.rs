@@ -16,10 +16,12 @@ pub const INTERRUPTED: u8 = 130;
 /// The table every verb's `--help` ends with (and `fanout --help`).
 pub const HELP: &str = "Exit codes (the same for every fanout verb):
   0    success (status: the run succeeded or is still going)
-  1    other errors (cancel: nothing to cancel, or the run did not stop within --timeout)
+  1    other errors (cancel: nothing to cancel, or the run did not stop within --timeout; \
+redrive: the run is still going)
   2    a bad flag or argument, refused by the parser before anything ran
   3    the run failed terminally (invoke, attach, status: cancelled, or a subtask failed for good: \
-the first under fail-fast, one more than the failure policy tolerates otherwise)
+the first under fail-fast, one more than the failure policy tolerates otherwise; redrive: the \
+redrive run failed, after merging what it finished)
   4    rejected: bad input found before anything changed (an unreadable --input, --zip or \
 --handler, a malformed ARN or invocation id, a flag value Lambda cannot take, no crate to build, \
 HTTP 4xx from the ingress, a task the handler refused with 400/413 before any subtask started) \

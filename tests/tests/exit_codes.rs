@@ -306,7 +306,7 @@ async fn a_bad_flag_is_2_and_every_verb_shows_the_one_table() {
     }
     let verbs = [
         "demo", "local", "register", "new", "build", "deploy", "prune", "bench", "invoke",
-        "attach", "status", "cancel", "runs",
+        "attach", "status", "cancel", "runs", "redrive",
     ];
     let table = |help: &str| {
         let at = help
