@@ -550,3 +550,51 @@ async fn fanout_invoke_walks_file_to_file_and_s3_to_s3() {
     assert_eq!(subtasks[0]["n"], 55, "only the two good runs ran subtasks");
     h.stop().await;
 }
+
+/// `fanout cancel` stops a run of items as it stops an inline run: the coordinator, its lanes
+/// and the subtasks in flight; nothing more starts and no results are written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fanout_cancel_stops_a_run_of_items() {
+    let s = start(Mode::Http, &[("FANOUT_MAX_SUBTASK_MS", "60000")]).await;
+    s.put("in/items.jsonl", chores(100)).await;
+    let response = reqwest::Client::new()
+        .post(format!("{}/worker/runItems/send", s.h.stack.ingress_url))
+        .header("x-fanout-max-concurrency", "5")
+        .json(&json!({ "items": url("in/items.jsonl"), "results": url("out/r.jsonl") }))
+        .send()
+        .await
+        .unwrap();
+    let id = response.json::<Value>().await.unwrap()["invocationId"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    s.h.query_until(
+        "SELECT count(*) AS n FROM sys_invocation WHERE target_handler_name = 'runSubtask'",
+        std::time::Duration::from_secs(60),
+        |rows| rows.first().and_then(|r| r["n"].as_u64()).unwrap_or(0) >= 5,
+    )
+    .await;
+
+    let cancelled = s.h.fanout(&["cancel", &id, "--output", "json"]).await;
+    assert_eq!(cancelled.code, Some(0), "{cancelled:?}");
+    assert_eq!(cancelled.json()["outcome"], "cancelled", "{cancelled:?}");
+    let started_by_then = s.invocations_of("runSubtask").await;
+    let left =
+        s.h.query_until(
+            "SELECT target, status FROM sys_invocation WHERE status != 'completed'",
+            std::time::Duration::from_secs(40),
+            |rows| rows.is_empty(),
+        )
+        .await;
+    assert!(
+        left.is_empty(),
+        "still unfinished after the cancel: {left:?}"
+    );
+    assert_eq!(
+        s.invocations_of("runSubtask").await,
+        started_by_then,
+        "subtasks kept starting after the cancel"
+    );
+    assert!(s.get("out/r.jsonl").await.is_none());
+    s.stop().await;
+}

@@ -31,8 +31,8 @@ pub struct Args {
     restate: RestateArgs,
 }
 
-/// The coordinator's target: `fanout cancel` stops fan-outs, not arbitrary invocations.
-use fanout_contract::names::RUN_TARGET;
+// The coordinators' targets: `fanout cancel` stops fan-outs, not arbitrary invocations.
+use fanout_contract::names::{RUN_ITEMS_TARGET, RUN_TARGET};
 
 struct CancelOptions {
     /// Return once Restate took the cancel, without waiting for the run to stop.
@@ -64,10 +64,10 @@ async fn cancel(endpoints: &Endpoints, id: &str, options: CancelOptions) -> u8 {
         Ok(None) => return unknown(endpoints, id, output),
         Ok(Some(coordinator)) => coordinator,
     };
-    if coordinator.target != RUN_TARGET {
+    if coordinator.target != RUN_TARGET && coordinator.target != RUN_ITEMS_TARGET {
         let message = format!(
-            "{id} is a {} invocation, not a fan-out ({RUN_TARGET}); fanout cancel stops whole \
-             runs: give the coordinator's id (fanout status ID shows it)",
+            "{id} is a {} invocation, not a fan-out ({RUN_TARGET} or {RUN_ITEMS_TARGET}); fanout \
+             cancel stops whole runs: give the coordinator's id (fanout status ID shows it)",
             coordinator.target
         );
         return fail(output, exit::BAD_INPUT, "rejected", Some(id), &message);

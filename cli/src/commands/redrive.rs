@@ -79,10 +79,10 @@ use serde_json::{Value, json};
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 
-/// What `fanout invoke --items` starts: the only runs a redrive takes.
-pub const ITEMS_TARGET: &str = "worker/runItems";
-/// The coordinator's journaled step whose result is `{"count":N,"etag":"…"}`.
-const SCAN_STEP: &str = "scan items";
+// What `fanout invoke --items` starts: the only runs a redrive takes.
+use fanout_contract::names::RUN_ITEMS_TARGET as ITEMS_TARGET;
+// The coordinator's journaled step whose result is `{"count":N,"etag":"…"}`.
+use fanout_contract::names::SCAN_STEP;
 /// Results metadata: the run whose results these are (the handler writes it too).
 const RUN_METADATA: &str = "fanout-run";
 /// Results metadata: how many failed items the results hold (the handler writes it too).
