@@ -291,6 +291,14 @@ async fn invoke_items(
     results: &crate::items::Place,
 ) -> u8 {
     let output = args.watch.output;
+    if let (true, crate::items::Place::File(path)) = (args.send, results) {
+        let message = format!(
+            "--send returns before the run ends, so nothing would fetch the results into {}; \
+             give --results s3://BUCKET/KEY, or wait for the run without --send",
+            path.display()
+        );
+        return fail(output, exit::BAD_INPUT, "rejected", None, &message);
+    }
     let prepared = match crate::items::prepare(items, results, &args.restate.ingress_url).await {
         Ok(prepared) => prepared,
         Err(e) => return fail_with(output, None, &e),
