@@ -96,6 +96,10 @@ impl LocalPorts {
     }
 }
 
+/// The most nodes `fanout local` starts on one machine; fixed ports are kept free for all of
+/// them.
+pub const MAX_NODES: usize = 7;
+
 /// `--ports auto` or `--ports INGRESS_PORT`.
 pub fn parse(raw: &str) -> Result<Ports, String> {
     if raw.trim().eq_ignore_ascii_case("auto") {
@@ -107,7 +111,7 @@ pub fn parse(raw: &str) -> Result<Ports, String> {
              Restate's distances (8080: Restate's defaults), not {raw:?}"
         )
     })?;
-    LocalPorts::with_ingress_at(ingress, crate::restate_cluster::MAX_NODES).map(Ports::Fixed)
+    LocalPorts::with_ingress_at(ingress, MAX_NODES).map(Ports::Fixed)
 }
 
 /// A port the local stack needs, with what it is for.
@@ -208,6 +212,21 @@ pub fn holder_of(port: u16) -> Option<String> {
         }
     }
     None
+}
+
+/// The ports of one node on loopback.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NodePorts {
+    pub admin: u16,
+    pub ingress: u16,
+    /// Node-to-node traffic: the metadata store, the replicated log, partition processors.
+    pub node: u16,
+}
+
+impl NodePorts {
+    pub fn node_address(&self) -> String {
+        format!("http://127.0.0.1:{}/", self.node)
+    }
 }
 
 #[cfg(test)]

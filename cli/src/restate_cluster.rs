@@ -37,8 +37,7 @@ pub const CLUSTER_NAME: &str = "fanout-local";
 /// How many copies of each log record and partition the cluster keeps.
 pub const REPLICATION: usize = 2;
 
-/// The most nodes `fanout local` starts on one machine.
-pub const MAX_NODES: usize = 7;
+pub use crate::ports::MAX_NODES;
 
 /// How long a cluster may take to serve its first invocations after its nodes report healthy:
 /// 7–12 s on a quiet machine; the margin covers a loaded two-core one.
@@ -63,20 +62,7 @@ pub fn check_nodes(nodes: usize) -> Result<(), String> {
     }
 }
 
-/// The ports of one node on loopback.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct NodePorts {
-    pub admin: u16,
-    pub ingress: u16,
-    /// Node-to-node traffic: the metadata store, the replicated log, partition processors.
-    pub node: u16,
-}
-
-impl NodePorts {
-    pub fn node_address(&self) -> String {
-        format!("http://127.0.0.1:{}/", self.node)
-    }
-}
+pub use crate::ports::NodePorts;
 
 /// Node `index`'s name: `n1`, `n2`, …
 pub fn node_name(index: usize) -> String {

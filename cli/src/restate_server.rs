@@ -43,7 +43,7 @@ pub struct ServerOptions {
     pub env: Vec<(String, String)>,
     /// Where to listen: these ports (`fanout local`'s fixed ports; a cluster's first node,
     /// the others add their index), or free ones when `None`.
-    pub ports: Option<crate::restate_cluster::NodePorts>,
+    pub ports: Option<crate::ports::NodePorts>,
     /// Where the server's log goes; a file in the base dir when `None`.
     pub log_path: Option<PathBuf>,
 }

@@ -67,14 +67,7 @@ pub const DRAIN_LANE_WIDTH: usize = 128;
 /// The header on a lane's call to `runSubtask` that gives the subtask's position in the task.
 pub const INDEX_HEADER: &str = fanout_contract::headers::INDEX;
 
-/// A subtask (or its outcome) with its position in the whole task.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Indexed<T> {
-    #[serde(rename = "i")]
-    pub index: usize,
-    #[serde(rename = "v")]
-    pub item: T,
-}
+pub use crate::payload::Indexed;
 
 /// A call a lane handed over: the subtask's position, its label (for messages) and the
 /// invocation to attach to.

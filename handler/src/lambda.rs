@@ -446,7 +446,10 @@ mod tests {
         };
         let worker = handlers_of(names::WORKER);
         for handler in [names::RUN, names::RUN_SUBTASK, names::RUN_SHARD] {
-            assert!(worker.contains(&handler), "{handler} missing from {worker:?}");
+            assert!(
+                worker.contains(&handler),
+                "{handler} missing from {worker:?}"
+            );
         }
         assert!(!handlers_of(names::LEDGER).is_empty());
     }

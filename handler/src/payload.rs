@@ -55,3 +55,13 @@ impl fmt::Debug for BadPayload {
         f.write_str(&self.0)
     }
 }
+
+/// A subtask (or its outcome) with its position in the whole task, as lanes, the ledger and
+/// the parts of a run of items carry it: `{"i": 3, "v": …}`.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Indexed<T> {
+    #[serde(rename = "i")]
+    pub index: usize,
+    #[serde(rename = "v")]
+    pub item: T,
+}

@@ -30,8 +30,8 @@
 //! as the moto server `fanout local` starts, and then address buckets by path). Built without
 //! the crate's `items` feature, `worker/runItems` refuses every run.
 
-use crate::fan_in::Indexed;
 use crate::job::{Job, SubtaskFailure};
+use crate::payload::Indexed;
 use restate_sdk::prelude::{HandlerError, TerminalError};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};

@@ -89,6 +89,7 @@ mod tests {
     fn the_table_shows_each_run_on_a_line_with_times_to_the_second() {
         let run = RunSummary {
             invocation_id: "inv_1hYdsryrDgo27rCy0RQKuZ54n0hc58Dy91".into(),
+            target: "worker/run".into(),
             started: Some("2026-12-01T04:20:11.123Z".into()),
             finished: None,
             width: Some(124),

@@ -55,15 +55,17 @@ impl Observer {
         }))
     }
 
-    /// The most recent fan-outs (`worker/run` invocations) matching `status`, newest first.
+    /// The most recent fan-outs (`worker/run` and `worker/runItems` invocations) matching
+    /// `status`, newest first.
     pub async fn runs(&self, status: RunStatus, limit: usize) -> Result<Vec<RunSummary>> {
         let rows = self
             .admin
             .query(&format!(
-                "SELECT id, status, completion_result, completion_failure, created_at, \
-                 completed_at FROM sys_invocation WHERE target = {} AND {} \
+                "SELECT id, target, status, completion_result, completion_failure, created_at, \
+                 completed_at FROM sys_invocation WHERE target IN ({}, {}) AND {} \
                  ORDER BY created_at DESC LIMIT {limit}",
                 sql_string(RUN_TARGET),
+                sql_string(RUN_ITEMS_TARGET),
                 status.condition()
             ))
             .await?;
@@ -74,6 +76,7 @@ impl Observer {
             let progress = self.progress(id, width).await?;
             runs.push(RunSummary {
                 invocation_id: id.to_owned(),
+                target: text(row, "target").unwrap_or(RUN_TARGET).to_owned(),
                 started: text(row, "created_at").map(str::to_owned),
                 finished: text(row, "completed_at").map(str::to_owned),
                 width,
@@ -182,7 +185,7 @@ impl Observer {
 }
 
 use fanout_contract::headers::INDEX as INDEX_HEADER;
-use fanout_contract::names::{LANE_TARGET, LEDGER, RUN_SUBTASK, RUN_TARGET};
+use fanout_contract::names::{LANE_TARGET, LEDGER, RUN_ITEMS_TARGET, RUN_SUBTASK, RUN_TARGET};
 
 /// SQL condition selecting the lane invocations of run `id`: started by the run's ledger
 /// (the `fanIn` Virtual Object keyed by the run's id).

@@ -54,6 +54,8 @@ pub enum RunStatus {
 #[serde(rename_all = "camelCase")]
 pub struct RunSummary {
     pub invocation_id: String,
+    /// `worker/run` (an inline task) or `worker/runItems` (items from a source).
+    pub target: String,
     /// When Restate took the run (RFC 3339, UTC).
     pub started: Option<String>,
     /// When it finished; `None` while it goes on.
