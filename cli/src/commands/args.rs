@@ -6,6 +6,8 @@ use crate::observe::DisplayMode;
 use crate::outcome::{Endpoints, OutputFormat};
 use crate::stack::HandlerMode;
 use clap::{Args, ValueEnum};
+use fanout_contract::headers;
+use fanout_contract::policy::FailurePolicy;
 use std::path::PathBuf;
 
 /// Restate's ingress and admin API, as `fanout local` and a Restate install serve them.
@@ -96,6 +98,49 @@ impl WatchArgs {
             Progress::Plain => DisplayMode::Plain,
             Progress::None => DisplayMode::Quiet,
         }
+    }
+}
+
+/// How a run behaves beyond the handler's defaults (`fanout invoke`, `fanout redrive`): its cap
+/// and its failure policy, sent as the run's `x-fanout-*` headers.
+#[derive(Args)]
+pub struct RunPolicyArgs {
+    /// At most this many subtasks (items, in a run of items) in flight at once (default: the
+    /// handler's, 1000).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_concurrency: Option<u32>,
+    /// Let up to N subtasks (or P% of them, e.g. 10%) fail for good: the run still finishes,
+    /// and every failure is listed in its result, or left as an error object in its place in
+    /// the results of a run of items (default: the handler's, fail-fast).
+    #[arg(long, value_name = "N|P%", value_parser = FailurePolicy::tolerate)]
+    tolerate_failures: Option<FailurePolicy>,
+    /// Succeed when at least N subtasks succeed; the result lists every failure.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..),
+          conflicts_with = "tolerate_failures")]
+    min_successful: Option<u32>,
+    /// Fail the run at its first failed subtask (the default unless the handler's
+    /// FANOUT_FAILURE_POLICY says otherwise; what finished is kept).
+    #[arg(long, conflicts_with_all = ["tolerate_failures", "min_successful"])]
+    fail_fast: bool,
+}
+
+impl RunPolicyArgs {
+    /// The `x-fanout-*` headers these flags ask for.
+    pub fn headers(&self) -> Vec<(&'static str, String)> {
+        let mut run = Vec::new();
+        if let Some(cap) = self.max_concurrency {
+            run.push((headers::MAX_CONCURRENCY, cap.to_string()));
+        }
+        let policy = match (self.fail_fast, self.tolerate_failures, self.min_successful) {
+            (true, _, _) => Some(FailurePolicy::FailFast),
+            (_, Some(tolerance), _) => Some(tolerance),
+            (_, _, Some(n)) => Some(FailurePolicy::MinSuccessful(n as usize)),
+            _ => None,
+        };
+        if let Some(policy) = policy {
+            run.push((headers::FAILURE_POLICY, policy.to_string()));
+        }
+        run
     }
 }
 

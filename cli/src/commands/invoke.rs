@@ -9,7 +9,7 @@
 //! the wait re-attaches by id. Together `fanout invoke` rides out a restart of Restate and still
 //! prints the run's exact result with its usual exit code.
 
-use crate::commands::args::{RestateArgs, WatchArgs};
+use crate::commands::args::{RestateArgs, RunPolicyArgs, WatchArgs};
 use crate::commands::attach::{self, Interrupt};
 use crate::exit;
 use crate::ingress::{IngressClient, IngressResponse, RECONNECT_WINDOW, Reconnect};
@@ -18,7 +18,7 @@ use crate::outcome::{Endpoints, OutputFormat, fail, fail_with, report};
 use anyhow::Result;
 use fanout_contract::headers;
 use fanout_contract::names::{RUN_ITEMS_TARGET, RUN_TARGET};
-use fanout_contract::policy::{FailurePolicy, FanInStrategy};
+use fanout_contract::policy::FanInStrategy;
 use serde_json::{Value, json};
 use std::path::{Path, PathBuf};
 
@@ -49,26 +49,13 @@ pub struct Args {
     /// Start the run, print its invocation id and return; `fanout attach ID` waits for it.
     #[arg(long)]
     send: bool,
-    /// At most this many subtasks in flight at once (default: the handler's, 1000).
-    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
-    max_concurrency: Option<u32>,
     /// How the coordinator waits: ledger (lanes keep the cap full, the coordinator wakes at
     /// most 3 times), select-any (the coordinator keeps the cap full itself) or in-order
     /// (default: the handler's, ledger).
     #[arg(long, value_name = "ledger|select-any|in-order", value_parser = FanInStrategy::parse)]
     fan_in: Option<FanInStrategy>,
-    /// Let up to N subtasks (or P% of them, e.g. 10%) fail for good: the run still
-    /// aggregates, and its result lists every failure (default: the handler's, fail-fast).
-    #[arg(long, value_name = "N|P%", value_parser = FailurePolicy::tolerate)]
-    tolerate_failures: Option<FailurePolicy>,
-    /// Succeed when at least N subtasks succeed; the result lists every failure.
-    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..),
-          conflicts_with = "tolerate_failures")]
-    min_successful: Option<u32>,
-    /// Fail the run at its first failed subtask (the default unless the handler's
-    /// FANOUT_FAILURE_POLICY says otherwise).
-    #[arg(long, conflicts_with_all = ["tolerate_failures", "min_successful"])]
-    fail_fast: bool,
+    #[command(flatten)]
+    policy: RunPolicyArgs,
     #[command(flatten)]
     watch: WatchArgs,
     #[command(flatten)]
@@ -78,21 +65,9 @@ pub struct Args {
 impl Args {
     /// The run's `x-fanout-*` headers: what it asks of the handler beyond its defaults.
     fn run_headers(&self) -> Vec<(&'static str, String)> {
-        let mut run = Vec::new();
-        if let Some(cap) = self.max_concurrency {
-            run.push((headers::MAX_CONCURRENCY, cap.to_string()));
-        }
+        let mut run = self.policy.headers();
         if let Some(strategy) = self.fan_in {
             run.push((headers::FAN_IN, strategy.as_str().to_owned()));
-        }
-        let failure_policy = match (self.fail_fast, self.tolerate_failures, self.min_successful) {
-            (true, _, _) => Some(FailurePolicy::FailFast),
-            (_, Some(tolerance), _) => Some(tolerance),
-            (_, _, Some(n)) => Some(FailurePolicy::MinSuccessful(n as usize)),
-            _ => None,
-        };
-        if let Some(policy) = failure_policy {
-            run.push((headers::FAILURE_POLICY, policy.to_string()));
         }
         run
     }

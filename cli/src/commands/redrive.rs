@@ -61,7 +61,7 @@
 //! one still running with 1; an unknown id with 6.
 
 use crate::admin::{AdminClient, sql_string};
-use crate::commands::args::{RestateArgs, WatchArgs};
+use crate::commands::args::{RestateArgs, RunPolicyArgs, WatchArgs};
 use crate::commands::attach::{self, Interrupt};
 use crate::commands::invoke::started_from;
 use crate::exit;
@@ -74,7 +74,6 @@ use aws_sdk_s3::Client;
 use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::ByteStream;
 use fanout_contract::headers;
-use fanout_contract::policy::FailurePolicy;
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
@@ -107,44 +106,12 @@ pub struct Args {
     /// if they are the very bytes the run read (same ETag).
     #[arg(long, value_name = "FILE")]
     items: Option<PathBuf>,
-    /// At most this many items in flight at once (default: the handler's, 1000).
-    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
-    max_concurrency: Option<u32>,
-    /// Let up to N redriven items (or P% of them, e.g. 10%) fail for good: the redrive still
-    /// merges, and they stay error objects in the results (default: the handler's, fail-fast).
-    #[arg(long, value_name = "N|P%", value_parser = FailurePolicy::tolerate)]
-    tolerate_failures: Option<FailurePolicy>,
-    /// Succeed when at least N redriven items succeed.
-    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..),
-          conflicts_with = "tolerate_failures")]
-    min_successful: Option<u32>,
-    /// Stop the redrive at its first item that fails again (what finished is still merged).
-    #[arg(long, conflicts_with_all = ["tolerate_failures", "min_successful"])]
-    fail_fast: bool,
+    #[command(flatten)]
+    policy: RunPolicyArgs,
     #[command(flatten)]
     watch: WatchArgs,
     #[command(flatten)]
     restate: RestateArgs,
-}
-
-impl Args {
-    /// The redrive run's `x-fanout-*` headers, as `fanout invoke` sends them.
-    fn run_headers(&self) -> Vec<(&'static str, String)> {
-        let mut run = Vec::new();
-        if let Some(cap) = self.max_concurrency {
-            run.push((headers::MAX_CONCURRENCY, cap.to_string()));
-        }
-        let policy = match (self.fail_fast, self.tolerate_failures, self.min_successful) {
-            (true, _, _) => Some(FailurePolicy::FailFast),
-            (_, Some(tolerance), _) => Some(tolerance),
-            (_, _, Some(n)) => Some(FailurePolicy::MinSuccessful(n as usize)),
-            _ => None,
-        };
-        if let Some(policy) = policy {
-            run.push((headers::FAILURE_POLICY, policy.to_string()));
-        }
-        run
-    }
 }
 
 /// `fanout redrive`.
@@ -528,7 +495,7 @@ async fn redrive(args: &Args, interrupt: Interrupt) -> Result<Report> {
         .len();
     let key = idempotency_key(id, generation, attempt, &target);
 
-    for (name, value) in args.run_headers() {
+    for (name, value) in args.policy.headers() {
         endpoints.ingress = endpoints.ingress.with_header(name, value);
     }
     let request = json!({ "items": sub_items.to_string(), "results": sub_results.to_string() });
