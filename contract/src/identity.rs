@@ -20,8 +20,9 @@ pub fn key_list(raw: &str) -> Result<Vec<&str>, String> {
         .collect();
     if keys.is_empty() {
         return Err(format!(
-            "{IDENTITY_KEYS_ENV} holds no key; give the {PUBLIC_KEY_PREFIX}… key restate-server \
-             prints at startup (several: comma-separated), or unset it to serve unsigned requests"
+            "{IDENTITY_KEYS_ENV} is set but holds no key; give the {PUBLIC_KEY_PREFIX}… key \
+             restate-server prints at startup (several: comma-separated), or unset it to serve \
+             unsigned requests"
         ));
     }
     Ok(keys)
