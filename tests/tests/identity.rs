@@ -498,6 +498,7 @@ fn handler_zip(dir: &Path) -> PathBuf {
     let script = "import sys, zipfile\n\
         info = zipfile.ZipInfo('bootstrap')\n\
         info.external_attr = 0o755 << 16\n\
+        info.compress_type = zipfile.ZIP_DEFLATED\n\
         with zipfile.ZipFile(sys.argv[2], 'w', zipfile.ZIP_DEFLATED) as z, open(sys.argv[1], 'rb') as f:\n\
         \x20   z.writestr(info, f.read())\n";
     let status = Command::new("python3")
