@@ -388,25 +388,6 @@ async fn items_changed_during_a_run_fail_it_instead_of_hanging() {
         "{message}"
     );
     assert!(s.get("out/r.jsonl").await.is_none());
-    // `fanout runs` lists runs of items with the inline ones.
-    let runs = s.h.fanout(&["runs", "--output", "json"]).await;
-    assert_eq!(runs.code, Some(0), "{runs:?}");
-    let listed = runs.json();
-    let run = listed["runs"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|r| r["invocationId"] == id.as_str())
-        .unwrap_or_else(|| panic!("the run of items is not listed: {listed}"));
-    assert_eq!(
-        (
-            run["target"].as_str(),
-            run["status"].as_str(),
-            run["width"].as_u64()
-        ),
-        (Some("worker/runItems"), Some("cancelled"), Some(100)),
-        "{run}"
-    );
     s.stop().await;
 }
 
@@ -615,5 +596,24 @@ async fn fanout_cancel_stops_a_run_of_items() {
         "subtasks kept starting after the cancel"
     );
     assert!(s.get("out/r.jsonl").await.is_none());
+    // `fanout runs` lists runs of items with the inline ones.
+    let runs = s.h.fanout(&["runs", "--output", "json"]).await;
+    assert_eq!(runs.code, Some(0), "{runs:?}");
+    let listed = runs.json();
+    let run = listed["runs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["invocationId"] == id.as_str())
+        .unwrap_or_else(|| panic!("the run of items is not listed: {listed}"));
+    assert_eq!(
+        (
+            run["target"].as_str(),
+            run["status"].as_str(),
+            run["width"].as_u64()
+        ),
+        (Some("worker/runItems"), Some("cancelled"), Some(100)),
+        "{run}"
+    );
     s.stop().await;
 }
