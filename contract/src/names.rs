@@ -9,10 +9,15 @@ pub const WORKER: &str = "worker";
 pub const RUN: &str = "run";
 /// The subtask handler, on `worker` or, in a split layout, on [`EXECUTOR`].
 pub const RUN_SUBTASK: &str = "runSubtask";
+/// The batch handler: several subtasks in one invocation (`x-fanout-batch-size`), beside
+/// [`RUN_SUBTASK`] on the same service.
+pub const RUN_BATCH: &str = "runBatch";
 /// A lane of the fan-in ledger (internal to a run).
 pub const RUN_SHARD: &str = "runShard";
 /// The fan-in ledger: a Virtual Object keyed by the run's invocation id.
 pub const LEDGER: &str = "fanIn";
+/// The ledger's handler that grants a lane its next subtasks.
+pub const CLAIM: &str = "claim";
 /// The executors' own service in a split layout.
 pub const EXECUTOR: &str = "executor";
 
@@ -20,6 +25,8 @@ pub const EXECUTOR: &str = "executor";
 pub const RUN_TARGET: &str = "worker/run";
 /// `worker/runSubtask`: a subtask of the one-deployment layout, as log lines name it.
 pub const SUBTASK_TARGET: &str = "worker/runSubtask";
+/// `worker/runBatch`: a batch of subtasks of the one-deployment layout, as log lines name it.
+pub const BATCH_TARGET: &str = "worker/runBatch";
 /// `worker/runShard`: a lane invocation, as introspection's `target` column names it.
 pub const LANE_TARGET: &str = "worker/runShard";
 

@@ -81,6 +81,31 @@ pub fn parse_max_concurrency(raw: &str) -> Result<usize, String> {
     }
 }
 
+/// The most subtasks one executor invocation takes. A batch travels as one request and comes
+/// back as one response, both journaled by the lane that calls it; its bytes are bounded
+/// apart (the handler's `fan_in::BATCH_BYTES`), this bounds the count.
+pub const MAX_BATCH_SIZE: usize = 1000;
+
+/// The request header that batches one run's subtasks.
+pub const BATCH_SIZE_HEADER: &str = crate::headers::BATCH_SIZE;
+
+/// The env var that sets the handler's default batch size (unset: 1, no batching).
+pub const BATCH_SIZE_ENV: &str = "FANOUT_BATCH_SIZE";
+
+/// Parses a batch size: a whole number from 1 to [`MAX_BATCH_SIZE`].
+pub fn parse_batch_size(raw: &str) -> Result<usize, String> {
+    match raw.trim().parse::<i64>() {
+        Ok(n) if (1..=MAX_BATCH_SIZE as i64).contains(&n) => Ok(n as usize),
+        Ok(n) => Err(format!(
+            "batch size {n} is out of range: give 1 (one subtask per invocation) to \
+             {MAX_BATCH_SIZE}"
+        )),
+        Err(_) => Err(format!(
+            "batch size {raw:?} is not a whole number (e.g. 10)"
+        )),
+    }
+}
+
 /// What a run does when subtasks fail for good (after Restate's retries).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum FailurePolicy {
@@ -198,6 +223,24 @@ mod tests {
             FailurePolicy::parse(" tolerate: 10 % ").unwrap(),
             FailurePolicy::ToleratePercent(10.0)
         );
+    }
+
+    #[test]
+    fn batch_sizes_run_from_one_to_the_bound() {
+        assert_eq!(parse_batch_size(" 10 "), Ok(10));
+        assert_eq!(parse_batch_size("1"), Ok(1));
+        assert_eq!(
+            parse_batch_size(&MAX_BATCH_SIZE.to_string()),
+            Ok(MAX_BATCH_SIZE)
+        );
+        for (raw, says) in [
+            ("0", "out of range"),
+            ("1001", "out of range"),
+            ("ten", "whole"),
+        ] {
+            let error = parse_batch_size(raw).unwrap_err();
+            assert!(error.contains(says), "{raw}: {error}");
+        }
     }
 
     #[test]
