@@ -3,7 +3,8 @@
 //! `{"description": "shower,make coffee"}` → subtasks `shower`, `make coffee` →
 //! `{"description": "shower: DONE,make coffee: DONE"}`.
 
-use crate::job::{InvalidInput, Job, MAX_SUBTASKS, SubtaskFailure};
+use crate::job::{InvalidInput, Job, MAX_SUBTASKS, SubtaskFailure, execute_each};
+use crate::parallel::{RunAll, run_all};
 use restate_sdk::prelude::*;
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
@@ -223,6 +224,35 @@ async fn fail_within(
     Ok(())
 }
 
+impl Chores {
+    /// How long a chore sleeps. A chore written `name@MS` sleeps exactly MS ms, so benchmarks
+    /// can choose the order in which results come back; otherwise the time is drawn from the
+    /// context's seeded generator, so a replay sleeps the same.
+    fn sleep_ms(&self, ctx: &mut Context<'_>, chore: &Description) -> u64 {
+        let max_ms = self.max_subtask.as_millis() as u64;
+        match fixed_sleep_ms(&chore.description) {
+            Some(ms) => ms,
+            None if max_ms == 0 => 0,
+            None => {
+                let drawn = ctx.rand().random_range(0..max_ms);
+                match self.tail {
+                    Some(tail) if ctx.rand().random_range(0.0..100.0) < tail.percent => {
+                        drawn * tail.factor
+                    }
+                    _ => drawn,
+                }
+            }
+        }
+    }
+}
+
+/// A chore's outcome: `"shower"` → `"shower: DONE"`.
+fn done(chore: Description) -> Description {
+    Description {
+        description: format!("{}: DONE", chore.description),
+    }
+}
+
 impl Job for Chores {
     type Task = Description;
     type Subtask = Description;
@@ -246,23 +276,7 @@ impl Job for Chores {
         {
             fail_within(ctx, window, &chore.description).await?;
         }
-        // A chore written `name@MS` sleeps exactly MS ms, so benchmarks can choose the order
-        // in which results come back; otherwise the time is drawn from the context's seeded
-        // generator, so a replay sleeps the same.
-        let max_ms = self.max_subtask.as_millis() as u64;
-        let sleep_ms = match fixed_sleep_ms(&chore.description) {
-            Some(ms) => ms,
-            None if max_ms == 0 => 0,
-            None => {
-                let drawn = ctx.rand().random_range(0..max_ms);
-                match self.tail {
-                    Some(tail) if ctx.rand().random_range(0.0..100.0) < tail.percent => {
-                        drawn * tail.factor
-                    }
-                    _ => drawn,
-                }
-            }
-        };
+        let sleep_ms = self.sleep_ms(ctx, &chore);
         ctx.sleep(Duration::from_millis(sleep_ms)).await?;
         if !self.work.is_zero() {
             let work = self.work;
@@ -273,9 +287,49 @@ impl Job for Chores {
             .name("work")
             .await?;
         }
-        Ok(Description {
-            description: format!("{}: DONE", chore.description),
-        })
+        Ok(done(chore))
+    }
+
+    /// The chores of a batch run side by side: one durable sleep as long as the longest (so
+    /// the batch costs one resume, not one per chore), then their work at once in journaled
+    /// rounds ([`run_all`]). Flaky chores take the one-by-one path, whose retries they test.
+    async fn execute_batch(
+        &self,
+        ctx: &mut Context<'_>,
+        chores: Vec<Description>,
+    ) -> Result<Vec<Result<Description, TerminalError>>, HandlerError> {
+        if self.flaky_for.is_some()
+            && chores
+                .iter()
+                .any(|chore| chore.description.starts_with(FLAKY_PREFIX))
+        {
+            return execute_each(self, ctx, chores).await;
+        }
+        let longest = chores
+            .iter()
+            .map(|chore| self.sleep_ms(ctx, chore))
+            .max()
+            .unwrap_or(0);
+        ctx.sleep(Duration::from_millis(longest)).await?;
+        if !self.work.is_zero() {
+            let work = self.work;
+            let worked = run_all(
+                ctx,
+                &RunAll::new("work"),
+                chores.len(),
+                move |_| async move {
+                    tokio::time::sleep(work).await;
+                    Ok(())
+                },
+            )
+            .await?;
+            return Ok(chores
+                .into_iter()
+                .zip(worked)
+                .map(|(chore, worked)| worked.map(|()| done(chore)))
+                .collect());
+        }
+        Ok(chores.into_iter().map(|chore| Ok(done(chore))).collect())
     }
 
     fn aggregate(&self, outcomes: Vec<Description>) -> Aggregate {

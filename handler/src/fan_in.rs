@@ -58,6 +58,16 @@ pub const LANE_WIDTH: usize = 32;
 /// Calls a lane invocation makes before it hands over to a fresh one.
 pub const HAND_OVER_AFTER: usize = 2 * LANE_WIDTH;
 
+/// Most bytes of subtasks one batch carries (`runBatch`'s body, JSON). A batch is one request
+/// to the executor and, with its answer, one entry in the lane's journal: the bound keeps both
+/// far below Lambda's 6 MB payload whatever the items weigh. A larger subtask goes alone.
+pub const BATCH_BYTES: usize = 256 * 1024;
+
+/// A lane invocation hands over once its calls' bodies and answers add up to this many bytes,
+/// even before [`HAND_OVER_AFTER`] calls: its journal, replayed on every resume, stays far
+/// below Lambda's 6 MB payload with large items or batches.
+pub const HAND_OVER_BYTES: usize = 1024 * 1024;
+
 /// Most subtasks of one lane when the cap covers the whole task: such a lane only starts its
 /// calls and awaits them in order, which resumes it a few times whatever the width, and fewer
 /// lanes mean fewer reports queued on the ledger at the end of the run (each costs a Lambda
@@ -69,12 +79,50 @@ pub const INDEX_HEADER: &str = fanout_contract::headers::INDEX;
 
 pub use crate::payload::Indexed;
 
-/// A call a lane handed over: the subtask's position, its label (for messages) and the
-/// invocation to attach to.
+/// A subtask a call carries: its position in the task and its label (for messages).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Member {
+    #[serde(rename = "i")]
+    pub index: usize,
+    #[serde(rename = "l")]
+    pub label: String,
+}
+
+/// What one call of a lane carries: one subtask (`runSubtask`) or a batch (`runBatch`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Piece {
+    pub members: Vec<Member>,
+    /// A call to `runBatch`, which answers one result per member.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub batch: bool,
+}
+
+impl Piece {
+    pub fn one(member: Member) -> Self {
+        Self {
+            members: vec![member],
+            batch: false,
+        }
+    }
+
+    pub fn batch(members: Vec<Member>) -> Self {
+        Self {
+            members,
+            batch: true,
+        }
+    }
+
+    /// The position of its first subtask.
+    pub fn first(&self) -> usize {
+        self.members.first().map_or(0, |member| member.index)
+    }
+}
+
+/// A call a lane handed over: what it carries and the invocation to attach to.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct InFlight {
-    pub index: usize,
-    pub label: String,
+    #[serde(flatten)]
+    pub piece: Piece,
     pub invocation: String,
 }
 
@@ -93,6 +141,17 @@ pub struct Run {
     /// object and write their outcomes as parts, and the ledger keeps counts only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sink: Option<Sink>,
+    /// Subtasks per executor invocation (`x-fanout-batch-size`); lanes' windows count calls.
+    #[serde(default = "one", skip_serializing_if = "is_one")]
+    pub batch: usize,
+}
+
+fn one() -> usize {
+    1
+}
+
+fn is_one(n: &usize) -> bool {
+    *n == 1
 }
 
 /// One lane invocation, as `worker/runShard` receives it.

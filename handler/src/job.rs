@@ -5,7 +5,7 @@
 //! split, one Restate call per subtask, the fan-in and the logs. Swapping the chores example for
 //! your own job means implementing this trait and handing it to [`crate::worker::Worker::new`].
 
-use restate_sdk::prelude::{Context, HandlerError};
+use restate_sdk::prelude::{Context, HandlerError, TerminalError};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use std::future::Future;
@@ -19,7 +19,7 @@ pub const MAX_SUBTASKS: usize = 10_000;
 ///
 /// The associated types are the job's own wire payloads (JSON on the wire); they never need to
 /// know about Restate.
-pub trait Job: Send + Sync + 'static {
+pub trait Job: Sized + Send + Sync + 'static {
     /// The input of `worker/run`.
     type Task: DeserializeOwned + Send + 'static;
     /// The input of `worker/runSubtask`; journaled by the split step and sent to each call.
@@ -45,6 +45,26 @@ pub trait Job: Send + Sync + 'static {
         ctx: &mut Context<'_>,
         subtask: Self::Subtask,
     ) -> impl Future<Output = Result<Self::Outcome, HandlerError>> + Send;
+
+    /// Executes a batch of subtasks in one invocation (`runBatch`, when a run asks for a batch
+    /// size above 1 with `x-fanout-batch-size` or `fanout invoke --batch-size`), with one
+    /// result per subtask in their order: a subtask that fails for good is an `Err` in its
+    /// place and the others still count. The outer error is the batch's own: a retryable one
+    /// makes Restate retry the batch, whose journal replays what it finished before, so a
+    /// finished subtask's durable steps are not done again.
+    ///
+    /// The default runs them one after the other with [`Job::execute`], which is right for
+    /// any job but takes the sum of their times. A job whose subtasks can run side by side
+    /// should override it: [`crate::parallel::run_all`] runs side effects at once, each
+    /// journaled (the chores job does so, and sleeps once for the whole batch).
+    fn execute_batch(
+        &self,
+        ctx: &mut Context<'_>,
+        subtasks: Vec<Self::Subtask>,
+    ) -> impl Future<Output = Result<Vec<Result<Self::Outcome, TerminalError>>, HandlerError>> + Send
+    {
+        execute_each(self, ctx, subtasks)
+    }
 
     /// Folds the outcomes, given in the order [`Job::split`] returned the subtasks.
     fn aggregate(&self, outcomes: Vec<Self::Outcome>) -> Self::Output;
@@ -88,6 +108,40 @@ pub trait Job: Send + Sync + 'static {
     }
 }
 
+/// Runs subtasks one after the other with [`Job::execute`], each terminal failure in its
+/// place: [`Job::execute_batch`]'s default, for an override to fall back on.
+pub async fn execute_each<J: Job>(
+    job: &J,
+    ctx: &mut Context<'_>,
+    subtasks: Vec<J::Subtask>,
+) -> Result<Vec<Result<J::Outcome, TerminalError>>, HandlerError> {
+    let mut results = Vec::with_capacity(subtasks.len());
+    for subtask in subtasks {
+        results.push(match job.execute(ctx, subtask).await {
+            Ok(outcome) => Ok(outcome),
+            Err(error) => Err(into_terminal(error)?),
+        });
+    }
+    Ok(results)
+}
+
+/// The terminal error a handler error carries (the subtask failed for good), or the error
+/// given back when it is retryable.
+///
+/// restate-sdk 0.13 keeps the kind private; the one public trace is how it shows a terminal
+/// error, `Terminal error [CODE]: MESSAGE` (a unit test holds the SDK to it, so an upgrade that
+/// changes it fails there, not in a batch).
+pub fn into_terminal(error: HandlerError) -> Result<TerminalError, HandlerError> {
+    let shown = AsRef::<dyn std::error::Error>::as_ref(&error).to_string();
+    let terminal = shown
+        .strip_prefix("Terminal error [")
+        .and_then(|rest| rest.split_once("]: "))
+        .and_then(|(code, message)| {
+            Some(TerminalError::new_with_code(code.parse().ok()?, message))
+        });
+    terminal.ok_or(error)
+}
+
 /// Input that can never succeed. Becomes a terminal error with HTTP status 400 at the ingress.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{0}")]
@@ -110,4 +164,20 @@ pub struct SubtaskFailure {
     /// The terminal error's status code and message.
     pub code: u16,
     pub message: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_terminal_error_is_told_from_a_retryable_one_with_its_code_and_message() {
+        let terminal: HandlerError = TerminalError::new_with_code(422, "no: [x]: y").into();
+        let error = into_terminal(terminal).unwrap();
+        assert_eq!((error.code(), error.message()), (422, "no: [x]: y"));
+
+        let retryable: HandlerError =
+            std::io::Error::other("Terminal error [1]: look-alike").into();
+        assert!(into_terminal(retryable).is_err());
+    }
 }

@@ -11,6 +11,7 @@
 //! | [`job`] | the seam: the [`job::Job`] trait a user implements (split, execute, aggregate) |
 //! | [`chores`] | the reference job: comma-separated chores, each a short durable sleep |
 //! | [`fan_in`] | the fan-in ledger: lanes that keep the cap full and the ledger that wakes the coordinator once |
+//! | [`lane`] | one lane: a window of calls kept full with a select on any, each call one subtask or a batch (`runBatch`) |
 //! | [`worker`] | the Restate service `worker` with `run` and `runSubtask` (or, split by `FANOUT_SERVE`, `executor/runSubtask` apart), generic over the job |
 //! | [`policy`] | how a run behaves: fan-in strategy, concurrency cap, failure policy, retries |
 //! | [`source`] | items from S3 and results to S3 (`worker/runItems`): the scan, ranged reads, result parts and their merge |
@@ -30,6 +31,7 @@ pub mod fan_in;
 pub mod http_endpoint;
 pub mod job;
 pub mod lambda;
+pub mod lane;
 pub mod logging;
 pub mod parallel;
 pub mod payload;

@@ -65,3 +65,36 @@ pub struct Indexed<T> {
     #[serde(rename = "v")]
     pub item: T,
 }
+
+/// One subtask's result in a batch's answer (`runBatch` answers a list of them, in the order
+/// of its input): `{"ok": OUTCOME}`, or `{"error": {"code": 422, "message": "…"}}` for a
+/// subtask that failed for good, so that one subtask's failure stays its own.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ItemResult<O> {
+    Ok(O),
+    Error { code: u16, message: String },
+}
+
+impl<O> ItemResult<O> {
+    pub fn into_result(self) -> Result<O, restate_sdk::prelude::TerminalError> {
+        match self {
+            Self::Ok(outcome) => Ok(outcome),
+            Self::Error { code, message } => Err(
+                restate_sdk::prelude::TerminalError::new_with_code(code, message),
+            ),
+        }
+    }
+}
+
+impl<O> From<Result<O, restate_sdk::prelude::TerminalError>> for ItemResult<O> {
+    fn from(result: Result<O, restate_sdk::prelude::TerminalError>) -> Self {
+        match result {
+            Ok(outcome) => Self::Ok(outcome),
+            Err(error) => Self::Error {
+                code: error.code(),
+                message: error.message().to_owned(),
+            },
+        }
+    }
+}

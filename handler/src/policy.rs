@@ -7,8 +7,9 @@
 //! shared with the CLI); how Restate retries a subtask is the handler's own.
 
 pub use fanout_contract::policy::{
-    DEFAULT_MAX_CONCURRENCY, FailurePolicy, FanInStrategy, MAX_CONCURRENCY_ENV,
-    MAX_CONCURRENCY_HEADER, parse_max_concurrency,
+    BATCH_SIZE_ENV, BATCH_SIZE_HEADER, DEFAULT_MAX_CONCURRENCY, FailurePolicy, FanInStrategy,
+    MAX_BATCH_SIZE, MAX_CONCURRENCY_ENV, MAX_CONCURRENCY_HEADER, parse_batch_size,
+    parse_max_concurrency,
 };
 use restate_sdk::prelude::HandlerOptions;
 

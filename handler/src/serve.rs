@@ -4,8 +4,8 @@
 //! adapter with compression and payload limits, the journal planner's payload budget on
 //! Lambda, the log lines (`RUST_LOG`, `AWS_LAMBDA_LOG_FORMAT`, `AWS_LAMBDA_LOG_LEVEL`),
 //! Restate's request identity (`FANOUT_IDENTITY_KEYS`) and the run options from the
-//! environment (`FANOUT_FAN_IN`, `FANOUT_MAX_CONCURRENCY`, `FANOUT_FAILURE_POLICY`,
-//! `FANOUT_SUBTASK_RETRY_*`, `FANOUT_SERVE`).
+//! environment (`FANOUT_FAN_IN`, `FANOUT_MAX_CONCURRENCY`, `FANOUT_BATCH_SIZE`,
+//! `FANOUT_FAILURE_POLICY`, `FANOUT_SUBTASK_RETRY_*`, `FANOUT_SERVE`).
 //!
 //! A job crate's `main` is one line:
 //!
@@ -213,6 +213,9 @@ pub const SHARED_ENVIRONMENT: &str = "    \
                            header x-fanout-fan-in overrides it per run
     FANOUT_MAX_CONCURRENCY most subtasks of one run in flight at once (default 1000); a request
                            header x-fanout-max-concurrency overrides it per run
+    FANOUT_BATCH_SIZE      subtasks per executor invocation, 1 (default) to 1000: above 1 a
+                           lane calls runBatch, and the cap counts batches; a request header
+                           x-fanout-batch-size overrides it per run
     FANOUT_FAILURE_POLICY  what failed subtasks do to a run: fail-fast (default), tolerate:N,
                            tolerate:P% or min-successful:N; a request header
                            x-fanout-failure-policy overrides it per run
@@ -284,6 +287,11 @@ fn worker_from_env<J: Job>(job: J) -> Result<Worker<J>, String> {
             policy::MAX_CONCURRENCY_ENV,
             policy::DEFAULT_MAX_CONCURRENCY,
             policy::parse_max_concurrency,
+        )?)
+        .with_batch_size(option_from_env(
+            policy::BATCH_SIZE_ENV,
+            1,
+            policy::parse_batch_size,
         )?)
         .with_failure_policy(option_from_env(
             FailurePolicy::ENV,

@@ -5,23 +5,21 @@
 //! with the data is the [`Job`]'s business; this module only owns the durable choreography.
 
 use crate::fan_in::{
-    self, Claim, ClaimRequest, Gathered, InFlight, Indexed, Lane, LaneReport, LaneResult,
-    TooManyFailures,
+    self, Claim, ClaimRequest, Gathered, Indexed, Lane, LaneReport, LaneResult, TooManyFailures,
 };
 use crate::job::{InvalidInput, Job, MAX_SUBTASKS};
+use crate::lane::{LaneEnd, LaneSetup, done_unless_cancelled, read_granted, run_lane, write_part};
 use crate::logging::InvocationLog;
-use crate::payload::Payload;
+use crate::payload::{ItemResult, Payload};
 use crate::plan::{self, PayloadBudget};
 use crate::policy::{
-    DEFAULT_MAX_CONCURRENCY, FailurePolicy, FanInStrategy, MAX_CONCURRENCY_HEADER, SubtaskRetry,
-    parse_max_concurrency,
+    BATCH_SIZE_HEADER, DEFAULT_MAX_CONCURRENCY, FailurePolicy, FanInStrategy,
+    MAX_CONCURRENCY_HEADER, SubtaskRetry, parse_batch_size, parse_max_concurrency,
 };
 use crate::source::{self, ItemsRequest, ItemsSummary, S3Location, Sink};
 use fanout_contract::names;
-use restate_sdk::context::macro_support::SealedDurableFuture;
 use restate_sdk::context::{Request, RequestTarget};
 use restate_sdk::prelude::*;
-use std::collections::VecDeque;
 use std::marker::PhantomData;
 use std::sync::Arc;
 
@@ -36,6 +34,7 @@ pub struct Worker<J> {
     budget: Option<PayloadBudget>,
     fan_in: FanInStrategy,
     max_concurrency: usize,
+    batch_size: usize,
     failure_policy: FailurePolicy,
     subtask_retry: SubtaskRetry,
     serve: Serve,
@@ -48,6 +47,7 @@ impl<J: Job> Worker<J> {
             budget: None,
             fan_in: FanInStrategy::Ledger,
             max_concurrency: DEFAULT_MAX_CONCURRENCY,
+            batch_size: 1,
             failure_policy: FailurePolicy::FailFast,
             subtask_retry: SubtaskRetry::default(),
             serve: Serve::All,
@@ -113,6 +113,22 @@ impl<J: Job> Worker<J> {
         }
     }
 
+    /// Subtasks per executor invocation for runs whose request does not set
+    /// [`BATCH_SIZE_HEADER`] (default 1: one `runSubtask` each).
+    pub fn with_batch_size(mut self, batch_size: usize) -> Self {
+        self.batch_size = batch_size.max(1);
+        self
+    }
+
+    fn batch_size(&self, ctx: &Context<'_>) -> Result<usize, TerminalError> {
+        match ctx.headers().get(BATCH_SIZE_HEADER) {
+            None => Ok(self.batch_size),
+            Some(raw) => parse_batch_size(raw).map_err(|e| {
+                TerminalError::new_with_code(400, format!("{BATCH_SIZE_HEADER}: {e}"))
+            }),
+        }
+    }
+
     /// The strategy runs use unless their request names one in [`FanInStrategy::HEADER`].
     pub fn with_fan_in(mut self, strategy: FanInStrategy) -> Self {
         self.fan_in = strategy;
@@ -143,27 +159,33 @@ impl<J: Job> Worker<J> {
     /// before building it (the identity keys that let only Restate call it).
     pub fn endpoint_builder(self) -> restate_sdk::endpoint::Builder {
         let internal = || HandlerOptions::new().ingress_private(true);
-        let subtask = self.subtask_retry.options();
+        let retry = self.subtask_retry.clone();
+        let subtask = || retry.options();
         let serve = self.serve;
         if serve == Serve::Executor {
             return Endpoint::builder().bind(
                 Executor(Arc::clone(&self.job))
                     .into_service_definition()
-                    .options(ServiceOptions::new().handler(names::RUN_SUBTASK, subtask)),
+                    .options(
+                        ServiceOptions::new()
+                            .handler(names::RUN_SUBTASK, subtask())
+                            .handler(names::RUN_BATCH, subtask()),
+                    ),
             );
         }
-        // A coordinator's own runSubtask only refuses (see `run_subtask`); private, so the
-        // ingress cannot reach it either.
-        let own_subtask = match serve {
+        // A coordinator's own runSubtask and runBatch only refuse (see `run_subtask`);
+        // private, so the ingress cannot reach them either.
+        let own_subtask = || match serve {
             Serve::Coordinator => internal(),
-            _ => subtask,
+            _ => subtask(),
         };
         Endpoint::builder()
             .bind(
                 self.into_service_definition().options(
                     ServiceOptions::new()
                         .handler(names::RUN_SHARD, internal())
-                        .handler(names::RUN_SUBTASK, own_subtask),
+                        .handler(names::RUN_SUBTASK, own_subtask())
+                        .handler(names::RUN_BATCH, own_subtask()),
                 ),
             )
             // Lazy state: a claim or a record loads only the keys it touches, not every input
@@ -224,7 +246,18 @@ impl<J: Job> Worker<J> {
         // How the run behaves comes from its headers: checked before anything is journaled.
         let strategy = self.strategy(&ctx)?;
         let cap = self.max_concurrency(&ctx)?;
+        let batch = self.batch_size(&ctx)?;
         let policy = self.failure_policy(&ctx)?;
+        if batch > 1 && strategy == FanInStrategy::InOrder {
+            return Err(TerminalError::new_with_code(
+                400,
+                format!(
+                    "{BATCH_SIZE_HEADER}: {batch}: batches run with the ledger or select-any \
+                     fan-in, not in-order; drop one of the two headers"
+                ),
+            )
+            .into());
+        }
 
         // Splitting and planning are journaled together: a fan-out that cannot finish is
         // refused once, before any subtask starts, and never re-planned on replay.
@@ -255,7 +288,7 @@ impl<J: Job> Worker<J> {
                     .map(|(index, item)| Indexed { index, item })
                     .collect();
                 let executor = self.serve.executor_service();
-                let lane = LaneSetup::alone(pending, cap, tolerated, executor);
+                let lane = LaneSetup::alone(pending, cap, batch, tolerated, executor);
                 match run_lane(&ctx, &*self.job, lane).await? {
                     LaneEnd::Finished(gathered) => gathered,
                     LaneEnd::TooManyFailures(too_many) => {
@@ -279,8 +312,9 @@ impl<J: Job> Worker<J> {
                         total: width,
                         tolerated,
                         sink: None,
+                        batch,
                     },
-                    windows: fan_in::windows(width, cap),
+                    windows: fan_in::windows(width.div_ceil(batch), cap),
                     subtasks,
                 };
                 ctx.object_client::<FanInClient<J>>(ledger.clone())
@@ -342,6 +376,7 @@ impl<J: Job> Worker<J> {
             .into());
         }
         let cap = self.max_concurrency(&ctx)?;
+        let batch = self.batch_size(&ctx)?;
         let policy = self.requested_failure_policy(&ctx)?;
         let ItemsRequest { items, results } = request.0;
         let items = S3Location::parse("items", &items).map_err(refuse)?;
@@ -376,8 +411,9 @@ impl<J: Job> Worker<J> {
                 total: width,
                 tolerated,
                 sink: Some(sink),
+                batch,
             },
-            windows: fan_in::windows(width, cap),
+            windows: fan_in::windows(width.div_ceil(batch), cap),
             subtasks: Vec::new(),
         };
         ctx.object_client::<FanInClient<J>>(ledger.clone())
@@ -438,6 +474,7 @@ impl<J: Job> Worker<J> {
             pending,
             in_flight,
             window,
+            batch: run.batch,
             tolerated: run.tolerated,
             claim_from: Some((&run.ledger, lane)),
             exhausted,
@@ -484,28 +521,32 @@ impl<J: Job> Worker<J> {
                 }
             };
         }
+        // A sole lane that ended in this invocation holds every outcome: it answers the
+        // coordinator without a hop through the ledger, which keeps only this lane's invocation
+        // id, for a cancel. One that hands over (its calls outweighed a journal) reports as
+        // any lane does, and the ledger answers once its successor is done.
         if sole {
-            // Every outcome is here: answer the coordinator without a hop through the ledger,
-            // which keeps only this lane's invocation id, for a cancel.
-            ctx.object_client::<FanInClient<J>>(run.ledger.clone())
-                .forget()
-                .send();
-            match end {
+            let forget = || {
+                ctx.object_client::<FanInClient<J>>(run.ledger.clone())
+                    .forget()
+                    .send();
+            };
+            end = match end {
                 LaneEnd::Finished(gathered) => {
+                    forget();
                     ctx.resolve_awakeable(&run.awakeable, Payload(gathered));
+                    return Ok(());
                 }
-                LaneEnd::TooManyFailures(too_many) => ctx.reject_awakeable(
-                    &run.awakeable,
-                    too_many.into_error(run.total, run.tolerated),
-                ),
-                LaneEnd::HandOver(_) | LaneEnd::Closed => {
-                    return Err(TerminalError::new(
-                        "a lane holding every subtask has nothing to hand over or claim",
-                    )
-                    .into());
+                LaneEnd::TooManyFailures(too_many) => {
+                    forget();
+                    ctx.reject_awakeable(
+                        &run.awakeable,
+                        too_many.into_error(run.total, run.tolerated),
+                    );
+                    return Ok(());
                 }
-            }
-            return Ok(());
+                other => other,
+            };
         }
         let (result, successor) = match end {
             LaneEnd::Finished(gathered) => (LaneResult::Done(gathered), None),
@@ -557,6 +598,29 @@ impl<J: Job> Worker<J> {
         }
         execute_subtask(&*self.job, names::SUBTASK_TARGET, ctx, subtask.0).await
     }
+
+    /// The executor of a batch (`x-fanout-batch-size`): runs several subtasks in one
+    /// invocation and answers one result per subtask, in order. Refused by a coordinator of a
+    /// split layout, as `runSubtask` is.
+    #[handler(name = "runBatch")]
+    async fn run_batch(
+        &self,
+        ctx: Context<'_>,
+        subtasks: Payload<Vec<J::Subtask>>,
+    ) -> Result<Payload<Vec<ItemResult<J::Outcome>>>, HandlerError> {
+        if self.serve == Serve::Coordinator {
+            return Err(TerminalError::new_with_code(
+                404,
+                format!(
+                    "this deployment is a coordinator ({}=coordinator): batches run on \
+                     {EXECUTOR_SERVICE}/runBatch",
+                    Serve::ENV
+                ),
+            )
+            .into());
+        }
+        execute_batch(&*self.job, names::BATCH_TARGET, ctx, subtasks.0).await
+    }
 }
 
 /// Runs one subtask with the reference log lines around it.
@@ -574,6 +638,36 @@ async fn execute_subtask<J: Job>(
     Ok(Payload(outcome))
 }
 
+/// Runs a batch with the reference log lines around each subtask.
+async fn execute_batch<J: Job>(
+    job: &J,
+    handler: &'static str,
+    mut ctx: Context<'_>,
+    subtasks: Vec<J::Subtask>,
+) -> Result<Payload<Vec<ItemResult<J::Outcome>>>, HandlerError> {
+    let log = InvocationLog::new(handler, ctx.invocation_id());
+    let labels: Vec<String> = subtasks.iter().map(|s| job.subtask_label(s)).collect();
+    for label in &labels {
+        log.info(format_args!("Started executing subtask: {label}"));
+    }
+    let results = job.execute_batch(&mut ctx, subtasks).await?;
+    if results.len() != labels.len() {
+        return Err(TerminalError::new(format!(
+            "the job's execute_batch gave {} results for {} subtasks",
+            results.len(),
+            labels.len()
+        ))
+        .into());
+    }
+    for (label, result) in labels.iter().zip(&results) {
+        match result {
+            Ok(_) => log.info(format_args!("Execution subtask finished: {label}")),
+            Err(error) => log.info(format_args!("Execution subtask failed: {label}: {error}")),
+        }
+    }
+    Ok(Payload(results.into_iter().map(ItemResult::from).collect()))
+}
+
 /// The executors as a service of their own (`FANOUT_SERVE=executor`), so that they can be a
 /// Lambda function with its own memory, timeout, architecture and concurrency.
 pub struct Executor<J>(Arc<J>);
@@ -588,6 +682,16 @@ impl<J: Job> Executor<J> {
         subtask: Payload<J::Subtask>,
     ) -> Result<Payload<J::Outcome>, HandlerError> {
         execute_subtask(&*self.0, "executor/runSubtask", ctx, subtask.0).await
+    }
+
+    /// Runs a batch of subtasks, as `worker/runBatch` does in the single layout.
+    #[handler(name = "runBatch")]
+    async fn run_batch(
+        &self,
+        ctx: Context<'_>,
+        subtasks: Payload<Vec<J::Subtask>>,
+    ) -> Result<Payload<Vec<ItemResult<J::Outcome>>>, HandlerError> {
+        execute_batch(&*self.0, "executor/runBatch", ctx, subtasks.0).await
     }
 }
 
@@ -633,18 +737,6 @@ async fn call_in_order<J: Job>(
     Ok(Ok(gathered))
 }
 
-/// Waits until `future` is done, or until this invocation is cancelled, which is then the
-/// error. Awaiting a call alone cannot tell the two apart: a cancelled invocation sees its calls
-/// end with the same 409 that a subtask cancelled on its own gives, and a tolerant run would
-/// count it as one more failure and go on starting subtasks.
-async fn done_unless_cancelled<F: SealedDurableFuture>(future: &F) -> Result<(), TerminalError> {
-    future
-        .inner_context()
-        .select(vec![future.handle()])
-        .await
-        .map(|_| ())
-}
-
 /// The request that runs `subtask` on the `runSubtask` handler of service `executor`.
 fn subtask_request<'c, J: Job>(
     ctx: &'c Context<'_>,
@@ -655,335 +747,6 @@ fn subtask_request<'c, J: Job>(
         RequestTarget::service(executor, names::RUN_SUBTASK),
         Payload(subtask),
     )
-}
-
-/// What a lane starts with.
-struct LaneSetup<'a, S> {
-    /// The service whose `runSubtask` runs the subtasks.
-    executor: &'a str,
-    /// A run of items: claims grant ranges, which the lane reads itself.
-    sink: Option<&'a Sink>,
-    /// Claimed subtasks not started yet, in index order.
-    pending: Vec<Indexed<S>>,
-    /// Calls handed over by an earlier invocation of the lane: attached to, not made again.
-    in_flight: Vec<InFlight>,
-    window: usize,
-    tolerated: usize,
-    /// The ledger to claim more subtasks from (its key) and this lane's number.
-    claim_from: Option<(&'a str, usize)>,
-    /// The ledger has nothing left to claim.
-    exhausted: bool,
-    /// Hand over to a fresh invocation after this many calls.
-    hand_over_after: Option<usize>,
-    /// Once nothing is left to start, await the last calls in order instead of waking for
-    /// each completion.
-    drain_in_order: bool,
-}
-
-impl<'a, S> LaneSetup<'a, S> {
-    /// One lane with every subtask and nobody to claim from or hand over to: the select-any
-    /// strategy, run by the coordinator itself.
-    fn alone(pending: Vec<Indexed<S>>, window: usize, tolerated: usize, executor: &'a str) -> Self {
-        Self {
-            executor,
-            sink: None,
-            pending,
-            in_flight: Vec::new(),
-            window,
-            tolerated,
-            claim_from: None,
-            exhausted: true,
-            hand_over_after: None,
-            // The peer baseline waits as the reference TypeScript code does, to the end.
-            drain_in_order: false,
-        }
-    }
-}
-
-/// How a lane's invocation ended.
-enum LaneEnd<S, O> {
-    /// Every subtask it had, or could claim, finished.
-    Finished(Gathered<O>),
-    /// It made enough calls: the rest goes to a fresh invocation.
-    HandOver(HandOver<S, O>),
-    /// More subtasks failed than the run tolerates; what was in flight is cancelled.
-    TooManyFailures(TooManyFailures),
-    /// The ledger says the run already failed; what was in flight is cancelled.
-    Closed,
-}
-
-struct HandOver<S, O> {
-    gathered: Gathered<O>,
-    pending: Vec<Indexed<S>>,
-    in_flight: Vec<InFlight>,
-    exhausted: bool,
-}
-
-/// Keeps up to `window` subtasks in flight and starts the next pending one the moment any
-/// finishes (a select on any, not an in-order wait, so a slow subtask holds only its own
-/// slot). Pending subtasks run in index order; a lane claims more from its ledger while it
-/// still has some, so a claim's round trip never leaves a slot empty.
-///
-/// The calls, the attaches to handed-over calls and the claim are different future types, so
-/// the select is made over their notification handles (what the SDK's
-/// `DurableFuturesUnordered` does inside); keeping each call's own future is what lets the
-/// lane read its invocation id to hand it over or cancel it.
-async fn run_lane<J: Job>(
-    ctx: &Context<'_>,
-    job: &J,
-    setup: LaneSetup<'_, J::Subtask>,
-) -> Result<LaneEnd<J::Subtask, J::Outcome>, TerminalError> {
-    let LaneSetup {
-        executor,
-        sink,
-        pending,
-        in_flight,
-        window,
-        tolerated,
-        claim_from,
-        mut exhausted,
-        hand_over_after,
-        drain_in_order,
-    } = setup;
-    let window = window.max(1);
-    // The index travels as a header so that `fanout status` can put a lane's calls, made in
-    // the order they were claimed, back in input order.
-    let call = |index: usize, subtask| {
-        subtask_request::<J>(ctx, executor, subtask)
-            .header(fan_in::INDEX_HEADER.to_owned(), index.to_string())
-            .call()
-    };
-    let mut pending: VecDeque<_> = pending.into();
-    let mut calls = Vec::new();
-    let mut attached: Vec<_> = in_flight
-        .into_iter()
-        .map(|flight| {
-            let attach = ctx
-                .invocation_handle(flight.invocation.clone())
-                .attach::<Payload<J::Outcome>>();
-            (flight, attach)
-        })
-        .collect();
-    let mut claim = None;
-    let mut made = 0;
-    let mut gathered = Gathered::default();
-    loop {
-        // Once the lane has made enough calls, it makes no more: a fresh invocation (whose
-        // journal starts empty) takes over as soon as no claim is outstanding.
-        let hand_over_due = hand_over_after.is_some_and(|limit| made >= limit);
-        let more_to_start = !pending.is_empty() || !exhausted;
-        if hand_over_due && claim.is_none() && more_to_start {
-            let mut in_flight: Vec<InFlight> = attached.into_iter().map(|(f, _)| f).collect();
-            in_flight.extend(in_flight_calls(&calls).await?);
-            return Ok(LaneEnd::HandOver(HandOver {
-                gathered,
-                pending: pending.into(),
-                in_flight,
-                exhausted,
-            }));
-        }
-        while !hand_over_due && calls.len() + attached.len() < window {
-            let Some(Indexed { index, item }) = pending.pop_front() else {
-                break;
-            };
-            let label = job.subtask_label(&item);
-            calls.push((index, label, call(index, item)));
-            made += 1;
-        }
-        if let Some((ledger, lane)) = claim_from
-            && claim.is_none()
-            && !hand_over_due
-            && !exhausted
-            && pending.len() <= fan_in::low_water(window)
-        {
-            claim = Some(
-                ctx.object_client::<FanInClient<J>>(ledger)
-                    .claim(Payload(ClaimRequest {
-                        lane,
-                        window,
-                        range: sink.is_some(),
-                    }))
-                    .call(),
-            );
-        }
-        if drain_in_order && pending.is_empty() && exhausted && claim.is_none() {
-            // Nothing left to start: a completion frees a slot nobody needs, so waking for
-            // each one would only cost replays. Await the rest in order, which resumes the
-            // lane only when the earliest outstanding call is done.
-            return drain::<J, _, _>(ctx, calls, attached, gathered, tolerated).await;
-        }
-        let handles: Vec<_> = calls
-            .iter()
-            .map(|(_, _, c)| (c.handle(), c.inner_context()))
-            .chain(
-                attached
-                    .iter()
-                    .map(|(_, a)| (a.handle(), a.inner_context())),
-            )
-            .chain(claim.iter().map(|c| (c.handle(), c.inner_context())))
-            .collect();
-        let Some(context) = handles.first().map(|(_, context)| context.clone()) else {
-            return Ok(LaneEnd::Finished(gathered));
-        };
-        let handles = handles.into_iter().map(|(handle, _)| handle).collect();
-        let position = match context.select(handles).await {
-            Ok(position) => position,
-            Err(cancelled) => {
-                // The SDK cancelled the calls this invocation made (the claim too); the calls
-                // it attached to were made by an earlier one, and Restate cannot know them.
-                cancel_attached(ctx, attached);
-                return Err(cancelled);
-            }
-        };
-        let (index, label, result) = if position < calls.len() {
-            let (index, label, call) = calls.swap_remove(position);
-            (index, label, call.await)
-        } else if position < calls.len() + attached.len() {
-            let (flight, attach) = attached.swap_remove(position - calls.len());
-            (flight.index, flight.label, attach.await)
-        } else {
-            let answer = claim.take().expect("the claim was selected").await?.0;
-            if answer.closed {
-                cancel_all(ctx, &calls, attached).await?;
-                return Ok(LaneEnd::Closed);
-            }
-            exhausted = answer.subtasks.is_empty() && answer.range.is_none();
-            pending.extend(answer.subtasks);
-            if let (Some(sink), Some(range)) = (sink, answer.range) {
-                pending.extend(read_granted::<J::Subtask>(ctx, sink, range).await?);
-            }
-            continue;
-        };
-        if let Err(too_many) = gathered.add(index, || label, result.map(|p| p.0), tolerated) {
-            // The run is lost: what is still running is work nobody will use.
-            cancel_all(ctx, &calls, attached).await?;
-            return Ok(LaneEnd::TooManyFailures(too_many));
-        }
-    }
-}
-
-/// Awaits a lane's last calls one after the other and ends it.
-async fn drain<J, C, A>(
-    ctx: &Context<'_>,
-    calls: Vec<(usize, String, C)>,
-    attached: Vec<(InFlight, A)>,
-    mut gathered: Gathered<J::Outcome>,
-    tolerated: usize,
-) -> Result<LaneEnd<J::Subtask, J::Outcome>, TerminalError>
-where
-    J: Job,
-    C: CallFuture<Response = Payload<J::Outcome>>,
-    A: restate_sdk::context::DurableFuture<Output = Result<Payload<J::Outcome>, TerminalError>>,
-{
-    let mut calls: VecDeque<_> = calls.into();
-    let mut attached: VecDeque<_> = attached.into();
-    loop {
-        let (index, label, result) = if let Some((flight, attach)) = attached.pop_front() {
-            if let Err(cancelled) = done_unless_cancelled(&attach).await {
-                attached.push_front((flight, attach));
-                cancel_attached(ctx, attached.into());
-                return Err(cancelled);
-            }
-            (flight.index, flight.label, attach.await)
-        } else if let Some((index, label, call)) = calls.pop_front() {
-            // Cancelled: the SDK cancels the lane's own calls.
-            done_unless_cancelled(&call).await?;
-            (index, label, call.await)
-        } else {
-            return Ok(LaneEnd::Finished(gathered));
-        };
-        if let Err(too_many) = gathered.add(index, || label, result.map(|p| p.0), tolerated) {
-            let calls: Vec<_> = calls.into();
-            cancel_all(ctx, &calls, attached.into()).await?;
-            return Ok(LaneEnd::TooManyFailures(too_many));
-        }
-    }
-}
-
-/// A lane's own calls in flight, as a successor can attach to them.
-async fn in_flight_calls<C: CallFuture>(
-    calls: &[(usize, String, C)],
-) -> Result<Vec<InFlight>, TerminalError> {
-    let mut in_flight = Vec::with_capacity(calls.len());
-    for (index, label, call) in calls {
-        let handle = call.invocation_handle().await?;
-        in_flight.push(InFlight {
-            index: *index,
-            label: label.clone(),
-            invocation: handle.invocation_id().to_owned(),
-        });
-    }
-    Ok(in_flight)
-}
-
-/// Cancels a lane's calls in flight, made by it or handed over to it.
-async fn cancel_all<C: CallFuture, A>(
-    ctx: &Context<'_>,
-    calls: &[(usize, String, C)],
-    attached: Vec<(InFlight, A)>,
-) -> Result<(), TerminalError> {
-    for (_, _, call) in calls {
-        call.invocation_handle().await?.cancel();
-    }
-    cancel_attached(ctx, attached);
-    Ok(())
-}
-
-/// Cancels the calls a lane took over from an earlier invocation of it.
-fn cancel_attached<A>(ctx: &Context<'_>, attached: Vec<(InFlight, A)>) {
-    for (flight, _) in attached {
-        ctx.invocation_handle(flight.invocation).cancel();
-    }
-}
-
-/// Reads items `[start, end)` of a run from a source in a journaled step, so a replay takes
-/// them from the journal, not from S3.
-async fn read_granted<S>(
-    ctx: &Context<'_>,
-    sink: &Sink,
-    (start, end): (usize, usize),
-) -> Result<Vec<Indexed<S>>, TerminalError>
-where
-    S: serde::Serialize + serde::de::DeserializeOwned + Send + Sync + 'static,
-{
-    if start >= end {
-        return Ok(Vec::new());
-    }
-    let sink = sink.clone();
-    let Payload(items) = ctx
-        .run(|| async move { Ok(Payload(source::read_items::<S>(&sink, start, end).await?)) })
-        .name(format!("read items {start}..{end}"))
-        .await?;
-    Ok(items)
-}
-
-/// Writes the outcomes a lane invocation gathered (successes and failures, each at its index)
-/// as one part object named after the invocation, and keeps for the ledger only their count
-/// and the failures (for the tally).
-async fn write_part<J: Job>(
-    ctx: &Context<'_>,
-    sink: &Sink,
-    mut end: LaneEnd<J::Subtask, J::Outcome>,
-) -> Result<LaneEnd<J::Subtask, J::Outcome>, TerminalError> {
-    let gathered = match &mut end {
-        LaneEnd::Finished(gathered) => gathered,
-        LaneEnd::HandOver(hand_over) => &mut hand_over.gathered,
-        LaneEnd::TooManyFailures(_) | LaneEnd::Closed => return Ok(end),
-    };
-    if gathered.outcomes.is_empty() && gathered.failures.is_empty() {
-        return Ok(end);
-    }
-    let (body, _) = source::part_body(&gathered.outcomes, &gathered.failures);
-    let (sink, name) = (sink.clone(), ctx.invocation_id().to_owned());
-    ctx.run(|| async move {
-        source::write_part(&sink, &name, body).await?;
-        Ok(Payload(()))
-    })
-    .name("write outcomes")
-    .await?;
-    gathered.elsewhere += gathered.outcomes.len();
-    gathered.outcomes.clear();
-    Ok(end)
 }
 
 /// Cancels the current invocation of each of a run's `lanes` (each cancels its subtasks in
@@ -1032,15 +795,17 @@ impl<J: Job> FanIn<J> {
             .enumerate()
             .map(|(index, item)| Indexed { index, item });
         let mut started = 0;
+        // A window counts calls: a lane's first grant fills each of them with a whole batch.
         let lanes: Vec<(Vec<_>, Option<(usize, usize)>)> = windows
             .iter()
             .map(|&window| {
-                let range = (started, (started + window).min(total));
+                let take = window * run.batch;
+                let range = (started, (started + take).min(total));
                 started = range.1;
                 if from_source {
                     (Vec::new(), Some(range))
                 } else {
-                    (subtasks.by_ref().take(window).collect(), None)
+                    (subtasks.by_ref().take(take).collect(), None)
                 }
             })
             .collect();
