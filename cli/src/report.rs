@@ -21,6 +21,14 @@ pub struct Summary {
 
 pub const COORDINATOR_PATH: &str = "/invoke/worker/run";
 pub const SUBTASK_PATH: &str = "/invoke/worker/runSubtask";
+/// A batch of subtasks in one executor invocation (`--batch-size`).
+pub const BATCH_PATH: &str = "/invoke/worker/runBatch";
+
+/// Whether a metered invocation is an executor's: one subtask or one batch. Either holds one
+/// slot of the run's cap.
+pub fn is_executor(record: &InvocationRecord) -> bool {
+    matches!(record.path.as_deref(), Some(SUBTASK_PATH | BATCH_PATH))
+}
 
 pub fn summarize(records: &[InvocationRecord]) -> Summary {
     let mut summary = Summary::default();
@@ -40,7 +48,7 @@ pub fn summarize(records: &[InvocationRecord]) -> Summary {
                 summary.bytes_to_coordinator += record.request_bytes;
                 summary.coordinator_billed_ms += record.billed_ms;
             }
-            Some(SUBTASK_PATH) => summary.subtask_invocations += 1,
+            Some(SUBTASK_PATH | BATCH_PATH) => summary.subtask_invocations += 1,
             _ => summary.other_invocations += 1,
         }
     }

@@ -7,7 +7,7 @@ use crate::outcome::{Endpoints, OutputFormat};
 use crate::stack::HandlerMode;
 use clap::{Args, ValueEnum};
 use fanout_contract::headers;
-use fanout_contract::policy::FailurePolicy;
+use fanout_contract::policy::{self, FailurePolicy};
 use std::path::PathBuf;
 
 /// Restate's ingress and admin API, as `fanout local` and a Restate install serve them.
@@ -109,6 +109,11 @@ pub struct RunPolicyArgs {
     /// handler's, 1000).
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_concurrency: Option<u32>,
+    /// Hand K subtasks (items) to each executor invocation (`runBatch`), as Step Functions'
+    /// ItemBatcher does: fewer invocations, each failure still its own. The cap then counts
+    /// batches (default: the handler's, 1: one `runSubtask` per subtask).
+    #[arg(long, value_name = "K", value_parser = clap::value_parser!(u32).range(1..=policy::MAX_BATCH_SIZE as i64))]
+    pub batch_size: Option<u32>,
     /// Let up to N subtasks (or P% of them, e.g. 10%) fail for good: the run still finishes,
     /// and every failure is listed in its result, or left as an error object in its place in
     /// the results of a run of items (default: the handler's, fail-fast).
@@ -130,6 +135,9 @@ impl RunPolicyArgs {
         let mut run = Vec::new();
         if let Some(cap) = self.max_concurrency {
             run.push((headers::MAX_CONCURRENCY, cap.to_string()));
+        }
+        if let Some(batch) = self.batch_size {
+            run.push((headers::BATCH_SIZE, batch.to_string()));
         }
         let policy = match (self.fail_fast, self.tolerate_failures, self.min_successful) {
             (true, _, _) => Some(FailurePolicy::FailFast),

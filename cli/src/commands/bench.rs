@@ -498,11 +498,12 @@ pub fn by_handler(
     totals
 }
 
-/// Each subtask's lifetime, from the records of its Lambda invocations.
+/// Each executor invocation's lifetime (a subtask, or a batch of them), from the records of
+/// its Lambda invocations.
 pub fn subtask_intervals(records: &[fanout_standin::InvocationRecord]) -> Vec<(f64, f64)> {
     let mut by_invocation: std::collections::HashMap<&str, (f64, f64)> = Default::default();
     for r in records {
-        if r.path.as_deref() != Some(report::SUBTASK_PATH) || r.outcome == "throttled" {
+        if !report::is_executor(r) || r.outcome == "throttled" {
             continue;
         }
         let Some(id) = r.restate_invocation_id.as_deref() else {

@@ -793,15 +793,19 @@ async fn recover(
         let (bytes, _, _) = get(s3, &at, None).await?;
         known.extend(part_lines(&bytes));
     }
-    let rows = admin
-        .query(&format!(
-            "SELECT id, entry_type, entry_json FROM sys_journal WHERE entry_type IN \
-             ('Command: Input', 'Command: Output') AND id IN (SELECT id FROM sys_invocation \
-             WHERE {} AND completion_result = 'success')",
-            observe::subtasks_of(run)
-        ))
-        .await?;
-    known.extend(outcomes_from_journals(&rows));
+    for (executors, batch) in [
+        (observe::subtasks_of(run), false),
+        (observe::batches_of(run), true),
+    ] {
+        let rows = admin
+            .query(&format!(
+                "SELECT id, entry_type, entry_json FROM sys_journal WHERE entry_type IN \
+                 ('Command: Input', 'Command: Output') AND id IN (SELECT id FROM \
+                 sys_invocation WHERE {executors} AND completion_result = 'success')"
+            ))
+            .await?;
+        known.extend(outcomes_from_journals(&rows, batch));
+    }
     Ok(known)
 }
 
@@ -817,10 +821,12 @@ fn part_lines(bytes: &[u8]) -> Vec<(usize, String)> {
 }
 
 /// Succeeded subtasks' outcomes by the index their call carried (`x-fanout-index`), from the
-/// `Command: Input` and `Command: Output` entries of their journals.
-fn outcomes_from_journals(rows: &[Value]) -> Vec<(usize, String)> {
+/// `Command: Input` and `Command: Output` entries of their journals. The journals are of batch
+/// invocations when `batch` is set: a batch's index is its first subtask's, and its output holds
+/// one `{"ok": …}` or `{"error": …}` per subtask in order, of which only the `ok`s are known.
+fn outcomes_from_journals(rows: &[Value], batch: bool) -> Vec<(usize, String)> {
     let mut index: HashMap<&str, usize> = HashMap::new();
-    let mut output: HashMap<&str, String> = HashMap::new();
+    let mut output: HashMap<&str, Vec<(usize, String)>> = HashMap::new();
     for row in rows {
         let (Some(id), Some(entry)) = (
             row.get("id").and_then(Value::as_str),
@@ -846,17 +852,44 @@ fn outcomes_from_journals(rows: &[Value]) -> Vec<(usize, String)> {
             .and_then(observe::journal_bytes)
             && let Ok(value) = serde_json::from_slice::<Value>(&bytes)
         {
-            // One line, as the handler writes it.
-            let line = match String::from_utf8(bytes) {
-                Ok(text) if !text.contains('\n') => text,
-                _ => value.to_string(),
+            let lines = if batch {
+                batch_lines(value)
+            } else {
+                // One line, as the handler writes it.
+                let line = match String::from_utf8(bytes) {
+                    Ok(text) if !text.contains('\n') => text,
+                    _ => value.to_string(),
+                };
+                vec![(0, line)]
             };
-            output.insert(id, line);
+            output.insert(id, lines);
         }
     }
     output
         .into_iter()
-        .filter_map(|(id, line)| Some((*index.get(id)?, line)))
+        .filter_map(|(id, lines)| Some((*index.get(id)?, lines)))
+        .flat_map(|(first, lines)| {
+            lines
+                .into_iter()
+                .map(move |(offset, line)| (first + offset, line))
+        })
+        .collect()
+}
+
+/// The succeeded subtasks of a batch's output, by their offset in the batch.
+fn batch_lines(output: Value) -> Vec<(usize, String)> {
+    let Value::Array(results) = output else {
+        return Vec::new();
+    };
+    results
+        .into_iter()
+        .enumerate()
+        .filter_map(|(offset, result)| match result {
+            Value::Object(mut fields) if fields.len() == 1 => {
+                Some((offset, fields.remove("ok")?.to_string()))
+            }
+            _ => None,
+        })
         .collect()
 }
 
@@ -1211,8 +1244,32 @@ mod tests {
             ),
         ];
         assert_eq!(
-            outcomes_from_journals(&rows),
+            outcomes_from_journals(&rows, false),
             vec![(7, r#"{"description":"s8: DONE"}"#.to_owned())]
+        );
+    }
+
+    #[test]
+    fn a_batch_gives_its_succeeded_subtasks_from_its_first_index_on() {
+        let row = |entry: Value| json!({"id": "inv_batch", "entry_json": entry.to_string()});
+        let rows = [
+            row(
+                json!({"Command": {"Input": {"headers": [{"name": "x-fanout-index", "value": "10"}],
+                    "payload": bytes("[]")}}}),
+            ),
+            row(json!({"Command": {"Output": {"result": {"Success": bytes(
+                r#"[{"ok":{"description":"a"}},{"error":{"code":500,"message":"boom"}},{"ok":3}]"#
+            )}}}})),
+        ];
+        let mut known = outcomes_from_journals(&rows, true);
+        known.sort();
+        // The failed one in the middle is not known: a redrive runs it again.
+        assert_eq!(
+            known,
+            vec![
+                (10, r#"{"description":"a"}"#.to_owned()),
+                (12, "3".to_owned())
+            ]
         );
     }
 

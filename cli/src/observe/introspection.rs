@@ -112,19 +112,29 @@ impl Observer {
         Ok(split_total_from(&rows))
     }
 
-    /// Counts of the subtasks of coordinator `id` by state: one grouped count, whatever the
-    /// width of the fan-out. `total` comes from [`Self::split_total`].
+    /// Counts of the executor invocations of coordinator `id` by state: one grouped count,
+    /// whatever the width of the fan-out. `total` comes from [`Self::split_total`]. A batched
+    /// run (`--batch-size` above 1) is counted in batches, and its total, a count of subtasks,
+    /// is not applied: how many batches a run forms is known only once its lanes formed them.
     pub async fn progress(&self, id: &str, total: Option<usize>) -> Result<Progress> {
         let groups = self
             .admin
             .query(&format!(
                 "SELECT status, completion_result, last_failure IS NOT NULL AS failing, \
-                 count(*) AS n FROM sys_invocation WHERE {} \
-                 GROUP BY status, completion_result, last_failure IS NOT NULL",
-                subtasks_of(id)
+                 target_handler_name = {} AS batch, count(*) AS n FROM sys_invocation \
+                 WHERE {} GROUP BY status, completion_result, last_failure IS NOT NULL, \
+                 target_handler_name",
+                sql_string(RUN_BATCH),
+                executors_of(id)
             ))
             .await?;
-        let mut progress = Progress::default();
+        let batched = groups
+            .iter()
+            .any(|row| row.get("batch").and_then(Value::as_bool) == Some(true));
+        let mut progress = Progress {
+            batches: batched,
+            ..Progress::default()
+        };
         for row in &groups {
             let n = row.get("n").and_then(Value::as_u64).unwrap_or(0) as usize;
             let failing = row.get("failing").and_then(Value::as_bool).unwrap_or(false);
@@ -138,7 +148,7 @@ impl Observer {
     /// Every subtask of coordinator `id` in input order, with attempts, duration and last error.
     pub async fn subtasks(&self, id: &str) -> Result<Vec<Subtask>> {
         let id_literal = sql_string(id);
-        let of_run = subtasks_of(id);
+        let of_run = executors_of(id);
         // With the fan-in ledger the subtasks are called by the run's lanes, each in the order
         // it claimed them; every call carries its subtask's position in a header.
         let mut calls: Vec<(usize, String, String)> = self
@@ -185,7 +195,9 @@ impl Observer {
 }
 
 use fanout_contract::headers::INDEX as INDEX_HEADER;
-use fanout_contract::names::{LANE_TARGET, LEDGER, RUN_ITEMS_TARGET, RUN_SUBTASK, RUN_TARGET};
+use fanout_contract::names::{
+    LANE_TARGET, LEDGER, RUN_BATCH, RUN_ITEMS_TARGET, RUN_SUBTASK, RUN_TARGET,
+};
 
 /// SQL condition selecting the lane invocations of run `id`: started by the run's ledger
 /// (the `fanIn` Virtual Object keyed by the run's id).
@@ -204,9 +216,24 @@ fn lanes_of(id: &str) -> String {
 /// (in-order fan-in) or by one of its lanes (the fan-in ledger). By handler, not service: in a
 /// split layout the subtasks are `executor/runSubtask`.
 pub(crate) fn subtasks_of(id: &str) -> String {
+    called_by_run(RUN_SUBTASK, id)
+}
+
+/// SQL condition selecting the batch invocations of run `id` (`--batch-size` above 1): each
+/// ran a contiguous range of subtasks, the first of them named by its `x-fanout-index` header.
+pub(crate) fn batches_of(id: &str) -> String {
+    called_by_run(RUN_BATCH, id)
+}
+
+/// SQL condition selecting every executor invocation of run `id`, single subtasks and batches.
+fn executors_of(id: &str) -> String {
+    format!("({}) OR ({})", subtasks_of(id), batches_of(id))
+}
+
+fn called_by_run(handler: &str, id: &str) -> String {
     format!(
         "target_handler_name = {} AND (invoked_by_id = {} OR invoked_by_id IN ({}))",
-        sql_string(RUN_SUBTASK),
+        sql_string(handler),
         sql_string(id),
         lanes_of(id)
     )
@@ -277,21 +304,26 @@ pub(crate) fn payload_label(payload: &[u8]) -> String {
     }
 }
 
-/// The callee and input of a `Command: Call` journal entry.
-/// A call to `runSubtask` in a journal: the position its `x-fanout-index` header gives (a
-/// lane's call), the callee's invocation id and the subtask's label. Other calls (a lane's
-/// claims from its ledger) are not subtasks.
+/// A call to `runSubtask` or `runBatch` in a journal: the position its `x-fanout-index` header
+/// gives (a lane's call; a batch's first subtask), the callee's invocation id and its label (a
+/// batch's says how many subtasks it holds). Other calls (a lane's claims from its ledger) are
+/// not subtasks.
 fn parse_call(entry_json: &str) -> Option<(Option<usize>, String, String)> {
     let entry: Value = serde_json::from_str(entry_json).ok()?;
     let request = entry.pointer("/Command/Call/request")?;
     let handler = request
         .pointer("/invocation_target/Service/handler")
-        .and_then(Value::as_str);
-    if handler != Some(RUN_SUBTASK) {
+        .and_then(Value::as_str)?;
+    if handler != RUN_SUBTASK && handler != RUN_BATCH {
         return None;
     }
     let id = request.get("invocation_id")?.as_str()?.to_owned();
     let payload = journal_bytes(request.get("parameter")?)?;
+    let label = if handler == RUN_BATCH {
+        batch_label(&payload)
+    } else {
+        payload_label(&payload)
+    };
     let position = request
         .get("headers")
         .and_then(Value::as_array)
@@ -305,7 +337,22 @@ fn parse_call(entry_json: &str) -> Option<(Option<usize>, String, String)> {
             };
             (name == INDEX_HEADER).then(|| value.parse().ok())?
         });
-    Some((position, id, payload_label(&payload)))
+    Some((position, id, label))
+}
+
+/// `batch of 10: s1 … s10`, from a batch's body (a JSON array of subtasks).
+fn batch_label(payload: &[u8]) -> String {
+    match serde_json::from_slice::<Vec<Value>>(payload) {
+        Ok(subtasks) if !subtasks.is_empty() => {
+            let label = |subtask: &Value| payload_label(subtask.to_string().as_bytes());
+            let first = label(&subtasks[0]);
+            match subtasks.len() {
+                1 => format!("batch of 1: {first}"),
+                n => format!("batch of {n}: {first} … {}", label(&subtasks[n - 1])),
+            }
+        }
+        _ => payload_label(payload),
+    }
 }
 
 fn completion_id(entry: &Value, path: &str) -> Option<u64> {
@@ -518,6 +565,17 @@ mod tests {
         assert_eq!(description, "shower");
         let claim = call_entry("inv_y", "claim", "{}", json!([]));
         assert_eq!(parse_call(&claim), None);
+        // A batch is one line, at its first subtask's position, saying what it holds.
+        let batch = call_entry(
+            "inv_z",
+            "runBatch",
+            r#"[{"description":"a"},{"description":"b"},{"description":"c"}]"#,
+            json!([{"name": "x-fanout-index", "value": "30"}]),
+        );
+        assert_eq!(
+            parse_call(&batch),
+            Some((Some(30), "inv_z".into(), "batch of 3: a … c".into()))
+        );
     }
 
     #[test]

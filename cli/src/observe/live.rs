@@ -95,7 +95,11 @@ impl Display {
                 let message = counts_text(progress);
                 match progress.total {
                     None => {
-                        bar.set_prefix(phase(false));
+                        bar.set_prefix(if progress.batches {
+                            format!("{} batches done", progress.finished())
+                        } else {
+                            phase(false).to_owned()
+                        });
                         bar.set_message(message);
                     }
                     Some(total) => {
@@ -178,8 +182,8 @@ fn phase(ended: bool) -> &'static str {
 
 fn messages(progress: &Progress, ended: bool) -> String {
     match progress.total {
-        None => format!(" · {}{}", phase(ended), counts_text(progress)),
-        Some(_) => counts_text(progress),
+        None if !progress.batches => format!(" · {}{}", phase(ended), counts_text(progress)),
+        _ => counts_text(progress),
     }
 }
 
@@ -203,8 +207,13 @@ fn state_text(progress: &Progress, ended: bool) -> String {
     let total = progress
         .total
         .map_or_else(|| "?".to_owned(), |n| n.to_string());
+    let unit = if progress.batches {
+        "batches"
+    } else {
+        "subtasks"
+    };
     format!(
-        "{}/{total} subtasks done{}",
+        "{}/{total} {unit} done{}",
         progress.finished(),
         messages(progress, ended)
     )
@@ -337,6 +346,17 @@ mod tests {
         assert_eq!(
             plain_line(Duration::ZERO, &Progress::default()),
             "[    0.0s] 0/? subtasks done · splitting the task"
+        );
+        // A batched run counts batches, whose total is not the task's width.
+        let batches = Progress {
+            completed: 3,
+            batches: true,
+            ..Progress::default()
+        }
+        .with_total(Some(30));
+        assert_eq!(
+            plain_line(Duration::from_secs(1), &batches),
+            "[    1.0s] 3/? batches done"
         );
     }
 

@@ -32,7 +32,7 @@ mod table;
 
 pub use introspection::{Observer, SPLIT_STEP};
 /// For `fanout redrive`, which reads a run's subtasks' journals for their outcomes.
-pub(crate) use introspection::{journal_bytes, payload_label, subtasks_of};
+pub(crate) use introspection::{batches_of, journal_bytes, payload_label, subtasks_of};
 pub use live::{
     Display, DisplayMode, PollInterval, bar_message, bar_style, plain_line, waiting_style, watch,
 };

@@ -84,6 +84,10 @@ pub struct Progress {
     pub paused: usize,
     /// Called but not started yet.
     pub pending: usize,
+    /// The counts are of batches (`--batch-size` above 1), so a total of subtasks does not
+    /// apply to them.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub batches: bool,
 }
 
 impl Progress {
@@ -98,6 +102,7 @@ impl Progress {
     /// Sets the total; subtasks split off but without an invocation yet count as pending.
     pub fn with_total(mut self, total: Option<usize>) -> Self {
         if self.total.is_none()
+            && !self.batches
             && let Some(total) = total
         {
             self.pending += total.saturating_sub(self.seen());
