@@ -49,7 +49,7 @@ help:
 	@echo "make bench   - the benchmark grid on the local stack: spreads 0-10s/0-1s/tail x N 100/1000/10000"
 	@echo "               x caps n, n/5, 1000 x strategies ledger/select-any/in-order, with floors (long)"
 	@echo "make bench-batches - N items one per subtask invocation or K at once (BATCH_ITEMS, BATCH_SIZES, BATCH_WORK_MS)"
-	@echo "make bench-wide - one run of WIDE_N=100000 items (S3 in, S3 out) through the local Lambda, against its floor"
+	@echo "make bench-wide - WIDE_N=100000 items (S3 in, S3 out) through the local Lambda at each batch size in WIDE_BATCHES=1,10,100, against their floor"
 	@echo "make chaos   - the randomized fault suite: CHAOS_RUNS=105 seeded runs from CHAOS_SEED=1000 with"
 	@echo "               kills, restarts, 429/5xx, lost responses, timeouts; prints a table (long)"
 	@echo "make lint    - cargo fmt --check and clippy"
@@ -131,12 +131,14 @@ test: tools tools-aws lambda-zips lint
 
 # The fault suite's long run (tests/tests/chaos.rs, test chaos_many): CHAOS_RUNS runs drawn from
 # the seeds CHAOS_SEED, CHAOS_SEED+1, …; one seed replays one run: CHAOS_SEED=1042 CHAOS_RUNS=1.
-# One run of items through the stand-in (debug build, as the tests), against the floor of the
-# same N: wall, Lambda invocations and bytes per item, coordinator invocations, server RSS.
+# Runs of items through the stand-in (debug build, as the tests), one per batch size in
+# WIDE_BATCHES, against the floor of the same N: wall, Lambda invocations and bytes per item,
+# coordinator invocations, server RSS.
 WIDE_N ?= 100000
 WIDE_CAP ?= 1000
+WIDE_BATCHES ?= 1,10,100
 bench-wide: tools tools-aws build-local
-	WIDE_N=$(WIDE_N) WIDE_CAP=$(WIDE_CAP) $(CARGO) test -p fanout-tests --test items_wide \
+	WIDE_N=$(WIDE_N) WIDE_CAP=$(WIDE_CAP) WIDE_BATCHES=$(WIDE_BATCHES) $(CARGO) test -p fanout-tests --test items_wide \
 		wide_run_of_items -- --ignored --nocapture
 
 CHAOS_RUNS ?= 105

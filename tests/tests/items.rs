@@ -291,8 +291,76 @@ async fn bad_items_are_refused_with_their_line_before_any_subtask(mode: Mode) {
     s.stop().await;
 }
 
+/// Batches of items: results in input order, a batch that fails takes down only its own
+/// items (error objects in their places), and fewer executor invocations than items.
+async fn batches_of_items_fill_the_results_in_order_and_fail_alone(mode: Mode) {
+    let s = start(
+        mode,
+        &[
+            ("FANOUT_FLAKY_MS", "600000"),
+            ("FANOUT_SUBTASK_MAX_ATTEMPTS", "1"),
+            ("FANOUT_SUBTASK_AT_MAX_ATTEMPTS", "kill"),
+        ],
+    )
+    .await;
+    let flaky = 61usize;
+    let items: String = (1..=150)
+        .map(|i| match i {
+            i if i == flaky => format!("{{\"description\":\"flaky s{i}\"}}\n"),
+            i => format!("{{\"description\":\"s{i}\"}}\n"),
+        })
+        .collect();
+    s.put("in/items.jsonl", items).await;
+    let (status, body) = s
+        .run_items(
+            "in/items.jsonl",
+            "out/results.jsonl",
+            &[
+                ("x-fanout-batch-size", "8"),
+                ("x-fanout-max-concurrency", "3"),
+                ("x-fanout-failure-policy", "tolerate:8"),
+            ],
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let failed = body["failed"].as_u64().unwrap() as usize;
+    assert!((1..=8).contains(&failed), "one batch's items fail: {body}");
+    assert_eq!(body["succeeded"].as_u64().unwrap() as usize + failed, 150);
+    let results = s.get("out/results.jsonl").await.unwrap();
+    let lines: Vec<Value> = results
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 150);
+    let failed_at: Vec<usize> = (0..150)
+        .filter(|&i| lines[i].get("error").is_some())
+        .collect();
+    assert_eq!(failed_at.len(), failed);
+    assert!(failed_at.contains(&(flaky - 1)), "{failed_at:?}");
+    assert!(
+        failed_at.windows(2).all(|w| w[1] == w[0] + 1),
+        "the failed items are one batch, consecutive: {failed_at:?}"
+    );
+    for (index, line) in lines.iter().enumerate() {
+        if failed_at.contains(&index) {
+            assert_eq!(line["error"]["index"], index, "{line}");
+        } else {
+            let i = index + 1;
+            assert_eq!(line, &json!({ "description": format!("s{i}: DONE") }));
+        }
+    }
+    assert_eq!(s.invocations_of("runSubtask").await, 0);
+    let batches = s.invocations_of("runBatch").await;
+    assert!(
+        (19..=75).contains(&batches),
+        "{batches} batches for 150 items"
+    );
+    s.stop().await;
+}
+
 in_both_modes!(
     items_in_results_out_in_input_order,
+    batches_of_items_fill_the_results_in_order_and_fail_alone,
     failed_items_are_error_objects_in_their_place,
     bad_items_are_refused_with_their_line_before_any_subtask,
 );
@@ -548,6 +616,37 @@ async fn fanout_invoke_walks_file_to_file_and_s3_to_s3() {
         .query("SELECT count(*) AS n FROM sys_invocation WHERE target_handler_name = 'runSubtask'")
         .await;
     assert_eq!(subtasks[0]["n"], 55, "only the two good runs ran subtasks");
+
+    // File to file in batches: the same results, in batch invocations.
+    let run = fanout(
+        [
+            "invoke",
+            "--items",
+            &path("items.jsonl"),
+            "--results",
+            &path("batched.jsonl"),
+            "--batch-size",
+            "9",
+            "--progress",
+            "none",
+        ]
+        .map(String::from)
+        .to_vec(),
+    )
+    .await;
+    assert_eq!(run.code, Some(0), "{run:?}");
+    assert_eq!(
+        std::fs::read_to_string(path("batched.jsonl")).unwrap(),
+        expected
+    );
+    let batches = h
+        .query("SELECT count(*) AS n FROM sys_invocation WHERE target_handler_name = 'runBatch'")
+        .await;
+    let batches = batches[0]["n"].as_u64().unwrap();
+    assert!(
+        (6..=25).contains(&batches),
+        "{batches} batches for 50 items"
+    );
     h.stop().await;
 }
 
