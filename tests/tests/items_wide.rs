@@ -191,7 +191,7 @@ async fn wide_run_of_items() {
             wall.as_secs_f64()
         );
     }
-    // WIDE_FLOOR=0 skips the floor (it takes about half of a batch-size-1 run again).
+    // WIDE_FLOOR=0 skips the floor (it takes about as long again as the batch-size-1 run).
     let floor = match env_or("WIDE_FLOOR", 1) {
         0 => None,
         _ => Some(floor(&h.stack.ingress_url, n).await),
