@@ -453,11 +453,13 @@ impl LocalStack {
 
     /// SIGKILLs the HTTP handler (HTTP mode), a crash; it stays down until
     /// [`Self::restart_http_handler`]. Used by the fault tests.
-    pub fn kill_http_handler(&mut self) {
-        if let Some(handler) = self.http_handler.take()
-            && let Some(pid) = handler.pid()
-        {
-            fanout_standin::process::kill_group(pid);
+    ///
+    /// It returns once the process is gone: a restart that only signalled it could see the
+    /// dying process still answer on the port, take that for the new one listening, while the
+    /// new one exits on a port in use — leaving no handler at all.
+    pub async fn kill_http_handler(&mut self) {
+        if let Some(handler) = self.http_handler.take() {
+            handler.kill().await;
         }
     }
 
@@ -474,7 +476,7 @@ impl LocalStack {
     /// Starts the HTTP handler again (killing it first if it runs) on the same port and
     /// environment, so the registered deployment reaches it again.
     pub async fn restart_http_handler(&mut self) -> Result<()> {
-        self.kill_http_handler();
+        self.kill_http_handler().await;
         let Some((binary, env, port)) = self.http_launch.clone() else {
             bail!("this stack has no HTTP handler to restart (it runs in Lambda mode)");
         };
@@ -537,10 +539,11 @@ async fn spawn_http_handler(
             .is_ok()
     })
     .await;
-    if up {
+    // Something answered on the port; it is ours only if ours is still running.
+    let exited = process.exited();
+    if up && exited.is_none() {
         return Ok(Some(process));
     }
-    let exited = process.exited();
     process.stop(Duration::from_secs(1)).await;
     if exited.is_none() {
         bail!(

@@ -84,6 +84,14 @@ impl Managed {
         self.child.try_wait().ok().flatten()
     }
 
+    /// Kills the process group (SIGKILL, a crash) and waits until the leader is gone, so that
+    /// what it held (its listening port) is free when this returns.
+    pub async fn kill(mut self) -> Option<std::process::ExitStatus> {
+        let pid = self.child.id()?;
+        kill_group(pid);
+        self.child.wait().await.ok()
+    }
+
     /// Asks the process to stop (SIGTERM), then kills it if it is still there after `grace`.
     pub async fn stop(mut self, grace: Duration) -> Option<std::process::ExitStatus> {
         let pid = self.child.id()?;

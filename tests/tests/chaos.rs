@@ -488,7 +488,7 @@ async fn inject(
                 1
             }
             Kind::HandlerRestart => {
-                h.stack.kill_http_handler();
+                h.stack.kill_http_handler().await;
                 tokio::time::sleep(fault.down).await;
                 h.stack
                     .restart_http_handler()
