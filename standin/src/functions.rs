@@ -38,6 +38,25 @@ struct Pool {
     dead: HashSet<u64>,
 }
 
+impl Pool {
+    /// Puts `instance` among the idle ones, ready for the next invocation of its code, unless
+    /// the function stopped taking instances, its code was retired or the process is gone: then
+    /// it is killed. Says whether it was kept.
+    fn park(&mut self, instance: Arc<Instance>) -> bool {
+        let keep = !self.closed
+            && !self.retired
+            && !self.dead.contains(&instance.revision)
+            && instance.runtime.ended().is_none();
+        if keep {
+            instance.touch();
+            self.idle.push(instance);
+        } else {
+            instance.kill();
+        }
+        keep
+    }
+}
+
 pub(crate) enum Acquired {
     Warm(Lease),
     /// A slot is held; the caller spawns the instance and [`Lease::attach`]es it.
@@ -186,6 +205,21 @@ impl Function {
         all
     }
 
+    /// How many instances of `version`'s code wait idle.
+    pub(crate) fn idle_of(&self, version: &Version) -> usize {
+        lock(&self.pool)
+            .idle
+            .iter()
+            .filter(|instance| instance.revision == version.revision)
+            .count()
+    }
+
+    /// An instance started ahead of any invocation (see [`crate::StandIn::warm`]) joins the
+    /// idle pool; `false`, and it is killed, if the function no longer takes it.
+    pub(crate) fn add_idle(&self, instance: Arc<Instance>) -> bool {
+        lock(&self.pool).park(instance)
+    }
+
     /// Lambda recycles environments that sat unused; this keeps long local runs from piling
     /// up processes after a burst.
     pub(crate) fn reap_idle(&self, idle_for: Duration) {
@@ -266,14 +300,8 @@ impl Drop for Lease {
             return;
         };
         pool.running.remove(&instance.id);
-        if self.keep_warm
-            && !pool.closed
-            && !pool.retired
-            && !pool.dead.contains(&instance.revision)
-            && instance.runtime.ended().is_none()
-        {
-            instance.touch();
-            pool.idle.push(instance);
+        if self.keep_warm {
+            pool.park(instance);
         } else {
             instance.kill();
         }

@@ -7,6 +7,7 @@
 //! | `POST /fanout/faults` | arms a [`FaultPlan`] (JSON) for the next invokes; answers the tallies |
 //! | `GET /fanout/faults` | the tallies: [`FaultCounts`], injected and still armed |
 //! | `POST /fanout/instances/kill?function=NAME[&path=HANDLER]` | SIGKILLs the busy instances (those running an event for that Restate handler): a crash mid-event |
+//! | `POST /fanout/instances/warm?function=NAME&count=K[&qualifier=V]` | starts instances until K wait idle past their init (provisioned concurrency); answers `{"started": n}` |
 
 use super::api::{ApiError, ApiResult, Params};
 use super::faults::{FaultCounts, FaultPlan};
@@ -59,4 +60,29 @@ pub(crate) async fn kill(
         .kill_busy(&query.function, query.path.as_deref())
         .ok_or_else(|| ApiError::not_found(&shared.arn(&query.function, None)))?;
     Ok(Json(json!({"killed": killed})))
+}
+
+#[derive(Deserialize)]
+pub(crate) struct WarmQuery {
+    function: String,
+    count: usize,
+    qualifier: Option<String>,
+}
+
+pub(crate) async fn warm(
+    State(shared): State<Arc<Shared>>,
+    Params(query): Params<WarmQuery>,
+) -> ApiResult<Json<Value>> {
+    let arn = shared.arn(&query.function, query.qualifier.as_deref());
+    let version = shared
+        .function(&query.function)
+        .and_then(|f| Some((f.resolve(query.qualifier.as_deref())?, f)));
+    let Some((version, function)) = version else {
+        return Err(ApiError::not_found(&arn));
+    };
+    let started = shared
+        .warm(&function, &version, query.count)
+        .await
+        .map_err(|e| ApiError::internal(format!("{e:#}")))?;
+    Ok(Json(json!({"started": started})))
 }

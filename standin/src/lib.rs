@@ -190,6 +190,31 @@ impl StandIn {
         self.shared.faults.counts()
     }
 
+    /// Starts instances of `function` (the version an unqualified invoke runs, or
+    /// `qualifier`) until `count` of them, at most its concurrency limit, wait idle past their
+    /// init: provisioned concurrency, so that invocations meet warm instances. Returns how many
+    /// it started. On this machine hundreds of processes starting at once take up to seconds
+    /// each, which Lambda's separate hosts do not: a benchmark warms its pool so that no run
+    /// pays for instances another run reuses.
+    pub async fn warm(
+        &self,
+        function: &str,
+        qualifier: Option<&str>,
+        count: usize,
+    ) -> anyhow::Result<usize> {
+        let found = self
+            .shared
+            .function(function)
+            .with_context(|| format!("no function named {function:?}"))?;
+        let version = found.resolve(qualifier).with_context(|| {
+            format!(
+                "{} has no such version",
+                self.shared.arn(function, qualifier)
+            )
+        })?;
+        self.shared.warm(&found, &version, count).await
+    }
+
     /// SIGKILLs the busy instances of `function`, only those running an event whose path
     /// contains `path` when given (e.g. `runSubtask`): a crash mid-event. Returns how many.
     pub fn kill_busy(&self, function: &str, path: Option<&str>) -> anyhow::Result<usize> {

@@ -46,6 +46,7 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
             post(hooks::arm_faults).get(hooks::fault_counts),
         )
         .route("/fanout/instances/kill", post(hooks::kill))
+        .route("/fanout/instances/warm", post(hooks::warm))
         .fallback(unknown_operation)
         .layer(from_fn(stamp_request_id))
         .with_state(shared)

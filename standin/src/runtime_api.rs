@@ -45,6 +45,16 @@ pub(crate) enum Ended {
     InitError { error_type: String, body: Bytes },
 }
 
+impl Ended {
+    /// In words: Lambda's wording of the exit, or the init error's type.
+    pub(crate) fn describe(&self) -> String {
+        match self {
+            Ended::Exited(status) => status.clone(),
+            Ended::InitError { error_type, .. } => format!("it reported {error_type}"),
+        }
+    }
+}
+
 /// State shared by the instance's listener and the invoker driving it.
 pub(crate) struct RuntimeShared {
     timeout: Duration,

@@ -8,9 +8,10 @@ use crate::instances::{Environment, Instance, LogSink};
 use crate::metering::{self, Meter};
 use crate::names;
 use crate::versions::Config;
+use crate::versions::Version;
 use anyhow::Context as _;
 use std::collections::HashMap;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::Duration;
 
@@ -99,6 +100,53 @@ impl Shared {
         Some(killed)
     }
 
+    /// Starts instances of `version` of `function` until `count` of them (at most the
+    /// function's concurrency limit) wait idle, each through its init (it has asked for its
+    /// first event), as provisioned concurrency keeps environments ready on Lambda. Returns
+    /// how many it started.
+    pub(crate) async fn warm(
+        self: &Arc<Self>,
+        function: &Arc<Function>,
+        version: &Version,
+        count: usize,
+    ) -> anyhow::Result<usize> {
+        // Processes that start at once share the machine's cores: a few at a time finish
+        // their inits sooner than hundreds together.
+        const STARTING_AT_ONCE: usize = 8;
+        let missing = count
+            .min(function.concurrency_limit)
+            .saturating_sub(function.idle_of(version));
+        let permits = Arc::new(tokio::sync::Semaphore::new(STARTING_AT_ONCE));
+        let mut starts = tokio::task::JoinSet::new();
+        for _ in 0..missing {
+            let (shared, function, version) =
+                (Arc::clone(self), Arc::clone(function), version.clone());
+            let permits = Arc::clone(&permits);
+            starts.spawn(async move {
+                let _permit = permits.acquire_owned().await?;
+                let id = shared.next_instance.fetch_add(1, Ordering::Relaxed);
+                let instance =
+                    Instance::spawn(id, &function.name, &version, &shared.environment).await?;
+                if let Err(e) = initialised(&instance, shared.init_bound).await {
+                    instance.kill();
+                    return Err(e);
+                }
+                anyhow::ensure!(
+                    function.add_idle(instance),
+                    "function {} stopped taking instances while they started",
+                    function.name
+                );
+                Ok(())
+            });
+        }
+        let mut started = 0;
+        while let Some(joined) = starts.join_next().await {
+            joined.context("an instance start panicked")??;
+            started += 1;
+        }
+        Ok(started)
+    }
+
     pub(crate) fn all_functions(&self) -> Vec<Arc<Function>> {
         let mut all: Vec<Arc<Function>> = read(&self.functions).values().cloned().collect();
         let mut retired = self.retired.lock().unwrap_or_else(|p| p.into_inner());
@@ -113,6 +161,23 @@ impl Shared {
             .flat_map(|f| f.close())
             .collect()
     }
+}
+
+/// Waits until `instance`'s bootstrap asks for its first event, the end of its init on
+/// Lambda; an error if it exits, reports an init error or takes longer than `bound`.
+async fn initialised(instance: &Instance, bound: Duration) -> anyhow::Result<()> {
+    let started = std::time::Instant::now();
+    while instance.runtime.first_next().is_none() {
+        if let Some(ended) = instance.runtime.ended() {
+            anyhow::bail!("an instance ended during its init: {}", ended.describe());
+        }
+        anyhow::ensure!(
+            started.elapsed() < bound,
+            "an instance did not finish its init within {bound:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    Ok(())
 }
 
 pub(crate) fn read<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {

@@ -709,6 +709,91 @@ async fn the_kill_hook_kills_busy_instances_only() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn warmed_instances_wait_idle_and_serve_invocations_warm() {
+    needs_curl();
+    let scratch = Scratch::new();
+    let standin = start(
+        vec![
+            function(
+                "f",
+                vec![VersionSpec::new("1", scratch.script("a", SCRIPT, "A"))],
+                &scratch,
+            ),
+            function(
+                "fails",
+                vec![VersionSpec::new(
+                    "1",
+                    scratch.script("fails", INIT_FAILS, ""),
+                )],
+                &scratch,
+            ),
+        ],
+        &scratch,
+    )
+    .await;
+    let client = reqwest::Client::new();
+    let warm = |query: &str| {
+        client
+            .post(format!(
+                "{}/fanout/instances/warm?{query}",
+                standin.endpoint_url()
+            ))
+            .send()
+    };
+    let started: Value = warm("function=f&count=3")
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(started, json!({"started": 3}));
+    let again: Value = warm("function=f&count=3")
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(again, json!({"started": 0}), "three already wait idle");
+    assert!(standin.records().is_empty(), "warming invokes nothing");
+
+    // Three at once, each on an instance of its own that had finished its init.
+    let (a, b, c) = tokio::join!(
+        invoke(&standin, "f", r#""slow""#),
+        invoke(&standin, "f", r#""slow""#),
+        invoke(&standin, "f", r#""slow""#)
+    );
+    let mut pids: Vec<u64> = [a, b, c]
+        .iter()
+        .map(|a| a.json()["pid"].as_u64().unwrap())
+        .collect();
+    pids.sort_unstable();
+    pids.dedup();
+    assert_eq!(pids.len(), 3);
+    let records = standin.records();
+    assert_eq!(records.len(), 3);
+    assert!(
+        records.iter().all(|r| !r.cold && r.init_ms.is_none()),
+        "{records:?}"
+    );
+
+    // Never more than the function may run at once (10 in these tests).
+    assert_eq!(standin.warm("f", None, 50).await.unwrap(), 7);
+    assert_eq!(standin.warm("f", Some("1"), 10).await.unwrap(), 0);
+
+    let unknown = warm("function=nope&count=1").await.unwrap();
+    assert_eq!(unknown.status(), StatusCode::NOT_FOUND);
+    let no_version = warm("function=f&count=1&qualifier=9").await.unwrap();
+    assert_eq!(no_version.status(), StatusCode::NOT_FOUND);
+    let missing_count = warm("function=f").await.unwrap();
+    assert_eq!(missing_count.status(), StatusCode::BAD_REQUEST);
+    let broken = warm("function=fails&count=1").await.unwrap();
+    assert_eq!(broken.status(), StatusCode::INTERNAL_SERVER_ERROR);
+    let body: Value = broken.json().await.unwrap();
+    assert!(body.to_string().contains("ended during its init"), "{body}");
+    standin.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn init_failures_are_init_errors_and_never_hang() {
     needs_curl();
     let scratch = Scratch::new();

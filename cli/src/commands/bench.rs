@@ -242,8 +242,9 @@ pub struct Args {
     /// Skip the floor (the same subtasks sent straight through the ingress).
     #[arg(long)]
     no_floor: bool,
-    /// Skip the unmeasured warm-up before each width (the floor's subtasks once), which
-    /// starts the instances so that no row pays for cold starts the others do not.
+    /// Skip the unmeasured warm-up before each width (the floor's subtasks once). Every row
+    /// and floor meets a pool of warm instances either way (provisioned, N + 64 up to the
+    /// concurrency limit), so that none pays for cold starts another reuses.
     #[arg(long)]
     no_warm_up: bool,
     /// Also write an SVG plot of invocations and bytes against N.
@@ -313,8 +314,8 @@ pub struct BenchOptions {
     pub select_any_up_to: usize,
     /// Also measure the floor for each width.
     pub floor: bool,
-    /// Send each width's subtasks once, unmeasured, before its fan-outs: the first row of a
-    /// width would otherwise pay for starting the instances the later rows and the floor reuse.
+    /// Send each width's subtasks once, unmeasured, before its fan-outs: restate-server and
+    /// the instances have then served the width once before the first row.
     pub warm_up: bool,
 }
 
@@ -354,6 +355,9 @@ pub struct BenchRow {
     pub by_handler: std::collections::BTreeMap<String, (usize, usize)>,
     /// Wall time of the same width's subtasks sent straight through the ingress.
     pub floor_wall_ms: Option<u128>,
+    /// Instances the floor started: a row and its floor compare fairly only when both met a
+    /// warm pool (see `--no-warm-up`).
+    pub floor_cold_starts: Option<usize>,
 }
 
 impl BenchRow {
@@ -606,11 +610,6 @@ async fn measure(
     let mut rows = Vec::new();
     for &n in &options.sizes {
         let first_row = rows.len();
-        if options.warm_up {
-            floor(&stack.ingress_url, &Order::Random.chores(n, spread))
-                .await
-                .with_context(|| format!("the warm-up of {n} subtasks failed"))?;
-        }
         // Caps above the width run as the width does: measured once. A cap above the
         // function's concurrency limit would only measure Restate backing off from 429s.
         let mut caps: Vec<usize> = options.caps.iter().map(|c| c.of(n)).collect();
@@ -627,47 +626,34 @@ async fn measure(
             }
             fits
         });
+        let strategies: Vec<Strategy> = options
+            .strategies
+            .iter()
+            .copied()
+            .filter(|&s| s != Strategy::SelectAny || n <= options.select_any_up_to)
+            .collect();
+        if options.warm_up {
+            floor(&stack.ingress_url, &Order::Random.chores(n, spread))
+                .await
+                .with_context(|| format!("the warm-up of {n} subtasks failed"))?;
+        }
         for &cap in &caps {
-            for (&strategy, &order) in options
-                .strategies
+            for (&strategy, &order) in strategies
                 .iter()
-                .filter(|&&s| s != Strategy::SelectAny || n <= options.select_any_up_to)
                 .flat_map(|s| options.orders.iter().map(move |o| (s, o)))
             {
-                let ingress = IngressClient::new(&stack.ingress_url, None)
-                    .with_timeout(Duration::from_secs(3600))
-                    .with_header(headers::FAN_IN, strategy.header())
-                    .with_header(headers::MAX_CONCURRENCY, cap.to_string());
+                warm_pool(standin, n, options.concurrency_limit).await?;
                 let before = standin.records().len();
                 let server_rss = stack
                     .server
                     .pid()
                     .map(fanout_standin::process::RssSampler::start);
-                let started = Instant::now();
                 let chores = order.chores(n, spread);
-                let description = chores.join(",");
-                let expected: Vec<String> = chores.iter().map(|s| format!("{s}: DONE")).collect();
-                let response = ingress
-                    .run(&json!({ "description": description }), None)
-                    .await?;
-                let wall = started.elapsed();
+                let wall = fan_out(&stack.ingress_url, strategy, cap, &chores)
+                    .await
+                    .with_context(|| format!("{order:?} order"))?;
                 let server_rss_kb =
                     server_rss.and_then(fanout_standin::process::RssSampler::finish);
-                if response.status != 200 {
-                    bail!(
-                        "the fan-out of {n} ({order:?}, {strategy:?}, cap {cap}) failed with \
-                         HTTP {}: {}",
-                        response.status,
-                        response.message()
-                    );
-                }
-                // Every one of the N results, in input order, or the figures mean nothing.
-                if response.body["description"].as_str() != Some(expected.join(",").as_str()) {
-                    bail!(
-                        "the fan-out of {n} ({order:?}, {strategy:?}, cap {cap}) returned a \
-                         wrong result"
-                    );
-                }
                 // The last subtask's invocation may be metered a moment after the result is out.
                 tokio::time::sleep(Duration::from_millis(200)).await;
                 let records = standin.records();
@@ -705,21 +691,78 @@ async fn measure(
                     schedule: schedule(&subtask_intervals(run), cap),
                     by_handler: by_handler(run),
                     floor_wall_ms: None,
+                    floor_cold_starts: None,
                 });
                 eprintln!("{}", row_line(rows.last().expect("just pushed")));
             }
         }
         // After the fan-outs, so the floor meets instances as warm as they did.
         if options.floor {
+            warm_pool(standin, n, options.concurrency_limit).await?;
+            let before = standin.records().len();
             let floor_ms = floor(&stack.ingress_url, &Order::Random.chores(n, spread))
                 .await?
                 .as_millis();
+            let floor_cold = standin.records()[before..]
+                .iter()
+                .filter(|r| r.cold)
+                .count();
             for row in &mut rows[first_row..] {
                 row.floor_wall_ms = Some(floor_ms);
+                row.floor_cold_starts = Some(floor_cold);
             }
         }
     }
     Ok(rows)
+}
+
+/// Starts the instances a run of `n` subtasks may need at once, so that every row and the
+/// floor meet the same warm pool: on this machine hundreds of instances starting together take
+/// up to seconds each (Lambda starts them on separate hosts), and whichever run first needed
+/// them would pay for them. Instances only ever wait idle here (for ten minutes), so this
+/// starts the ones missing.
+async fn warm_pool(standin: &fanout_standin::StandIn, n: usize, limit: usize) -> Result<()> {
+    // Every subtask at once, with the lanes, the ledger and the coordinator beside them.
+    const BESIDE_THE_SUBTASKS: usize = 64;
+    for function in standin.function_names() {
+        standin
+            .warm(&function, None, (n + BESIDE_THE_SUBTASKS).min(limit))
+            .await
+            .with_context(|| format!("cannot warm {n} instances of {function}"))?;
+    }
+    Ok(())
+}
+
+/// One fan-out of `chores` through `worker/run` with `strategy` under `cap`: its wall time,
+/// once every one of the N results came back in input order (or the figures mean nothing).
+async fn fan_out(
+    ingress_url: &str,
+    strategy: Strategy,
+    cap: usize,
+    chores: &[String],
+) -> Result<Duration> {
+    let n = chores.len();
+    let ingress = IngressClient::new(ingress_url, None)
+        .with_timeout(Duration::from_secs(3600))
+        .with_header(headers::FAN_IN, strategy.header())
+        .with_header(headers::MAX_CONCURRENCY, cap.to_string());
+    let started = Instant::now();
+    let response = ingress
+        .run(&json!({ "description": chores.join(",") }), None)
+        .await?;
+    let wall = started.elapsed();
+    if response.status != 200 {
+        bail!(
+            "the fan-out of {n} ({strategy:?}, cap {cap}) failed with HTTP {}: {}",
+            response.status,
+            response.message()
+        );
+    }
+    let expected: Vec<String> = chores.iter().map(|s| format!("{s}: DONE")).collect();
+    if response.body["description"].as_str() != Some(expected.join(",").as_str()) {
+        bail!("the fan-out of {n} ({strategy:?}, cap {cap}) returned a wrong result");
+    }
+    Ok(wall)
 }
 
 /// The floor: one independent `runSubtask` invocation per chore (the same chores, so the
@@ -795,7 +838,7 @@ fn ratio(value: Option<f64>) -> String {
     value.map_or_else(|| "-".into(), |v| format!("{v:.2}"))
 }
 
-const HEADER: &str = "spread          N strategy     cap   wall s  floor s ×floor  ideal s ×ideal util% in-fl coord fan-in  B/sub  429s srv MiB goals";
+const HEADER: &str = "spread          N strategy     cap   wall s  floor s ×floor  ideal s ×ideal util% in-fl coord fan-in  B/sub  429s    cold srv MiB goals";
 
 /// One row of the table.
 pub fn row_line(r: &BenchRow) -> String {
@@ -810,7 +853,7 @@ pub fn row_line(r: &BenchRow) -> String {
         None => "-",
     };
     format!(
-        "{:<10} {:>6} {:<12} {:>5} {:>8} {:>8} {:>6} {:>8} {:>6} {:>5} {:>5} {:>5} {:>6} {:>6} {:>5} {:>7} {}",
+        "{:<10} {:>6} {:<12} {:>5} {:>8} {:>8} {:>6} {:>8} {:>6} {:>5} {:>5} {:>5} {:>6} {:>6} {:>5} {:>7} {:>7} {}",
         r.spread,
         r.subtasks,
         format!("{}{order}", r.strategy.header()),
@@ -829,6 +872,11 @@ pub fn row_line(r: &BenchRow) -> String {
         r.fan_in_invocations,
         format!("{:.0}", r.bytes_per_subtask()),
         r.throttled,
+        // The row's cold starts and its floor's: a fair pair meets a warm pool alike.
+        match r.floor_cold_starts {
+            Some(floor) => format!("{}/{floor}", r.cold_starts),
+            None => r.cold_starts.to_string(),
+        },
         mib(r.server_rss_kb),
         goals,
     )
@@ -1063,6 +1111,7 @@ mod tests {
             },
             by_handler: Default::default(),
             floor_wall_ms: Some(1000),
+            floor_cold_starts: Some(0),
         }
     }
 
