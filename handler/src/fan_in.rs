@@ -52,11 +52,17 @@ use restate_sdk::prelude::TerminalError;
 use serde::{Deserialize, Serialize};
 use std::sync::OnceLock;
 
-/// Most subtasks one lane keeps in flight: bounds the journal a lane replays on each resume.
-pub const LANE_WIDTH: usize = 32;
+/// Most subtasks one lane keeps in flight. Every completion wakes its lane unless the lane is
+/// already awake, so fewer, wider lanes take several completions per wake where completions
+/// come fast: at N = 1,000, 0–1 s, cap 200 lanes of 64 made 555–568 lane and ledger invocations
+/// where lanes of 32 made 930–944, and took 1.43–1.74× the ideal schedule against 1.66–2.20×. The journal a
+/// wake replays is bounded by [`HAND_OVER_AFTER`], not by this.
+pub const LANE_WIDTH: usize = 64;
 
-/// Calls a lane invocation makes before it hands over to a fresh one.
-pub const HAND_OVER_AFTER: usize = 2 * LANE_WIDTH;
+/// Calls a lane invocation makes before it hands over to a fresh one: each wake replays the
+/// invocation's journal, so this bounds the bytes a wake ships. 128 with lanes of 64 shipped
+/// 26–30 KB per subtask at 0–10 s against 23–24 KB for 64.
+pub const HAND_OVER_AFTER: usize = 64;
 
 /// Most bytes of subtasks one batch carries (`runBatch`'s body, JSON). A batch is one request
 /// to the executor and, with its answer, one entry in the lane's journal: the bound keeps both
@@ -504,12 +510,12 @@ mod tests {
     fn windows_add_up_to_the_cap_or_the_width_and_stay_even() {
         assert_eq!(windows(1, 500), vec![1]);
         assert_eq!(windows(100, 100), vec![100]);
-        assert_eq!(windows(100, 99), vec![25, 25, 25, 24]);
+        assert_eq!(windows(100, 99), vec![50, 49]);
         assert_eq!(windows(70, 3), vec![3]);
         assert_eq!(windows(1000, 1000), vec![125; 8]);
-        assert_eq!(windows(1000, 200).len(), 7);
-        for width in [1, 5, 31, 32, 33, 100, 999, 1000, 10_000] {
-            for cap in [1, 2, 10, 31, 32, 33, 100, 500, 1000, 1024, 20_000] {
+        assert_eq!(windows(1000, 200), vec![50; 4]);
+        for width in [1, 5, 63, 64, 65, 100, 999, 1000, 10_000] {
+            for cap in [1, 2, 10, 63, 64, 65, 100, 500, 1000, 1024, 20_000] {
                 let w = windows(width, cap);
                 assert_eq!(w.iter().sum::<usize>(), width.min(cap), "{width} {cap}");
                 let widest = if cap >= width {

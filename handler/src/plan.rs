@@ -47,9 +47,6 @@ const EVENT_OVERHEAD: usize = 4 * 1024;
 /// ledger's key) and the awakeable's id.
 const LEDGER_ID: &str = "inv_1gdJBtdVEcM942bjcDmb1c1khoaJe11Hbz";
 const AWAKEABLE_ID: &str = "sign_1M28aqY6ZfuwBmRnmyP_pAhPbWIP6mEWbAAAAAQ";
-/// Most subtasks one lane of the ledger keeps in flight (`fan_in::LANE_WIDTH`): the plan
-/// lists one window per lane.
-const LANE_WIDTH: usize = 32;
 
 /// What the coordinator's requests must fit on Lambda.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -194,8 +191,11 @@ impl Journal<'_> {
         // result (`fan_in::Gathered`: every outcome with its index).
         sink.put(&noise.bytes(ENTRY_OVERHEAD));
         let total = self.items.len();
-        let lanes = total.clamp(1, DEFAULT_MAX_CONCURRENCY).div_ceil(LANE_WIDTH);
-        let windows = vec![LANE_WIDTH.to_string(); lanes].join(",");
+        let windows = crate::fan_in::windows(total, DEFAULT_MAX_CONCURRENCY)
+            .iter()
+            .map(usize::to_string)
+            .collect::<Vec<_>>()
+            .join(",");
         sink.put(
             format!(
                 "{{\"run\":{{\"ledger\":\"{LEDGER_ID}\",\"awakeable\":\"{AWAKEABLE_ID}\",\

@@ -310,7 +310,7 @@ async fn a_freed_slot_starts_the_next_subtask_before_the_slowest_one_finishes() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lanes_hand_over_and_claim_without_losing_or_repeating_a_subtask() {
-    // 300 subtasks under a cap of 40: two lanes of 20, each handing over after 64 calls and
+    // 300 subtasks under a cap of 100: two lanes of 50, each handing over after 64 calls and
     // claiming in shrinking grants; a jumbled completion order.
     let h = Harness::start(Mode::Lambda).await;
     let items: Vec<String> = (1..=300)
@@ -319,7 +319,7 @@ async fn lanes_hand_over_and_claim_without_losing_or_repeating_a_subtask() {
     let expected: Vec<String> = items.iter().map(|i| format!("{i}: DONE")).collect();
     let before = h.records().len();
     let response = h
-        .run_with(&items.join(","), &[("x-fanout-max-concurrency", "40")])
+        .run_with(&items.join(","), &[("x-fanout-max-concurrency", "100")])
         .await;
     assert_eq!(response.status, 200, "{}", response.message());
     assert_eq!(response.body, json!({ "description": expected.join(",") }));
@@ -335,8 +335,8 @@ async fn lanes_hand_over_and_claim_without_losing_or_repeating_a_subtask() {
         "two lanes over 300 subtasks hand over at least once each: {} lane invocations",
         lanes.len()
     );
-    let timeline = schedule(&subtask_intervals(run), 40);
-    assert!(timeline.max_in_flight <= 40, "{timeline:?}");
+    let timeline = schedule(&subtask_intervals(run), 100);
+    assert!(timeline.max_in_flight <= 100, "{timeline:?}");
     assert_eq!(subtask_intervals(run).len(), 300, "each subtask ran once");
     for i in [1, 150, 300] {
         let finished = format!("Execution subtask finished: s{i}@");

@@ -123,12 +123,12 @@ impl Stack {
 async fn items_in_results_out_in_input_order(mode: Mode) {
     let s = start(mode, &[]).await;
     s.put("in/items.jsonl", chores(300)).await;
-    // A cap of 40 over 300 items: two lanes, claims, hand-overs, parts from many invocations.
+    // A cap of 100 over 300 items: two lanes, claims, hand-overs, parts from many invocations.
     let (status, body) = s
         .run_items(
             "in/items.jsonl",
             "out/results.jsonl",
-            &[("x-fanout-max-concurrency", "40")],
+            &[("x-fanout-max-concurrency", "100")],
         )
         .await;
     assert_eq!(status, 200, "{body}");
