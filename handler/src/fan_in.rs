@@ -54,9 +54,9 @@ use std::sync::OnceLock;
 
 /// Most subtasks one lane keeps in flight. Every completion wakes its lane unless the lane is
 /// already awake, so fewer, wider lanes take several completions per wake where completions
-/// come fast: at N = 1,000, 0–1 s, cap 200 lanes of 64 made 555–568 lane and ledger invocations
-/// where lanes of 32 made 930–944, and took 1.43–1.74× the ideal schedule against 1.66–2.20×. The journal a
-/// wake replays is bounded by [`HAND_OVER_AFTER`], not by this.
+/// come fast: at N = 1,000, 0–1 s, cap 200 lanes of 64 made 555–568 lane and ledger
+/// invocations where lanes of 32 made 930–944, and took 1.43–1.74× the ideal schedule against
+/// 1.66–2.20×. The journal a wake replays is bounded by [`HAND_OVER_AFTER`], not by this.
 pub const LANE_WIDTH: usize = 64;
 
 /// Calls a lane invocation makes before it hands over to a fresh one: each wake replays the
