@@ -73,12 +73,9 @@ pub(crate) async fn warm(
     State(shared): State<Arc<Shared>>,
     Params(query): Params<WarmQuery>,
 ) -> ApiResult<Json<Value>> {
-    let arn = shared.arn(&query.function, query.qualifier.as_deref());
-    let version = shared
-        .function(&query.function)
-        .and_then(|f| Some((f.resolve(query.qualifier.as_deref())?, f)));
-    let Some((version, function)) = version else {
-        return Err(ApiError::not_found(&arn));
+    let qualifier = query.qualifier.as_deref();
+    let Some((function, version)) = shared.version_of(&query.function, qualifier) else {
+        return Err(ApiError::not_found(&shared.arn(&query.function, qualifier)));
     };
     let started = shared
         .warm(&function, &version, query.count)

@@ -202,16 +202,10 @@ impl StandIn {
         qualifier: Option<&str>,
         count: usize,
     ) -> anyhow::Result<usize> {
-        let found = self
+        let (found, version) = self
             .shared
-            .function(function)
-            .with_context(|| format!("no function named {function:?}"))?;
-        let version = found.resolve(qualifier).with_context(|| {
-            format!(
-                "{} has no such version",
-                self.shared.arn(function, qualifier)
-            )
-        })?;
+            .version_of(function, qualifier)
+            .with_context(|| format!("no function {}", self.shared.arn(function, qualifier)))?;
         self.shared.warm(&found, &version, count).await
     }
 

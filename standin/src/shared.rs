@@ -100,6 +100,18 @@ impl Shared {
         Some(killed)
     }
 
+    /// The function `name` and the version `qualifier` names (what an unqualified invoke runs
+    /// when `None`); `None` if either does not exist.
+    pub(crate) fn version_of(
+        &self,
+        name: &str,
+        qualifier: Option<&str>,
+    ) -> Option<(Arc<Function>, Version)> {
+        let function = self.function(name)?;
+        let version = function.resolve(qualifier)?;
+        Some((function, version))
+    }
+
     /// Starts instances of `version` of `function` until `count` of them (at most the
     /// function's concurrency limit) wait idle, each through its init (it has asked for its
     /// first event), as provisioned concurrency keeps environments ready on Lambda. Returns
