@@ -24,7 +24,7 @@
 //! [`wait_until_serving`] waits for real invocations.
 
 use crate::ingress::IngressClient;
-use crate::restate_server::{RestateServer, ServerOptions, log_tail, memory_settings};
+use crate::restate_server::{RestateServer, ServerOptions, log_tail, server_settings};
 use anyhow::{Context, Result, bail};
 use serde_json::Value;
 use std::fmt::Write as _;
@@ -210,7 +210,7 @@ impl RestateCluster {
                 binary,
                 &config_file,
                 urls,
-                memory_settings(count),
+                server_settings(count),
                 &node_options,
             )?);
             config_files.push(config_file);
@@ -335,8 +335,8 @@ mod tests {
 
     #[test]
     fn three_nodes_split_what_one_server_spends_on_invocations_and_records() {
-        let one = memory_settings(1);
-        let three = memory_settings(3);
+        let one = server_settings(1);
+        let three = server_settings(3);
         let get = |settings: &[(&str, String)], key: &str| {
             settings
                 .iter()

@@ -11,12 +11,20 @@ use tokio::process::Command;
 /// loaded two-core machine.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Memory settings for a server that runs one fan-out at a time on a small machine, often next
-/// to other servers in parallel tests. Restate's defaults size a production node: left to them,
-/// one 10,000-wide run plus its floor took restate-server past 1 GB resident; with these it peaks
+/// Settings for a server that runs one fan-out at a time on a small machine, often next to other
+/// servers in parallel tests. Restate's defaults size a production node: left to them, one
+/// 10,000-wide run plus its floor took restate-server past 1 GB resident; with these it peaks
 /// near 520 MB. A variable already set in our own environment wins over these, and
 /// `ServerOptions::env` wins over both.
-const MEMORY_SETTINGS: &[(&str, &str)] = &[
+const SERVER_SETTINGS: &[(&str, &str)] = &[
+    // Lanes replay their journals (up to 64 calls and their answers) on every wake. Above this
+    // size the server zstd-compresses a request to a function that advertises it, as ours does;
+    // the default, 4 MiB, only ever compresses near Lambda's 6 MB limit. Below 2 KiB a request is
+    // a subtask's own (about 300 bytes of journal), which zstd cannot shrink.
+    (
+        "RESTATE_WORKER__INVOKER__REQUEST_COMPRESSION_THRESHOLD",
+        "2 KiB",
+    ),
     // Block cache and memtables share this budget. With the default (2 GiB) each partition's
     // memtables kept growing unflushed through the whole run. 256 MiB is Restate's minimum.
     ("RESTATE_ROCKSDB_TOTAL_MEMORY_SIZE", "256 MiB"),
@@ -59,17 +67,17 @@ pub struct RestateServer {
     _base_dir: tempfile::TempDir,
 }
 
-/// [`MEMORY_SETTINGS`] for each of `nodes` servers that share one machine as one cluster.
+/// [`SERVER_SETTINGS`] for each of `nodes` servers that share one machine as one cluster.
 /// What a node spends on the invocations it runs and on the records it caches is split between
 /// the nodes, so the cluster as a whole runs as many invocations at once as one server. RocksDB's
 /// budget cannot shrink (256 MiB is Restate's minimum), and the partition count is the
 /// cluster's, not a node's.
-pub(crate) fn memory_settings(nodes: usize) -> Vec<(&'static str, String)> {
+pub(crate) fn server_settings(nodes: usize) -> Vec<(&'static str, String)> {
     const SPLIT: &[&str] = &[
         "RESTATE_WORKER__INVOKER__MEMORY_LIMIT",
         "RESTATE_BIFROST__RECORD_CACHE_MEMORY_SIZE",
     ];
-    MEMORY_SETTINGS
+    SERVER_SETTINGS
         .iter()
         .map(|&(key, value)| {
             let split = SPLIT
@@ -95,7 +103,7 @@ struct Launch {
     binary: PathBuf,
     base_dir: PathBuf,
     listen: Listen,
-    memory: Vec<(&'static str, String)>,
+    settings: Vec<(&'static str, String)>,
     env: Vec<(String, String)>,
 }
 
@@ -121,7 +129,7 @@ impl Launch {
         command
             .env("RESTATE_DISABLE_TELEMETRY", "true")
             .env("DO_NOT_TRACK", "1");
-        for (key, value) in &self.memory {
+        for (key, value) in &self.settings {
             if std::env::var_os(key).is_none() {
                 command.env(key, value);
             }
@@ -159,31 +167,31 @@ impl RestateServer {
             format!("http://127.0.0.1:{ingress}"),
         );
         let listen = Listen::Ports(admin, ingress, node);
-        let mut server = Self::spawn(binary, listen, memory_settings(1), urls, options)?;
+        let mut server = Self::spawn(binary, listen, server_settings(1), urls, options)?;
         server.wait_until_healthy().await?;
         Ok(server)
     }
 
     /// Starts one node of a cluster from `config_file`, which names its addresses (the admin
     /// API and the ingress must be at `admin_url` and `ingress_url`) and its peers, with
-    /// `memory` instead of one server's [`MEMORY_SETTINGS`]. It does not wait: a cluster's nodes
+    /// `settings` instead of one server's [`SERVER_SETTINGS`]. It does not wait: a cluster's nodes
     /// come up together, then [`Self::wait_until_healthy`] waits for each.
     pub(crate) fn spawn_node(
         binary: &Path,
         config_file: &Path,
         urls: (String, String),
-        memory: Vec<(&'static str, String)>,
+        settings: Vec<(&'static str, String)>,
         options: &ServerOptions,
     ) -> Result<Self> {
         let listen = Listen::ConfigFile(config_file.to_path_buf());
-        Self::spawn(binary, listen, memory, urls, options)
+        Self::spawn(binary, listen, settings, urls, options)
     }
 
     /// Starts the server in a new temp base dir, without waiting for it.
     fn spawn(
         binary: &Path,
         listen: Listen,
-        memory: Vec<(&'static str, String)>,
+        settings: Vec<(&'static str, String)>,
         (admin_url, ingress_url): (String, String),
         options: &ServerOptions,
     ) -> Result<Self> {
@@ -199,7 +207,7 @@ impl RestateServer {
             binary: binary.to_path_buf(),
             base_dir: base_dir.path().to_path_buf(),
             listen,
-            memory,
+            settings,
             env: options.env.clone(),
         };
         let process = Managed::spawn("restate-server", launch.command(), &log_path)?;

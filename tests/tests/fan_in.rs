@@ -335,6 +335,27 @@ async fn lanes_hand_over_and_claim_without_losing_or_repeating_a_subtask() {
         "two lanes over 300 subtasks hand over at least once each: {} lane invocations",
         lanes.len()
     );
+    // Lane wakes replay their journals: the stack's restate-server compresses any request above
+    // 2 KiB (its default only does so above 4 MiB), and a subtask's own small ones stay plain.
+    let lane_journals: Vec<_> = run
+        .iter()
+        .filter(|r| r.path.as_deref() == Some("/invoke/worker/runShard"))
+        .filter(|r| r.request_body_bytes.unwrap_or(0) > 2048)
+        .collect();
+    assert!(!lane_journals.is_empty(), "no lane journal above 2 KiB");
+    for wake in &lane_journals {
+        assert_eq!(wake.request_encoding.as_deref(), Some("zstd"), "{wake:?}");
+        assert!(
+            wake.request_bytes < wake.request_body_bytes.unwrap(),
+            "{wake:?}"
+        );
+    }
+    assert!(
+        run.iter()
+            .filter(|r| r.path.as_deref() == Some("/invoke/worker/runSubtask"))
+            .all(|r| r.request_encoding.is_none()),
+        "a subtask's request is too small to compress"
+    );
     let timeline = schedule(&subtask_intervals(run), 100);
     assert!(timeline.max_in_flight <= 100, "{timeline:?}");
     assert_eq!(subtask_intervals(run).len(), 300, "each subtask ran once");
